@@ -1,0 +1,46 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Each creates .venv when missing and installs what it needs. PyTorch is pinned to the
+# CPU build present on these machines: an unpinned torch would pull gigabytes of CUDA wheels.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check
+TORCH  := torch==2.13.0
+# Reference libraries: test oracles only, installed without their declared dependencies.
+ORACLES      := mmengine==0.10.7 mmcv-lite==2.1.0 mmdet==3.3.0 ultralytics==8.4.190
+ORACLE_DEPS  := addict yapf termcolor rich pyyaml packaging opencv-python-headless pillow matplotlib pycocotools shapely
+PYTEST_ARGS  ?= -n 2
+
+.PHONY: demo test bench install install-dev clean
+
+$(VENV)/.base:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) $(TORCH)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.base pyproject.toml
+	$(PIP) -e ".[yolo]"
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.installed
+	$(PIP) -e ".[yolo,test]"
+	$(PIP) --no-deps $(ORACLES)
+	$(PIP) $(ORACLE_DEPS)
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.dev
+
+demo: $(VENV)/.installed
+	$(PY) -m detassign demo --out results/demo
+
+# The oracles are installed here, so oracle tests must fail (not skip) if one cannot be imported.
+test: $(VENV)/.dev
+	DETASSIGN_REQUIRE_ORACLES=1 $(PY) -m pytest $(PYTEST_ARGS) tests
+
+bench: $(VENV)/.dev
+	$(PY) benchmarks/run.py --out results/bench
+
+clean:
+	rm -rf $(VENV) results build src/*.egg-info

@@ -1,0 +1,1 @@
+"""One assigner per module; build them from config with :func:`detassign.build_assigner`."""

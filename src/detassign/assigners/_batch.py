@@ -1,0 +1,57 @@
+"""Helpers for batched assigners over padded GTs ``[B, M, ...]`` with a mask ``[B, M]``."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _validate as V
+
+
+def check_padded_gts(gt_labels: Tensor, gt_bboxes: Tensor, gt_mask: Optional[Tensor],
+                     num_classes: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """Validate padded GTs and normalise them.
+
+    gt_labels [B, M] or [B, M, 1] int, gt_bboxes [B, M, 4] xyxy, gt_mask [B, M] or [B, M, 1] (bool or
+    0/1; None = all valid) -> (labels [B, M] long, boxes [B, M, 4], mask [B, M] bool).
+    Padding rows may hold anything finite; only masked-in rows are checked for inverted boxes and labels.
+    """
+    V.check_tensor("gt_bboxes", gt_bboxes, ("B", "M", 4), floating=True)
+    B, M = gt_bboxes.shape[:2]
+    if gt_labels is None:
+        raise TypeError("gt_labels is required, got None")
+    if gt_labels.dim() == 3 and gt_labels.shape[-1] == 1:
+        gt_labels = gt_labels[..., 0]
+    V.check_tensor("gt_labels", gt_labels, (B, M))
+    if gt_mask is None:
+        gt_mask = torch.ones(B, M, dtype=torch.bool, device=gt_bboxes.device)
+    else:
+        if gt_mask.dim() == 3 and gt_mask.shape[-1] == 1:
+            gt_mask = gt_mask[..., 0]
+        V.check_tensor("gt_mask", gt_mask, (B, M))
+        gt_mask = gt_mask.bool()
+    V.check_same_device(gt_labels=gt_labels, gt_bboxes=gt_bboxes, gt_mask=gt_mask)
+    V.check_boxes("gt_bboxes", gt_bboxes, gt_mask)
+    V.check_labels("gt_labels", gt_labels, num_classes, gt_mask)
+    return gt_labels.long(), gt_bboxes, gt_mask
+
+
+def pad_gts(boxes_list, labels_list, device=None, dtype=torch.float32):
+    """Lists of per-image [M_i, 4] boxes and [M_i] labels -> padded (labels [B, M], boxes [B, M, 4], mask [B, M]).
+
+    Padding goes at the end of each image, so index j of image i is the j-th GT of that image.
+    """
+    B = len(boxes_list)
+    M = max((len(b) for b in boxes_list), default=0)
+    if device is None:
+        device = boxes_list[0].device if B else torch.device("cpu")
+    boxes = torch.zeros(B, M, 4, dtype=dtype, device=device)
+    labels = torch.zeros(B, M, dtype=torch.long, device=device)
+    mask = torch.zeros(B, M, dtype=torch.bool, device=device)
+    for i, (b, l) in enumerate(zip(boxes_list, labels_list)):
+        n = len(b)
+        boxes[i, :n] = b.to(device=device, dtype=dtype)
+        labels[i, :n] = l.to(device).long()
+        mask[i, :n] = True
+    return labels, boxes, mask

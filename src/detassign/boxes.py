@@ -1,0 +1,300 @@
+"""Box formats and the IoU family.
+
+Shape symbols: N, M box counts; ``...`` any leading batch dimensions.
+
+Two conventions exist in the field and both are reproduced bit for bit, because
+assigners break ties on these values:
+
+* ``pairwise_iou`` / ``pairwise_giou`` / ``pairwise_iof`` and their ``aligned_*``
+  twins follow mmdetection's ``bbox_overlaps``: areas from the raw corners,
+  ``union = max(union, eps)`` and ``enclose = max(enclose, eps)`` with
+  ``eps = 1e-6``.
+* ``aligned_ciou`` / ``aligned_diou`` (and ``pairwise_ciou`` / ``pairwise_diou``)
+  follow ultralytics' ``bbox_iou``: ``eps = 1e-7`` is added to box heights, to the
+  union, to the squared enclosing diagonal and (GIoU) to the enclosing area.
+  ``aligned_giou(..., convention="ultralytics")`` and
+  ``aligned_iou(..., convention="ultralytics")`` give ultralytics' IoU / GIoU.
+
+Half-precision inputs (float16 / bfloat16) are computed in float32 and returned as
+float32: fp16 areas overflow above 65504 px^2 (a 256 x 256 box). Integer inputs are
+upcast to float32 as well. Every function is differentiable.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BOX_FORMATS",
+    "convert_boxes",
+    "xyxy_to_xywh",
+    "xywh_to_xyxy",
+    "xyxy_to_cxcywh",
+    "cxcywh_to_xyxy",
+    "box_area",
+    "pairwise_iou",
+    "pairwise_giou",
+    "pairwise_iof",
+    "pairwise_diou",
+    "pairwise_ciou",
+    "aligned_iou",
+    "aligned_giou",
+    "aligned_iof",
+    "aligned_diou",
+    "aligned_ciou",
+    "bbox_overlaps",
+    "points_in_boxes",
+    "box_centers",
+]
+
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+MMDET_EPS = 1e-6
+ULTRALYTICS_EPS = 1e-7
+
+
+def _as_float(boxes: Tensor, name: str = "boxes") -> Tensor:
+    if not isinstance(boxes, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(boxes).__name__}")
+    if boxes.shape[-1:] != (4,):
+        raise ValueError(f"{name} must have shape [..., 4], got {tuple(boxes.shape)}")
+    if boxes.dtype in (torch.float16, torch.bfloat16) or not boxes.is_floating_point():
+        return boxes.float()
+    return boxes
+
+
+def _common(a: Tensor, b: Tensor):
+    a = _as_float(a, "boxes1")
+    b = _as_float(b, "boxes2")
+    if a.dtype != b.dtype:
+        dtype = torch.promote_types(a.dtype, b.dtype)
+        a, b = a.to(dtype), b.to(dtype)
+    if a.device != b.device:
+        raise ValueError(f"boxes1 and boxes2 must be on one device, got {a.device} and {b.device}")
+    return a, b
+
+
+# ----------------------------------------------------------------------------- formats
+def xyxy_to_xywh(boxes: Tensor) -> Tensor:
+    """[..., 4] (x1, y1, x2, y2) -> [..., 4] (x1, y1, w, h)."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack((x1, y1, x2 - x1, y2 - y1), dim=-1)
+
+
+def xywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """[..., 4] (x1, y1, w, h) -> [..., 4] (x1, y1, x2, y2)."""
+    x1, y1, w, h = boxes.unbind(-1)
+    return torch.stack((x1, y1, x1 + w, y1 + h), dim=-1)
+
+
+def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
+    """[..., 4] (x1, y1, x2, y2) -> [..., 4] (cx, cy, w, h)."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
+
+
+def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """[..., 4] (cx, cy, w, h) -> [..., 4] (x1, y1, x2, y2)."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
+
+
+_TO_XYXY = {"xyxy": lambda b: b, "xywh": xywh_to_xyxy, "cxcywh": cxcywh_to_xyxy}
+_FROM_XYXY = {"xyxy": lambda b: b, "xywh": xyxy_to_xywh, "cxcywh": xyxy_to_cxcywh}
+
+
+def convert_boxes(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
+    """Convert [..., 4] boxes between ``"xyxy"``, ``"xywh"`` and ``"cxcywh"``."""
+    for arg, fmt in (("in_fmt", in_fmt), ("out_fmt", out_fmt)):
+        if fmt not in BOX_FORMATS:
+            raise ValueError(f"{arg} must be one of {BOX_FORMATS}, got {fmt!r}")
+    if boxes.shape[-1:] != (4,):
+        raise ValueError(f"boxes must have shape [..., 4], got {tuple(boxes.shape)}")
+    if in_fmt == out_fmt:
+        return boxes.clone()
+    return _FROM_XYXY[out_fmt](_TO_XYXY[in_fmt](boxes))
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """[..., 4] xyxy -> [...] area from the raw corners (negative for inverted boxes)."""
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def box_centers(boxes: Tensor) -> Tensor:
+    """[..., 4] xyxy -> [..., 2] centre points."""
+    return torch.stack(((boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2), dim=-1)
+
+
+def points_in_boxes(points: Tensor, boxes: Tensor, eps: float = 0.0, inclusive: bool = False) -> Tensor:
+    """Which points lie inside which boxes.
+
+    points [A, 2], boxes [..., M, 4] xyxy -> [..., M, A] bool.
+    ``inclusive=False``: every distance to a side must be ``> eps`` (ultralytics uses eps=1e-9,
+    mmdet ATSS / TAL use ``> 0.01`` via ``eps=0.01``). ``inclusive=True``: ``x1 <= x <= x2``.
+    """
+    x, y = points[:, 0], points[:, 1]
+    x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))
+    left, top, right, bottom = x - x1, y - y1, x2 - x, y2 - y
+    if inclusive:
+        return (left >= 0) & (top >= 0) & (right >= 0) & (bottom >= 0)
+    return torch.stack((left, top, right, bottom), dim=-1).amin(dim=-1) > eps
+
+
+# ------------------------------------------------------- mmdetection convention (bbox_overlaps)
+def _overlap_union(a: Tensor, b: Tensor, pairwise: bool, mode: str):
+    area1, area2 = box_area(a), box_area(b)
+    if pairwise:
+        a, b = a[..., :, None, :], b[..., None, :, :]
+        area1, area2 = area1[..., :, None], area2[..., None, :]
+    lt = torch.max(a[..., :2], b[..., :2])
+    rb = torch.min(a[..., 2:], b[..., 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[..., 0] * wh[..., 1]
+    union = area1 + area2 - overlap if mode != "iof" else area1 + torch.zeros_like(overlap)
+    return a, b, overlap, union
+
+
+def _mm_overlaps(a: Tensor, b: Tensor, mode: str, pairwise: bool, eps: float) -> Tensor:
+    a, b = _common(a, b)
+    if pairwise and (a.shape[-2] == 0 or b.shape[-2] == 0):
+        batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        return a.new_zeros(batch + (a.shape[-2], b.shape[-2]))
+    a, b, overlap, union = _overlap_union(a, b, pairwise, mode)
+    eps_t = union.new_tensor([eps])
+    union = torch.max(union, eps_t)
+    ious = overlap / union
+    if mode != "giou":
+        return ious
+    enclose_wh = (torch.max(a[..., 2:], b[..., 2:]) - torch.min(a[..., :2], b[..., :2])).clamp(min=0)
+    enclose = torch.max(enclose_wh[..., 0] * enclose_wh[..., 1], eps_t)
+    return ious - (enclose - union) / enclose
+
+
+def pairwise_iou(boxes1: Tensor, boxes2: Tensor, eps: float = MMDET_EPS) -> Tensor:
+    """IoU of every pair. boxes1 [..., N, 4] xyxy, boxes2 [..., M, 4] xyxy -> [..., N, M] in [0, 1].
+
+    ``union`` is clamped below at ``eps`` (mmdet ``bbox_overlaps(mode="iou")``).
+    """
+    return _mm_overlaps(boxes1, boxes2, "iou", True, eps)
+
+
+def pairwise_giou(boxes1: Tensor, boxes2: Tensor, eps: float = MMDET_EPS) -> Tensor:
+    """GIoU of every pair. [..., N, 4], [..., M, 4] xyxy -> [..., N, M] in [-1, 1].
+
+    ``union`` and the enclosing area are clamped below at ``eps`` (mmdet convention).
+    """
+    return _mm_overlaps(boxes1, boxes2, "giou", True, eps)
+
+
+def pairwise_iof(boxes1: Tensor, boxes2: Tensor, eps: float = MMDET_EPS) -> Tensor:
+    """Intersection over the area of ``boxes1`` ("foreground"). [..., N, 4], [..., M, 4] -> [..., N, M]."""
+    return _mm_overlaps(boxes1, boxes2, "iof", True, eps)
+
+
+def bbox_overlaps(boxes1: Tensor, boxes2: Tensor, mode: str = "iou", is_aligned: bool = False,
+                  eps: float = MMDET_EPS) -> Tensor:
+    """mmdet-compatible entry point: ``mode`` in {"iou", "giou", "iof"}; pairwise or aligned."""
+    if mode not in ("iou", "giou", "iof"):
+        raise ValueError(f"mode must be one of ('iou', 'giou', 'iof'), got {mode!r}")
+    return _mm_overlaps(boxes1, boxes2, mode, not is_aligned, eps)
+
+
+# ------------------------------------------------------------ ultralytics convention (bbox_iou)
+def _ultra(box1: Tensor, box2: Tensor, kind: str, eps: float) -> Tensor:
+    """Element-wise (broadcasting) IoU / GIoU / DIoU / CIoU; box1, box2 [..., 4] xyxy -> [...].
+
+    Same operations in the same order as ultralytics ``bbox_iou(xywh=False)``, so values
+    agree bit for bit on float32 inputs; box1 / box2 roles matter for rounding.
+    """
+    b1_x1, b1_y1, b1_x2, b1_y2 = box1.unbind(-1)
+    b2_x1, b2_y1, b2_x2, b2_y2 = box2.unbind(-1)
+    w1, h1 = b1_x2 - b1_x1, b1_y2 - b1_y1 + eps
+    w2, h2 = b2_x2 - b2_x1, b2_y2 - b2_y1 + eps
+    inter = (torch.minimum(b1_x2, b2_x2) - torch.maximum(b1_x1, b2_x1)).clamp(min=0) * (
+        torch.minimum(b1_y2, b2_y2) - torch.maximum(b1_y1, b2_y1)
+    ).clamp(min=0)
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    if kind == "iou":
+        return iou
+    cw = torch.maximum(b1_x2, b2_x2) - torch.minimum(b1_x1, b2_x1)  # enclosing box width
+    ch = torch.maximum(b1_y2, b2_y2) - torch.minimum(b1_y1, b2_y1)
+    if kind == "giou":
+        c_area = cw * ch + eps
+        return iou - (c_area - union) / c_area
+    c2 = cw.pow(2) + ch.pow(2) + eps  # squared enclosing diagonal
+    rho2 = ((b2_x1 + b2_x2 - b1_x1 - b1_x2).pow(2) + (b2_y1 + b2_y2 - b1_y1 - b1_y2).pow(2)) / 4
+    if kind == "diou":
+        return iou - rho2 / c2
+    # CIoU (Zheng et al. 2020, eq. 9-11): aspect-ratio term v, trade-off alpha without gradient.
+    v = (4 / math.pi**2) * ((w2 / h2).atan() - (w1 / h1).atan()).pow(2)
+    with torch.no_grad():
+        alpha = v / (1 - iou + v + eps)
+    return iou - (rho2 / c2 + v * alpha)
+
+
+def _aligned_ultra(box1: Tensor, box2: Tensor, kind: str, eps: float) -> Tensor:
+    box1, box2 = _common(box1, box2)
+    return _ultra(box1, box2, kind, eps)
+
+
+def _pairwise_ultra(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float) -> Tensor:
+    boxes1, boxes2 = _common(boxes1, boxes2)
+    return _ultra(boxes1[..., :, None, :], boxes2[..., None, :, :], kind, eps)
+
+
+def aligned_iou(boxes1: Tensor, boxes2: Tensor, eps: float | None = None, convention: str = "mmdet") -> Tensor:
+    """IoU of matching rows. [..., 4], [..., 4] xyxy (broadcast) -> [...].
+
+    ``convention="mmdet"``: ``overlap / max(union, eps)`` (eps 1e-6);
+    ``"ultralytics"``: ``inter / (w1*(h1+eps) + w2*(h2+eps) - inter + eps)`` (eps 1e-7).
+    """
+    if convention == "ultralytics":
+        return _aligned_ultra(boxes1, boxes2, "iou", ULTRALYTICS_EPS if eps is None else eps)
+    _check_convention(convention)
+    a, b = torch.broadcast_tensors(*_common(boxes1, boxes2))
+    return _mm_overlaps(a, b, "iou", False, MMDET_EPS if eps is None else eps)
+
+
+def aligned_giou(boxes1: Tensor, boxes2: Tensor, eps: float | None = None, convention: str = "mmdet") -> Tensor:
+    """GIoU of matching rows. [..., 4], [..., 4] xyxy -> [...] in [-1, 1]; conventions as ``aligned_iou``."""
+    if convention == "ultralytics":
+        return _aligned_ultra(boxes1, boxes2, "giou", ULTRALYTICS_EPS if eps is None else eps)
+    _check_convention(convention)
+    a, b = torch.broadcast_tensors(*_common(boxes1, boxes2))
+    return _mm_overlaps(a, b, "giou", False, MMDET_EPS if eps is None else eps)
+
+
+def aligned_iof(boxes1: Tensor, boxes2: Tensor, eps: float = MMDET_EPS) -> Tensor:
+    """Intersection over the area of ``boxes1``, matching rows. [..., 4], [..., 4] -> [...]."""
+    a, b = torch.broadcast_tensors(*_common(boxes1, boxes2))
+    return _mm_overlaps(a, b, "iof", False, eps)
+
+
+def aligned_diou(boxes1: Tensor, boxes2: Tensor, eps: float = ULTRALYTICS_EPS) -> Tensor:
+    """Distance-IoU of matching rows (ultralytics convention). [..., 4], [..., 4] xyxy -> [...] in [-1, 1]."""
+    return _aligned_ultra(boxes1, boxes2, "diou", eps)
+
+
+def aligned_ciou(boxes1: Tensor, boxes2: Tensor, eps: float = ULTRALYTICS_EPS) -> Tensor:
+    """Complete-IoU of matching rows (ultralytics convention). [..., 4], [..., 4] xyxy -> [...].
+
+    ``alpha`` carries no gradient, as in the paper's reference code.
+    """
+    return _aligned_ultra(boxes1, boxes2, "ciou", eps)
+
+
+def pairwise_diou(boxes1: Tensor, boxes2: Tensor, eps: float = ULTRALYTICS_EPS) -> Tensor:
+    """DIoU of every pair. [..., N, 4], [..., M, 4] xyxy -> [..., N, M]."""
+    return _pairwise_ultra(boxes1, boxes2, "diou", eps)
+
+
+def pairwise_ciou(boxes1: Tensor, boxes2: Tensor, eps: float = ULTRALYTICS_EPS) -> Tensor:
+    """CIoU of every pair. [..., N, 4], [..., M, 4] xyxy -> [..., N, M]."""
+    return _pairwise_ultra(boxes1, boxes2, "ciou", eps)
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in ("mmdet", "ultralytics"):
+        raise ValueError(f"convention must be 'mmdet' or 'ultralytics', got {convention!r}")
