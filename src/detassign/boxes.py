@@ -157,9 +157,7 @@ def _overlap_union(a: Tensor, b: Tensor, pairwise: bool, mode: str):
 
 def _mm_overlaps(a: Tensor, b: Tensor, mode: str, pairwise: bool, eps: float) -> Tensor:
     a, b = _common(a, b)
-    if pairwise and (a.shape[-2] == 0 or b.shape[-2] == 0):
-        batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-        return a.new_zeros(batch + (a.shape[-2], b.shape[-2]))
+    # Empty inputs go through the same arithmetic: the result is empty but stays in the autograd graph.
     a, b, overlap, union = _overlap_union(a, b, pairwise, mode)
     eps_t = union.new_tensor([eps])
     union = torch.max(union, eps_t)

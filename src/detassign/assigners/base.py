@@ -47,9 +47,11 @@ def empty_assign_result(num_gts: int, num_priors: int, device: torch.device, ove
 
 
 def labels_from_gt_inds(gt_inds: Tensor, gt_labels: Tensor) -> Tensor:
-    """[A] 1-based gt_inds, [M] labels -> [A] labels (-1 where gt_inds <= 0)."""
-    labels = torch.full_like(gt_inds, -1)
-    pos = gt_inds > 0
-    if gt_labels is not None and gt_labels.numel():
-        labels[pos] = gt_labels.long()[gt_inds[pos] - 1]
-    return labels
+    """[A] 1-based gt_inds, [M] labels -> [A] labels (-1 where gt_inds <= 0).
+
+    A gather plus ``where`` rather than boolean indexing, so no host synchronisation on CUDA.
+    """
+    if gt_labels is None or gt_labels.numel() == 0:
+        return torch.full_like(gt_inds, -1)
+    gathered = gt_labels.long()[(gt_inds - 1).clamp(min=0)]
+    return torch.where(gt_inds > 0, gathered, torch.full_like(gathered, -1))

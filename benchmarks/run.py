@@ -1,0 +1,446 @@
+"""`make bench`: detassign against the reference implementations, same inputs, same run.
+
+Each (case, implementation) pair runs in its own Python process so that its peak memory is
+measured cleanly; times are the median of several repetitions after a warm-up. The script prints
+a markdown table (times, ratio ours / reference, peak memory) and writes it, a JSON file and a PNG
+chart to ``--out``.
+
+    python benchmarks/run.py --out results/bench                 # CPU, 2 threads
+    python benchmarks/run.py --device cuda --out results/bench_gpu
+    python benchmarks/run.py --only tal_ultra                    # cases whose name contains this
+
+Standard case (shared/ORACLES.md): 640 x 640 input, strides 8/16/32 (A = 8400), C = 80, B = 16,
+GT sides log-uniform in 8..256 px, padded batches (image 0 has M GTs, the others randint(M/2, M)).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.oracles (reference import helpers)
+
+STRIDES = (8, 16, 32)
+IMG = 640
+
+
+# ----------------------------------------------------------------------------- inputs
+def anchor_points(torch, device, img=IMG, strides=STRIDES):
+    """[A, 2] cell centres and [A] strides, level by level (A = 8400 at 640)."""
+    pts, strd = [], []
+    for s in strides:
+        n = img // s
+        ys, xs = torch.meshgrid(torch.arange(n, device=device), torch.arange(n, device=device), indexing="ij")
+        p = torch.stack([xs, ys], -1).reshape(-1, 2).float().add(0.5).mul(s)
+        pts.append(p)
+        strd.append(torch.full((n * n,), float(s), device=device))
+    return torch.cat(pts), torch.cat(strd)
+
+
+def make_batch(torch, B, M, C, device, seed=0, full=False):
+    """Padded GTs and predictions. Returns dict of tensors on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    counts = [M] + [M if full else int(torch.randint(max(M // 2, 1), M + 1, (1,), generator=g)) for _ in range(B - 1)]
+    gt_bboxes = torch.zeros(B, M, 4)
+    gt_labels = torch.zeros(B, M, dtype=torch.long)
+    gt_mask = torch.zeros(B, M, dtype=torch.bool)
+    for b, n in enumerate(counts):
+        side = torch.exp(torch.empty(n, 2).uniform_(math.log(8), math.log(256), generator=g))
+        ctr = torch.rand(n, 2, generator=g) * IMG
+        box = torch.cat([ctr - side / 2, ctr + side / 2], 1).clamp(0, IMG)
+        box[:, 2:] = torch.maximum(box[:, 2:], box[:, :2] + 1)
+        gt_bboxes[b, :n] = box
+        gt_labels[b, :n] = torch.randint(0, C, (n,), generator=g)
+        gt_mask[b, :n] = True
+    pts, strd = anchor_points(torch, "cpu")
+    A = len(pts)
+    # predicted boxes: around each anchor, sides up to 8 strides, so they overlap nearby GTs
+    half = torch.rand(B, A, 2, generator=g) * strd[None, :, None] * 4 + 2
+    shift = (torch.rand(B, A, 2, generator=g) - 0.5) * strd[None, :, None]
+    ctr = pts[None] + shift
+    pred_bboxes = torch.cat([ctr - half, ctr + half], -1)
+    logits = torch.randn(B, A, C, generator=g) * 2 - 4
+    out = dict(gt_bboxes=gt_bboxes, gt_labels=gt_labels, gt_mask=gt_mask, pred_bboxes=pred_bboxes,
+               pred_logits=logits, pred_scores=logits.sigmoid(), points=pts, strides=strd, counts=counts)
+    return {k: (v.to(device) if hasattr(v, "to") else v) for k, v in out.items()}
+
+
+def prior_boxes(torch, points, strides, scale):
+    """Square anchors of side scale * stride centred on the points: [A, 4] xyxy."""
+    half = strides[:, None] * scale / 2
+    return torch.cat([points - half, points + half], 1)
+
+
+# ----------------------------------------------------------------------------- implementations
+def _mm():
+    from tests.oracles import _mmdet
+    return _mmdet
+
+
+def _ul():
+    from tests.oracles import _ultra
+    return _ultra
+
+
+def _per_image(d, b):
+    n = d["counts"][b]
+    return d["gt_bboxes"][b, :n], d["gt_labels"][b, :n]
+
+
+def build_case(name, torch, device):
+    """Return (ours_fn, ref_fn, inputs description). Each fn runs one full batch."""
+    family, _, arg = name.partition(":")
+    params = dict(kv.split("=") for kv in arg.split(",") if kv) if arg else {}
+    B = int(params.get("B", 16))
+    M = int(params.get("M", 50))
+    C = 80
+    if family == "hungarian":
+        return _hungarian_case(torch, device, B, M, int(params.get("Q", 300)), C)
+    if family == "yolo":
+        return _yolo_case(torch, device, int(params.get("B", 8)))
+    d = make_batch(torch, B, M, C, device)
+    pts, strd = d["points"], d["strides"]
+    A = len(pts)
+    num_level = [(IMG // s) ** 2 for s in STRIDES]
+    pts_with_stride = torch.cat([pts, strd[:, None], strd[:, None]], 1)
+    from detassign import Instances
+
+    if family == "tal_ultra":
+        from detassign.assigners.task_aligned import TaskAlignedAssigner
+        ours = TaskAlignedAssigner(preset="ultralytics_loss", num_classes=C)
+
+        def run_ours():
+            return ours.assign_batch(d["pred_scores"], d["pred_bboxes"], pts, d["gt_labels"], d["gt_bboxes"],
+                                     d["gt_mask"])
+
+        def run_ref():
+            ref = _ul().tal.TaskAlignedAssigner(topk=10, num_classes=C, alpha=0.5, beta=6.0)
+            return ref(d["pred_scores"], d["pred_bboxes"], pts, d["gt_labels"][..., None], d["gt_bboxes"],
+                       d["gt_mask"][..., None].float())
+        return run_ours, run_ref
+
+    if family == "tal_mmdet":
+        from detassign.assigners.task_aligned import TaskAlignedAssigner
+        ours = TaskAlignedAssigner(preset="mmdet", num_classes=C)
+        priors = prior_boxes(torch, pts, strd, 8)
+
+        def run_ours():
+            return ours.assign_batch(d["pred_scores"], d["pred_bboxes"], pts, d["gt_labels"], d["gt_bboxes"],
+                                     d["gt_mask"])
+
+        def run_ref():
+            ref = _mm().task_utils.build(dict(type="TaskAlignedAssigner", topk=13))
+            out = []
+            for b in range(B):
+                gb, gl = _per_image(d, b)
+                pred = _mm().InstanceData(priors=priors, bboxes=d["pred_bboxes"][b], scores=d["pred_scores"][b])
+                out.append(ref.assign(pred, _mm().InstanceData(bboxes=gb, labels=gl)))
+            return out
+        return run_ours, run_ref
+
+    if family in ("simota", "dsl"):
+        cls_name = "SimOTAAssigner" if family == "simota" else "DynamicSoftLabelAssigner"
+        scores = d["pred_scores"] if family == "simota" else d["pred_logits"]
+        module = "sim_ota" if family == "simota" else "dynamic_soft_label"
+        ours = getattr(__import__(f"detassign.assigners.{module}", fromlist=[cls_name]), cls_name)()
+
+        def run_ours():
+            return ours.assign_batch(scores, d["pred_bboxes"], pts_with_stride, d["gt_labels"], d["gt_bboxes"],
+                                     d["gt_mask"])
+
+        def run_ref():
+            ref = _mm().task_utils.build(dict(type=cls_name))
+            out = []
+            for b in range(B):
+                gb, gl = _per_image(d, b)
+                pred = _mm().InstanceData(priors=pts_with_stride, bboxes=d["pred_bboxes"][b], scores=scores[b])
+                out.append(ref.assign(pred, _mm().InstanceData(bboxes=gb, labels=gl)))
+            return out
+        return run_ours, run_ref
+
+    if family == "atss":
+        from detassign.assigners.atss import ATSSAssigner
+        ours = ATSSAssigner(topk=9)
+        priors = prior_boxes(torch, pts, strd, 8)
+
+        def run_ours():
+            return ours.assign_batch(priors, num_level, d["gt_labels"], d["gt_bboxes"], d["gt_mask"])
+
+        def run_ref():
+            ref = _mm().task_utils.build(dict(type="ATSSAssigner", topk=9))
+            out = []
+            for b in range(B):
+                gb, gl = _per_image(d, b)
+                out.append(ref.assign(_mm().InstanceData(priors=priors), num_level,
+                                      _mm().InstanceData(bboxes=gb, labels=gl)))
+            return out
+        return run_ours, run_ref
+
+    if family == "maxiou":
+        from detassign.assigners.batch_max_iou import BatchMaxIoUAssigner
+        cfg = dict(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0.0, ignore_iof_thr=-1)
+        ours = BatchMaxIoUAssigner(**cfg)
+        priors = prior_boxes(torch, pts, strd, 4)
+
+        def run_ours():
+            return ours.assign_batch(priors, d["gt_bboxes"], d["gt_mask"], d["gt_labels"])
+
+        def run_ref():
+            ref = _mm().task_utils.build(dict(type="MaxIoUAssigner", **cfg))
+            out = []
+            for b in range(B):
+                gb, gl = _per_image(d, b)
+                out.append(ref.assign(_mm().InstanceData(priors=priors), _mm().InstanceData(bboxes=gb, labels=gl)))
+            return out
+        return run_ours, run_ref
+
+    if family == "tal_dense":
+        from detassign.assigners.task_aligned import TaskAlignedAssigner
+        ours = TaskAlignedAssigner(preset="ultralytics_loss", num_classes=C)
+        d = make_batch(torch, B, M, C, device, full=True)
+
+        def run_ours():
+            return ours.assign_batch(d["pred_scores"], d["pred_bboxes"], pts, d["gt_labels"], d["gt_bboxes"],
+                                     d["gt_mask"])
+        return run_ours, None
+    raise SystemExit(f"unknown case {name!r}")
+
+
+def _hungarian_case(torch, device, B, M, Q, C):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(B, Q, C, generator=g).to(device)
+    pred = torch.cat([torch.rand(B, Q, 2, generator=g) * 0.8 + 0.1, torch.rand(B, Q, 2, generator=g) * 0.3 + 0.02],
+                     -1).to(device)  # normalised cxcywh
+    side = torch.exp(torch.empty(B, M, 2).uniform_(math.log(8), math.log(256), generator=g))
+    ctr = torch.rand(B, M, 2, generator=g) * IMG
+    gt = torch.cat([ctr - side / 2, ctr + side / 2], -1).clamp(0, IMG).to(device)
+    labels = torch.randint(0, C, (B, M), generator=g).to(device)
+    mask = torch.ones(B, M, dtype=torch.bool, device=device)
+    shapes = torch.tensor([[IMG, IMG]] * B, device=device)
+    costs = [dict(type="FocalLossCost", weight=2.0), dict(type="BBoxL1Cost", weight=5.0, box_format="xywh"),
+             dict(type="IoUCost", iou_mode="giou", weight=2.0)]
+    from detassign.assigners.hungarian import HungarianAssigner
+    from detassign.boxes import cxcywh_to_xyxy
+    ours = HungarianAssigner(match_costs=costs)
+
+    def run_ours():
+        return ours.assign_batch(logits, pred, labels, gt, mask, shapes)
+
+    def run_ref():
+        ref = _mm().task_utils.build(dict(type="HungarianAssigner", match_costs=costs))
+        scale = torch.tensor([IMG, IMG, IMG, IMG], device=device, dtype=torch.float32)
+        out = []
+        for b in range(B):
+            p = _mm().InstanceData(scores=logits[b], bboxes=cxcywh_to_xyxy(pred[b]) * scale)
+            out.append(ref.assign(p, _mm().InstanceData(bboxes=gt[b], labels=labels[b]),
+                                  img_meta=dict(img_shape=(IMG, IMG))))
+        return out
+    return run_ours, run_ref
+
+
+def _yolo_case(torch, device, B):
+    x = torch.randn(B, 3, IMG, IMG, device=device)
+
+    def tensors(out):
+        if isinstance(out, torch.Tensor):
+            return [out]
+        items = out.values() if isinstance(out, dict) else out
+        return [t for item in items for t in tensors(item)]
+
+    def step(model):
+        # same scalar on both models (mean of every head output) so the backward passes are comparable
+        loss = sum(t.float().mean() for t in tensors(model(x)))
+        loss.backward()
+
+    from detassign.yolo import YOLO11
+    ours = YOLO11(scale="n", num_classes=80).to(device).train()
+
+    def run_ours():
+        ours.zero_grad(set_to_none=True)
+        step(ours)
+
+    def run_ref():
+        if not hasattr(run_ref, "model"):
+            run_ref.model = _ul().tasks.DetectionModel("yolo11n.yaml", nc=80, verbose=False).to(device).train()
+        run_ref.model.zero_grad(set_to_none=True)
+        step(run_ref.model)
+    return run_ours, run_ref
+
+
+# ----------------------------------------------------------------------------- measurement
+def _rss_peak_mib():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure(case, impl, device, reps, threads):
+    import torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    ours, ref = build_case(case, torch, device)
+    fn = ours if impl == "ours" else ref
+    if fn is None:
+        return None
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    with torch.no_grad() if not case.startswith("yolo") else _null():
+        base = _rss_peak_mib()
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            base_gpu = torch.cuda.memory_allocated() / 2**20
+        fn()  # warm-up
+        sync()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+    peak = _rss_peak_mib() - base
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20 - base_gpu
+    return dict(median_s=statistics.median(times), min_s=min(times), peak_mib=peak)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+CPU_CASES = [
+    ("tal_ultra:M=10", "TaskAligned (ultralytics preset) M=10", "ultralytics TAL"),
+    ("tal_ultra:M=50", "TaskAligned (ultralytics preset) M=50", "ultralytics TAL"),
+    ("tal_ultra:M=200", "TaskAligned (ultralytics preset) M=200", "ultralytics TAL"),
+    ("tal_mmdet:M=10", "TaskAligned (mmdet preset) M=10", "mmdet TAL loop"),
+    ("tal_mmdet:M=50", "TaskAligned (mmdet preset) M=50", "mmdet TAL loop"),
+    ("tal_mmdet:M=200", "TaskAligned (mmdet preset) M=200", "mmdet TAL loop"),
+    ("simota:M=50", "SimOTA M=50", "mmdet SimOTA loop"),
+    ("dsl:M=50", "DynamicSoftLabel M=50", "mmdet DSL loop"),
+    ("atss:M=50", "ATSS M=50", "mmdet ATSS loop"),
+    ("maxiou:M=50", "MaxIoU (batched) M=50", "mmdet MaxIoU loop"),
+    ("hungarian:Q=300,M=50", "Hungarian Q=300 M=50", "mmdet Hungarian loop"),
+    ("tal_dense:B=2,M=5000", "TaskAligned dense B=2 M=5000", "(ultralytics needs GBs)"),
+    ("yolo:B=8", "YOLO11n fwd+bwd B=8 @640", "ultralytics DetectionModel"),
+]
+CUDA_CASES = [
+    ("tal_ultra:M=50", "TaskAligned (ultralytics preset) M=50", "ultralytics TAL"),
+    ("tal_ultra:M=200", "TaskAligned (ultralytics preset) M=200", "ultralytics TAL"),
+    ("tal_ultra:B=64,M=200", "TaskAligned (ultralytics preset) B=64 M=200", "ultralytics TAL"),
+    ("tal_dense:B=2,M=5000", "TaskAligned dense B=2 M=5000", "(ultralytics needs GBs)"),
+    ("simota:M=50", "SimOTA M=50", "mmdet SimOTA loop"),
+    ("dsl:M=50", "DynamicSoftLabel M=50", "mmdet DSL loop"),
+    ("atss:M=50", "ATSS M=50", "mmdet ATSS loop"),
+    ("hungarian:Q=300,M=50", "Hungarian Q=300 M=50", "mmdet Hungarian loop"),
+    ("yolo:B=8", "YOLO11n fwd+bwd B=8 @640", "ultralytics DetectionModel"),
+]
+
+
+def run_child(case, impl, device, reps, threads, timeout):
+    cmd = [sys.executable, __file__, "--child", case, "--impl", impl, "--device", device, "--reps", str(reps),
+           "--threads", str(threads)]
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return dict(error=f"timed out after {timeout} s")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return dict(error=" | ".join(tail))
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def fmt_t(r):
+    return "n/a" if not r or "error" in r else f"{r['median_s'] * 1000:.1f} ms"
+
+
+def fmt_m(r):
+    return "n/a" if not r or "error" in r else f"{r['peak_mib']:.0f} MiB"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--child")
+    ap.add_argument("--impl", default="ours")
+    args = ap.parse_args()
+    if args.child:
+        res = measure(args.child, args.impl, args.device, args.reps, args.threads)
+        print("RESULT " + json.dumps(res))
+        return
+    cases = CUDA_CASES if args.device.startswith("cuda") else CPU_CASES
+    cases = [c for c in cases if args.only in c[0]]
+    rows, records = [], []
+    header = ("| case | reference | ours | reference time | ratio (ours/ref) | ours peak | ref peak | memory ratio |\n"
+              "|---|---|---|---|---|---|---|---|")
+    print(header, flush=True)
+    for case, label, ref_label in cases:
+        reps = args.reps if not case.startswith(("simota", "dsl")) or args.device != "cpu" else max(2, args.reps // 2)
+        ours = run_child(case, "ours", args.device, reps, args.threads, args.timeout)
+        ref = run_child(case, "ref", args.device, reps, args.threads, args.timeout) \
+            if not case.startswith("tal_dense") else None
+        ratio = (f"{ours['median_s'] / ref['median_s']:.3f}"
+                 if ours and ref and "error" not in ours and "error" not in ref else "n/a")
+        mratio = (f"{max(ours['peak_mib'], 0.0) / max(ref['peak_mib'], 1.0):.2f}x"
+                  if ours and ref and "error" not in ours and "error" not in ref else "n/a")
+        row = f"| {label} | {ref_label} | {fmt_t(ours)} | {fmt_t(ref)} | {ratio} | {fmt_m(ours)} | {fmt_m(ref)} | {mratio} |"
+        for name, r in (("ours", ours), ("ref", ref)):
+            if r and "error" in r:
+                row += f" {name} error: {r['error'][:120]}"
+        print(row, flush=True)
+        rows.append(row)
+        records.append(dict(case=case, label=label, reference=ref_label, ours=ours, ref=ref))
+    _write(args, header, rows, records)
+
+
+def _write(args, header, rows, records):
+    import torch
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = args.device
+    if dev.startswith("cuda") and torch.cuda.is_available():
+        dev_name = torch.cuda.get_device_name(0)
+    else:
+        dev_name = f"{platform.processor() or platform.machine()}, {args.threads} threads"
+    stamp = f"{datetime.date.today().isoformat()}, {dev_name}, torch {torch.__version__}"
+    (out / "bench.md").write_text(f"Measured {stamp}\n\n{header}\n" + "\n".join(rows) + "\n")
+    (out / "bench.json").write_text(json.dumps(dict(stamp=stamp, records=records), indent=1))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        pairs = [(r["label"], r["ours"]["median_s"] / r["ref"]["median_s"]) for r in records
+                 if r["ours"] and r["ref"] and "error" not in r["ours"] and "error" not in r["ref"]]
+        if pairs:
+            fig, ax = plt.subplots(figsize=(8, 0.4 * len(pairs) + 1.2))
+            ax.barh([p[0] for p in pairs], [p[1] for p in pairs], color="tab:blue")
+            ax.axvline(1.0, color="k", lw=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel("time ratio ours / reference (log; < 1 is faster)")
+            ax.set_title(f"detassign vs references ({stamp})", fontsize=8)
+            ax.invert_yaxis()
+            fig.tight_layout()
+            fig.savefig(out / "bench.png", dpi=120)
+    except Exception as err:  # the table is the product; a missing chart must not lose it
+        print(f"chart not written: {err}", file=sys.stderr)
+    print(f"\nwritten: {out / 'bench.md'}, {out / 'bench.json'}, {out / 'bench.png'}")
+
+
+if __name__ == "__main__":
+    main()

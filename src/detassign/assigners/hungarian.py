@@ -1,0 +1,266 @@
+"""One-to-one set-prediction matching (DETR family), mmdetection 3.3.0 ``HungarianAssigner``.
+
+Algorithm (per image):
+    1. cost = sum of the weighted match costs          # [Q, M]  e.g. 2*focal + 5*L1 + 2*(-GIoU)
+    2. (rows, cols) = scipy linear_sum_assignment(cost)  # min(Q, M) pairs, on CPU
+    3. gt_inds[rows] = cols + 1, every other query 0 (background); labels from the matched GT.
+
+Each GT is matched to at most one query and each query to at most one GT; min(Q, M) pairs are
+made, so with more GTs than queries (Q < M) every query is positive and M - Q GTs stay unmatched
+(as in mmdet). M == 0: every query negative. Q == 0: empty result.
+
+Choices:
+    * ``max_overlaps`` is None, as in mmdet (a cost is not an overlap). The summed cost of each
+      query's pair is available as the extra ``match_cost`` ([Q]; +inf for unmatched queries).
+    * Costs are computed in float32 even for float16 / bfloat16 inputs (see ``match_costs``).
+    * A NaN / Inf cost on a valid (query, GT) pair raises ``ValueError`` naming the image and
+      the cost term ("BBoxL1Cost produced 3 NaN values for image 2"), where scipy would only
+      say "cost matrix is infeasible". This check always runs (scipy would fail anyway).
+
+Batched path (:meth:`HungarianAssigner.assign_batch`): the costs of the whole padded batch are
+built by one vectorised call per cost term ([B, Q, M]), copied to the host in one transfer,
+and scipy solves each image's valid [Q, M_i] block. ``pred_bboxes`` there are normalised
+(cx, cy, w, h) in [0, 1] (the DETR head's output); they are converted to xyxy pixels with
+``img_shapes`` exactly as mmdet's DETR head does before calling the assigner.
+"""
+from __future__ import annotations
+
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from .. import _validate as V
+from ..boxes import cxcywh_to_xyxy
+from ..registry import build_match_cost
+from ..structures import AssignResult, BatchAssignResult, Instances
+from ._batch import check_padded_gts
+from .base import BaseAssigner
+from .match_costs import BaseMatchCost, _f32, _meta_shape, _Unsqueezed, img_shapes_tensor
+
+__all__ = ["HungarianAssigner", "build_match_costs", "sum_costs", "solve_batch", "matched_costs"]
+
+CostConfig = Union[BaseMatchCost, Mapping]
+
+
+def build_match_costs(match_costs: Union[CostConfig, Sequence[CostConfig]]) -> List[BaseMatchCost]:
+    """One cost, a config dict, or a list of either -> list of cost objects (dicts built by the registry)."""
+    if isinstance(match_costs, (Mapping, BaseMatchCost)):
+        match_costs = [match_costs]
+    if not isinstance(match_costs, (list, tuple)) or len(match_costs) == 0:
+        raise ValueError(f"match_costs must be a non-empty list of cost configs / objects, got {match_costs!r}")
+    built = []
+    for cost in match_costs:
+        if isinstance(cost, Mapping):
+            cost = build_match_cost(cost)
+        if not callable(getattr(cost, "batched", None)):
+            raise TypeError(f"each match cost must be a config dict or a match cost object with .batched(), "
+                            f"got {type(cost).__name__}")
+        built.append(cost)
+    return built
+
+
+def sum_costs(match_costs: Sequence[BaseMatchCost], pred, gt, img_shapes=None) -> Tuple[Tensor, List[Tensor]]:
+    """Weighted cost terms [B, Q, M] each and their sum [B, Q, M] (summed as mmdet does: stack, sum)."""
+    terms = [cost.batched(pred, gt, img_shapes) for cost in match_costs]
+    dtype = terms[0].dtype
+    for term in terms[1:]:
+        dtype = torch.promote_types(dtype, term.dtype)
+    total = torch.stack([t.to(dtype) for t in terms]).sum(dim=0)
+    return total, terms
+
+
+def _describe_bad(values: Tensor) -> str:
+    nan = int(torch.isnan(values).sum())
+    inf = int(torch.isinf(values).sum())
+    parts = [f"{n} {kind} value{'s' if n != 1 else ''}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n]
+    return " and ".join(parts)
+
+
+def _raise_non_finite(cost_np: np.ndarray, valid: np.ndarray, terms: Sequence[Tensor], names: Sequence[str],
+                      image_names: Sequence[str]) -> None:
+    """Name the first image and cost term with NaN / Inf on a valid (query, GT) pair. Error path only."""
+    for b in range(cost_np.shape[0]):
+        cols = np.flatnonzero(valid[b])
+        if np.isfinite(cost_np[b][:, cols]).all():
+            continue
+        cols_t = torch.as_tensor(cols, dtype=torch.long)
+        culprits = []
+        for name, term in zip(names, terms):
+            block = term[b].detach().cpu()[:, cols_t]
+            if not torch.isfinite(block).all():
+                culprits.append(f"{name} produced {_describe_bad(block)}")
+        if not culprits:
+            culprits.append(f"the sum of the cost terms ({', '.join(names)}) produced "
+                            f"{_describe_bad(torch.from_numpy(cost_np[b][:, cols]))}")
+        raise ValueError(f"{'; '.join(culprits)} for {image_names[b]}; the Hungarian matching needs finite "
+                         f"costs (check the predictions for NaN / Inf, e.g. NaN logits under AMP)")
+
+
+def solve_batch(cost: Tensor, gt_mask: Tensor, terms: Sequence[Tensor] = (), names: Sequence[str] = (),
+                image_names: Optional[Sequence[str]] = None) -> Tensor:
+    """Minimum-cost one-to-one matching per image.
+
+    cost [B, Q, M], gt_mask [B, M] bool -> gt_inds [B, Q] long on cost's device (1-based index into
+    the padded M, 0 unmatched). Only the valid columns of each image go to scipy. ``terms`` /
+    ``names`` / ``image_names`` only serve the error message for non-finite costs.
+    """
+    B, Q, M = cost.shape
+    # one host transfer: the cost block with the GT mask as an extra row
+    packed = torch.cat([cost.detach(), gt_mask[:, None, :].to(cost.dtype)], dim=1).cpu().numpy()
+    cost_np, valid = packed[:, :Q], packed[:, Q] > 0.5
+    if not np.isfinite(cost_np[np.broadcast_to(valid[:, None, :], cost_np.shape)]).all():
+        if image_names is None:
+            image_names = [f"image {b}" for b in range(B)]
+        _raise_non_finite(cost_np, valid, terms, names, image_names)
+    gt_inds = np.zeros((B, Q), dtype=np.int64)
+    for b in range(B):
+        cols = np.flatnonzero(valid[b])
+        if len(cols) == 0 or Q == 0:
+            continue
+        block = cost_np[b] if len(cols) == M else cost_np[b][:, cols]
+        rows, matched = linear_sum_assignment(block)
+        gt_inds[b, rows] = cols[matched] + 1
+    return torch.from_numpy(gt_inds).to(cost.device)
+
+
+def matched_costs(cost: Tensor, gt_inds: Tensor) -> Tensor:
+    """cost [B, Q, M], gt_inds [B, Q] 1-based -> [B, Q] cost of each query's pair, +inf if unmatched."""
+    if cost.shape[-1] == 0:
+        return cost.new_full(gt_inds.shape, float("inf"))
+    picked = torch.gather(cost, 2, (gt_inds - 1).clamp(min=0)[..., None])[..., 0]
+    return torch.where(gt_inds > 0, picked, torch.full_like(picked, float("inf")))
+
+
+def _labels(gt_inds: Tensor, gt_labels: Tensor) -> Tensor:
+    """gt_inds [B, Q] 1-based, gt_labels [B, M] -> [B, Q] labels, -1 where unmatched."""
+    if gt_labels.shape[-1] == 0:
+        return torch.full_like(gt_inds, -1)
+    picked = torch.gather(gt_labels.long(), 1, (gt_inds - 1).clamp(min=0))
+    return torch.where(gt_inds > 0, picked, torch.full_like(picked, -1))
+
+
+def _image_name(img_meta) -> str:
+    if hasattr(img_meta, "get"):
+        for key in ("img_path", "img_id", "filename"):
+            if img_meta.get(key) is not None:
+                return f"image {img_meta.get(key)!r}"
+    return "this image"
+
+
+class HungarianAssigner(BaseAssigner):
+    """One-to-one matching of Q predictions (queries) to M GTs by minimum total cost.
+
+    Args:
+        match_costs: a cost config dict (``dict(type="FocalLossCost", weight=2.0)``), a cost object,
+            or a non-empty list of them; dicts are built with :func:`detassign.build_match_cost`.
+
+    Example (Deformable DETR / DINO costs)::
+
+        HungarianAssigner([dict(type="FocalLossCost", weight=2.0),
+                           dict(type="BBoxL1Cost", weight=5.0, box_format="xywh"),
+                           dict(type="IoUCost", iou_mode="giou", weight=2.0)])
+    """
+
+    def __init__(self, match_costs: Union[CostConfig, Sequence[CostConfig]]) -> None:
+        self.match_costs = build_match_costs(match_costs)
+
+    @property
+    def cost_names(self) -> List[str]:
+        return [type(cost).__name__ for cost in self.match_costs]
+
+    @torch.no_grad()
+    def assign(self, pred_instances, gt_instances, img_meta: Optional[Mapping] = None, **kwargs) -> AssignResult:
+        """Match one image's predictions to its GTs (mmdet signature; extra kwargs are ignored).
+
+        pred_instances: the fields the costs read, e.g. ``scores`` [Q, C] logits, ``bboxes`` [Q, 4]
+            xyxy pixels, ``masks`` [Q, ...]. gt_instances: ``labels`` [M] and e.g. ``bboxes`` [M, 4]
+            xyxy pixels, ``masks`` [M, ...]. img_meta: ``img_shape`` (h, w), needed by BBoxL1Cost.
+        Returns AssignResult: gt_inds [Q] (1-based, 0 background), labels [Q] (-1 background),
+        max_overlaps None, extra ``match_cost`` [Q] (+inf for background).
+        """
+        gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
+        V.check_tensor("gt_instances.labels", gt_labels, ("M",), floating=False)
+        num_gts, num_preds = len(gt_labels), len(pred_instances)
+        device = gt_labels.device
+        if num_gts == 0 or num_preds == 0:
+            fill = 0 if num_gts == 0 else -1  # mmdet: background without GTs
+            result = AssignResult(num_gts, torch.full((num_preds,), fill, dtype=torch.long, device=device), None,
+                                  torch.full((num_preds,), -1, dtype=torch.long, device=device))
+            result.set_extra_property("match_cost", torch.full((num_preds,), float("inf"), device=device))
+            return result
+        shape = _meta_shape(img_meta)
+        cost, terms = sum_costs(self.match_costs, _Unsqueezed(pred_instances), _Unsqueezed(gt_instances),
+                                None if shape is None else [shape])
+        gt_mask = torch.ones(1, num_gts, dtype=torch.bool, device=cost.device)
+        gt_inds = solve_batch(cost, gt_mask, terms, self.cost_names, [_image_name(img_meta)]).to(device)
+        result = AssignResult(num_gts, gt_inds[0], None, _labels(gt_inds, gt_labels[None])[0])
+        result.set_extra_property("match_cost", matched_costs(cost, gt_inds.to(cost.device))[0])
+        return result
+
+    @torch.no_grad()
+    def assign_instances_batch(self, pred_instances, gt_instances, gt_mask: Optional[Tensor] = None,
+                               img_shapes=None) -> BatchAssignResult:
+        """Batched matching from instances whose fields carry a leading batch dimension.
+
+        pred_instances: e.g. ``scores`` [B, Q, C], ``bboxes`` [B, Q, 4] xyxy px, ``masks`` [B, Q, ...];
+        gt_instances: ``labels`` [B, M] and e.g. ``bboxes`` [B, M, 4], ``masks`` [B, M, ...], padded;
+        gt_mask [B, M] bool (None: all valid); img_shapes [B, 2] (h, w) for BBoxL1Cost.
+        Returns BatchAssignResult(num_gts [B], gt_inds [B, Q], None, labels [B, Q], match_cost [B, Q]).
+        """
+        gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
+        V.check_tensor("gt_labels", gt_labels, ("B", "M"), floating=False)
+        B, M = gt_labels.shape
+        if gt_mask is None:
+            gt_mask = torch.ones(B, M, dtype=torch.bool, device=gt_labels.device)
+        V.check_tensor("gt_mask", gt_mask, (B, M))
+        gt_mask = gt_mask.bool()
+        # padded rows may hold any label; point them at class 0 so gathers stay in range
+        safe_labels = torch.where(gt_mask, gt_labels.long(), torch.zeros_like(gt_labels, dtype=torch.long))
+        gt = _WithLabels(gt_instances, safe_labels)
+        cost, terms = sum_costs(self.match_costs, pred_instances, gt, img_shapes)
+        gt_inds = solve_batch(cost, gt_mask.to(cost.device), terms, self.cost_names)
+        return BatchAssignResult(gt_mask.sum(dim=1), gt_inds, None, _labels(gt_inds, safe_labels.to(cost.device)),
+                                 match_cost=matched_costs(cost, gt_inds))
+
+    @torch.no_grad()
+    def assign_batch(self, pred_scores: Tensor, pred_bboxes: Tensor, gt_labels: Tensor, gt_bboxes: Tensor,
+                     gt_mask: Optional[Tensor] = None, img_shapes=None) -> BatchAssignResult:
+        """DETR-style batched matching.
+
+        pred_scores [B, Q, C] logits; pred_bboxes [B, Q, 4] normalised (cx, cy, w, h) in [0, 1] (the
+        DETR head's output); gt_labels [B, M]; gt_bboxes [B, M, 4] xyxy pixels, padded; gt_mask [B, M]
+        (None: all valid); img_shapes [B, 2] (h, w) pixels, or one (h, w) for all images.
+        Predictions are scaled to xyxy pixels (``cxcywh_to_xyxy(b) * [w, h, w, h]``, as mmdet's
+        DETRHead does) and matched; equals ``assign`` on each image's valid GTs.
+        """
+        V.check_tensor("pred_scores", pred_scores, ("B", "Q", "C"), floating=True)
+        B, Q = pred_scores.shape[:2]
+        V.check_tensor("pred_bboxes", pred_bboxes, (B, Q, 4), floating=True)
+        gt_labels, gt_bboxes, gt_mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask)
+        V.check_tensor("gt_bboxes", gt_bboxes, (B, "M", 4))
+        V.check_same_device(pred_scores=pred_scores, pred_bboxes=pred_bboxes, gt_bboxes=gt_bboxes)
+        shapes = img_shapes_tensor(img_shapes, B, pred_bboxes.device)
+        h, w = shapes.unbind(-1)
+        factor = torch.stack((w, h, w, h), dim=-1)[:, None, :]  # [B, 1, 4]
+        # float32 before scaling: float16 resolves only 0.5 px at 1000 px
+        pred_bboxes = _f32(pred_bboxes)
+        pred_xyxy = cxcywh_to_xyxy(pred_bboxes) * factor.to(pred_bboxes.dtype)
+        pred = Instances(scores=pred_scores, bboxes=pred_xyxy)
+        gt = Instances(labels=gt_labels, bboxes=gt_bboxes)
+        return self.assign_instances_batch(pred, gt, gt_mask, shapes)
+
+
+class _WithLabels:
+    """An instances view whose ``labels`` field is replaced (padding-safe labels)."""
+
+    def __init__(self, instances, labels: Tensor) -> None:
+        self._instances = instances
+        self._labels = labels
+
+    def __getattr__(self, name: str):
+        if name == "labels":
+            return object.__getattribute__(self, "_labels")
+        return getattr(object.__getattribute__(self, "_instances"), name, None)

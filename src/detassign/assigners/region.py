@@ -1,0 +1,256 @@
+"""RegionAssigner: centre-region anchors of a GT's own pyramid level are positive (Cascade RPN).
+
+Shape symbols: A anchors of all levels (level-major, as ``num_level_anchors`` splits them),
+A_l anchors of level l, M GTs, L pyramid levels.
+
+Algorithm (Vu et al., "Cascade RPN", 2019; mmdetection's ``RegionAssigner``), per image:
+
+1. Target level of every GT from its size:
+   ``l = floor(log2(sqrt(w * h)) - log2(anchor_scale * anchor_strides[0]) + 0.5)``, clamped to
+   ``[0, L - 1]`` (a zero-area GT goes to level 0).
+2. On every level, project each GT onto the feature grid (divide by the stride) and shrink it by
+   ``r`` of its extent from every side, rounding to grid cells (half to even) and clipping to the
+   feature map: the centre region uses ``r1 = (1 - center_ratio) / 2``, the ignore region
+   ``r2 = (1 - ignore_ratio) / 2``.
+3. On the GT's own level, anchors whose centre (in grid units, bounds inclusive) lies in the ignore
+   region are ignored (-1) and those in the centre region are positive. Where several GTs of one
+   level claim an anchor, the GT with the highest index decides: mmdet writes the GTs in index order
+   and later writes win, so this assigner is order-dependent for overlapping same-level GTs.
+4. Anchors in a GT's ignore region on the levels directly below and above its own are ignored
+   (this overrides positives).
+5. Anchors that are invalid (``valid_flags``) or cross the image border by more than
+   ``allowed_border`` px are ignored (a negative ``allowed_border`` checks ``valid_flags`` only).
+
+Differences from mmdet 3.3.0 (everything else is bit-for-bit; see tests/test_region.py):
+
+* ``labels`` are -1 for non-positives (the library-wide contract); mmdet writes 0 there, which
+  ``mmdet_labels=True`` reproduces (including mmdet's -1 labels when there are no GTs or anchors).
+* ``max_overlaps`` is always ``None``: the assigner computes no overlaps. mmdet returns ``None`` too,
+  except for zeros when there are no GTs or no anchors.
+* With no GTs every anchor is negative (0), out-of-image ones included, exactly as mmdet (which
+  returns before its border step).
+* ``gt_instances_ignore`` with boxes raises ``ValueError``; mmdet raises ``NotImplementedError`` for
+  any non-``None`` value, we also accept an empty one.
+* ``pred_instances.valid_flags`` is optional (all valid when absent).
+* float16 / bfloat16 / integer inputs are computed in float32 (mmdet computes in half, where
+  ``w * h`` overflows above 65504 px^2 and sends every large GT to the top level).
+"""
+from __future__ import annotations
+
+from numbers import Real
+from typing import List, Mapping, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _validate as V
+from ..structures import AssignResult
+from .base import BaseAssigner
+
+__all__ = ["RegionAssigner", "target_levels", "grid_regions", "centers_in_regions", "claim_own_level",
+           "inside_image"]
+
+
+def _compute_dtype(x: Tensor) -> Tensor:
+    """Half / bfloat16 / integer -> float32; float32 and float64 are kept as they are."""
+    if x.dtype in (torch.float16, torch.bfloat16) or not x.is_floating_point():
+        return x.float()
+    return x
+
+
+def target_levels(gt_boxes: Tensor, anchor_scale: float, base_stride: float, num_levels: int) -> Tensor:
+    """Pyramid level of every GT. gt_boxes [M, 4] xyxy -> [M] long in ``[0, num_levels - 1]``.
+
+    ``floor(log2(sqrt(w h)) - log2(anchor_scale * base_stride) + 0.5)``: the level whose anchor
+    size ``anchor_scale * stride`` is nearest to the GT's size in log scale (strides doubling).
+    """
+    scale = torch.sqrt((gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1]))
+    # log2 of the smallest anchor size taken in the GTs' dtype, so the rounding matches mmdet's
+    min_anchor_size = scale.new_full((1,), float(anchor_scale * base_stride))
+    levels = torch.floor(torch.log2(scale) - torch.log2(min_anchor_size) + 0.5)
+    return levels.clamp(min=0, max=num_levels - 1).long()
+
+
+def grid_regions(gt_boxes: Tensor, ratio: float, stride: float, featmap_size: Tuple[int, int]) -> Tensor:
+    """GT boxes shrunk by ``ratio`` of their extent from every side, in grid units of one level.
+
+    gt_boxes [M, 4] xyxy px -> [M, 4] (x1, y1, x2, y2) grid cells, rounded half to even and clipped
+    to ``[0, w]`` / ``[0, h]`` for ``featmap_size = (h, w)``. ``ratio = 0`` keeps the whole box,
+    ``ratio = 0.5`` collapses it to its centre.
+    """
+    f = gt_boxes / stride
+    x1 = torch.round((1 - ratio) * f[:, 0] + ratio * f[:, 2])
+    y1 = torch.round((1 - ratio) * f[:, 1] + ratio * f[:, 3])
+    x2 = torch.round(ratio * f[:, 0] + (1 - ratio) * f[:, 2])
+    y2 = torch.round(ratio * f[:, 1] + (1 - ratio) * f[:, 3])
+    h, w = featmap_size
+    return torch.stack((x1.clamp(min=0, max=w), y1.clamp(min=0, max=h),
+                        x2.clamp(min=0, max=w), y2.clamp(min=0, max=h)), dim=-1)
+
+
+def centers_in_regions(anchors: Tensor, stride: float, regions: Tensor) -> Tensor:
+    """Anchor centres (grid units) inside regions, bounds included. anchors [A_l, 4] px, regions [M, 4] -> [M, A_l]."""
+    f = anchors / stride
+    x = (f[:, 0] + f[:, 2]) * 0.5
+    y = (f[:, 1] + f[:, 3]) * 0.5
+    return ((x >= regions[:, 0, None]) & (x <= regions[:, 2, None])
+            & (y >= regions[:, 1, None]) & (y <= regions[:, 3, None]))
+
+
+def claim_own_level(in_ignore: Tensor, in_centre: Tensor, own: Tensor) -> Tensor:
+    """gt_inds on one level from the GTs whose target level it is (steps 2-3).
+
+    in_ignore, in_centre [M, A_l] bool, own [M] bool -> [A_l] long: 0 where no own GT claims the
+    anchor, else decided by the highest-index claimant g: ``g + 1`` if the anchor is in its centre
+    region, -1 otherwise (mmdet's sequential writes, last one wins).
+    """
+    num_gts = in_ignore.shape[0]
+    claims = (in_ignore | in_centre) & own[:, None]                                   # [M, A_l]
+    index = torch.arange(1, num_gts + 1, device=claims.device)[:, None]
+    last = (claims * index).amax(dim=0)                                                # [A_l] 1-based, 0 none
+    in_last_centre = in_centre.gather(0, (last - 1).clamp(min=0)[None]).squeeze(0)     # [A_l]
+    gt_inds = torch.where(in_last_centre, last, torch.full_like(last, -1))
+    return torch.where(last > 0, gt_inds, torch.zeros_like(last))
+
+
+def inside_image(anchors: Tensor, valid_flags: Tensor, img_shape: Sequence[int], allowed_border: float) -> Tensor:
+    """Valid anchors within the image plus ``allowed_border`` px. anchors [A, 4], valid_flags [A] -> [A] bool.
+
+    ``x1 >= -b``, ``y1 >= -b``, ``x2 < w + b``, ``y2 < h + b``; a negative border checks only the flags.
+    """
+    if allowed_border < 0:
+        return valid_flags
+    img_h, img_w = img_shape[0], img_shape[1]
+    return (valid_flags & (anchors[:, 0] >= -allowed_border) & (anchors[:, 1] >= -allowed_border)
+            & (anchors[:, 2] < img_w + allowed_border) & (anchors[:, 3] < img_h + allowed_border))
+
+
+def _read_inputs(pred_instances, gt_instances, gt_instances_ignore) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Checked (priors [A, 4], valid_flags [A] bool, gt boxes [M, 4], gt labels [M])."""
+    anchors = V.check_tensor("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
+                             ("A", 4))
+    gt_boxes = V.check_tensor("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M", 4))
+    gt_labels = V.check_tensor("gt_instances.labels", V.get_field(gt_instances, "labels", "gt_instances"),
+                               (gt_boxes.shape[0],), floating=False)
+    valid_flags = V.get_field(pred_instances, "valid_flags", "pred_instances", required=False)
+    if valid_flags is None:
+        valid_flags = torch.ones(anchors.shape[0], dtype=torch.bool, device=anchors.device)
+    V.check_tensor("pred_instances.valid_flags", valid_flags, (anchors.shape[0],))
+    ignore_boxes = V.get_field(gt_instances_ignore, "bboxes", "gt_instances_ignore", required=False)
+    if ignore_boxes is not None and ignore_boxes.numel() > 0:
+        raise ValueError("gt_instances_ignore: RegionAssigner has no ignore-box rule (mmdet raises too); "
+                         f"pass None, got {ignore_boxes.shape[0]} box(es)")
+    V.check_same_device(priors=anchors, gt_bboxes=gt_boxes, gt_labels=gt_labels, valid_flags=valid_flags)
+    V.check_finite("pred_instances.priors", anchors)
+    V.check_boxes("gt_instances.bboxes", gt_boxes)
+    return anchors, valid_flags.bool(), gt_boxes, gt_labels
+
+
+def _check_levels(num_anchors: int, featmap_sizes, num_level_anchors, anchor_scale,
+                  anchor_strides) -> Tuple[List[Tuple[int, int]], List[int], List[float]]:
+    for name, value in (("featmap_sizes", featmap_sizes), ("num_level_anchors", num_level_anchors),
+                        ("anchor_strides", anchor_strides)):
+        if not isinstance(value, (list, tuple)) or len(value) == 0:
+            raise TypeError(f"{name} must be a non-empty list with one entry per pyramid level, got {value!r}")
+    lengths = (len(featmap_sizes), len(num_level_anchors), len(anchor_strides))
+    if len(set(lengths)) != 1:
+        raise ValueError(f"featmap_sizes, num_level_anchors and anchor_strides must have one entry per level, "
+                         f"got lengths {lengths}")
+    sizes = []
+    for size in featmap_sizes:
+        if len(size) != 2:
+            raise ValueError(f"featmap_sizes entries must be (h, w), got {tuple(size)!r}")
+        sizes.append((int(size[0]), int(size[1])))
+    counts = [int(n) for n in num_level_anchors]
+    if any(n < 0 for n in counts) or sum(counts) != num_anchors:
+        raise ValueError(f"num_level_anchors must be non-negative and sum to the number of priors "
+                         f"({num_anchors}), got {counts}")
+    strides = list(anchor_strides)
+    if not all(isinstance(s, Real) and s > 0 for s in strides):
+        raise ValueError(f"anchor_strides must be positive numbers (one per level), got {strides!r}")
+    if not isinstance(anchor_scale, Real) or anchor_scale <= 0:
+        raise ValueError(f"anchor_scale must be a positive number, got {anchor_scale!r}")
+    return sizes, counts, strides
+
+
+def _check_img_shape(img_meta) -> Tuple[int, int]:
+    if not isinstance(img_meta, Mapping) or "img_shape" not in img_meta:
+        raise ValueError(f"img_meta must be a dict with 'img_shape' = (h, w[, c]), got {img_meta!r}")
+    shape = img_meta["img_shape"]
+    if len(shape) < 2:
+        raise ValueError(f"img_meta['img_shape'] must be (h, w[, c]), got {shape!r}")
+    return shape[0], shape[1]
+
+
+class RegionAssigner(BaseAssigner):
+    """Cascade RPN's region assigner (see the module docstring for the steps and mmdet differences).
+
+    Args:
+        center_ratio: fraction of the GT (per side, centred) whose anchors are positive, in [0, 1].
+        ignore_ratio: fraction of the GT whose anchors are ignored on its own and adjacent levels, in [0, 1].
+        mmdet_labels: write 0 instead of -1 into ``labels`` for non-positives, as mmdet does.
+    """
+
+    def __init__(self, center_ratio: float = 0.2, ignore_ratio: float = 0.5, mmdet_labels: bool = False) -> None:
+        for name, value in (("center_ratio", center_ratio), ("ignore_ratio", ignore_ratio)):
+            if not isinstance(value, Real) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        self.center_ratio = center_ratio
+        self.ignore_ratio = ignore_ratio
+        self.mmdet_labels = bool(mmdet_labels)
+
+    @torch.no_grad()
+    def assign(self, pred_instances, gt_instances, img_meta: dict, featmap_sizes: List[Tuple[int, int]],
+               num_level_anchors: List[int], anchor_scale: float, anchor_strides: List[float],
+               gt_instances_ignore=None, allowed_border: float = 0) -> AssignResult:
+        """Assign the anchors of one image.
+
+        pred_instances.priors [A, 4] xyxy anchors of all levels concatenated level by level,
+        pred_instances.valid_flags [A] bool (optional, default all valid);
+        gt_instances.bboxes [M, 4] xyxy, gt_instances.labels [M] int;
+        img_meta['img_shape'] = (h, w[, c]); featmap_sizes [(h_l, w_l)] * L; num_level_anchors [A_l] * L
+        (summing to A); anchor_scale the base anchor size in strides; anchor_strides [stride_l] * L.
+
+        Returns an :class:`AssignResult` with gt_inds [A] (1-based, 0 negative, -1 ignore),
+        labels [A] (-1 for non-positives, 0 with ``mmdet_labels``) and ``max_overlaps=None``.
+        If M == 0 or A == 0: every anchor is negative; no error.
+        """
+        anchors, valid_flags, gt_boxes, gt_labels = _read_inputs(pred_instances, gt_instances, gt_instances_ignore)
+        num_anchors, num_gts = anchors.shape[0], gt_boxes.shape[0]
+        sizes, counts, strides = _check_levels(num_anchors, featmap_sizes, num_level_anchors, anchor_scale,
+                                               anchor_strides)
+        img_shape = _check_img_shape(img_meta)
+
+        if num_gts == 0 or num_anchors == 0:
+            gt_inds = torch.zeros(num_anchors, dtype=torch.long, device=anchors.device)
+            return AssignResult(num_gts, gt_inds, None, torch.full_like(gt_inds, -1))
+
+        anchors, gt_boxes = _compute_dtype(anchors), _compute_dtype(gt_boxes)
+        gt_inds = self._assign_levels(anchors, gt_boxes, sizes, counts, anchor_scale, strides)
+        inside = inside_image(anchors, valid_flags, img_shape, allowed_border)
+        gt_inds = torch.where(inside, gt_inds, torch.full_like(gt_inds, -1))
+        return AssignResult(num_gts, gt_inds, None, self._labels(gt_inds, gt_labels))
+
+    def _assign_levels(self, anchors: Tensor, gt_boxes: Tensor, sizes, counts, anchor_scale,
+                       strides) -> Tensor:
+        """Steps 1-4 over the levels. anchors [A, 4], gt_boxes [M, 4] -> gt_inds [A]."""
+        num_levels = len(counts)
+        levels = target_levels(gt_boxes, anchor_scale, strides[0], num_levels)        # [M]
+        centre_ratio = (1 - self.center_ratio) / 2
+        ignore_ratio = (1 - self.ignore_ratio) / 2
+        per_level = []
+        for lvl, level_anchors in enumerate(torch.split(anchors, counts)):
+            stride, size = strides[lvl], sizes[lvl]
+            in_ignore = centers_in_regions(level_anchors, stride, grid_regions(gt_boxes, ignore_ratio, stride, size))
+            in_centre = centers_in_regions(level_anchors, stride, grid_regions(gt_boxes, centre_ratio, stride, size))
+            gt_inds = claim_own_level(in_ignore, in_centre, levels == lvl)                # [A_l]
+            adjacent = (levels == lvl - 1) | (levels == lvl + 1)                           # [M]
+            ignored = (in_ignore & adjacent[:, None]).any(dim=0)                           # [A_l]
+            per_level.append(torch.where(ignored, torch.full_like(gt_inds, -1), gt_inds))
+        return torch.cat(per_level)
+
+    def _labels(self, gt_inds: Tensor, gt_labels: Tensor) -> Tensor:
+        """[A] gt_inds, [M] labels -> [A] class of positives, -1 (or 0 with ``mmdet_labels``) elsewhere."""
+        fill = torch.full_like(gt_inds, 0 if self.mmdet_labels else -1)
+        assigned = gt_labels.long()[(gt_inds - 1).clamp(min=0)]       # gather, no host sync
+        return torch.where(gt_inds > 0, assigned, fill)

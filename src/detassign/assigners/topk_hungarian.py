@@ -1,0 +1,173 @@
+"""One-to-many Hungarian matching (DDQ-DETR's auxiliary head), mmdetection 3.3.0 ``TopkHungarianAssigner``.
+
+Algorithm (one image, N dense queries, M GTs):
+    1. cost = cls_cost + reg_cost + iou_cost                        # [N, M] (focal 2, L1 5, -GIoU 2)
+    2. k = min(topk, N // M)                                       # so that N >= k * M
+    3. repeat each GT column k times                               # [N, M * k], GT j -> columns j*k .. j*k+k-1
+    4. scipy linear_sum_assignment -> each GT gets exactly k distinct queries, each query at most one GT
+    5. gt_inds[query] = GT + 1, others 0; labels from the GT
+    6. alignment metric t = score[gt label] ** alpha * IoU ** beta (TOOD) of each matched pair
+
+``pred_scores`` are used as given both in the metric (``score ** alpha``) and by ``cls_cost``
+(FocalLossCost applies a sigmoid to them), exactly as mmdet does.
+
+mmdet layout, reproduced by default (``dense_outputs=False``): ``max_overlaps`` (IoU of each
+matched pair) and the extra ``assign_metrics`` hold one value per *positive* query, in increasing
+query order (what DDQ's aux loss indexes with ``pos_inds``), not one per query.
+``dense_outputs=True`` scatters both into [N] tensors (0 for non-positives).
+
+Edge cases: M == 0 -> all negative, ``max_overlaps`` None (dense: zeros) and no assign_metrics
+(dense: zeros). N < M gives k = 0: no positives at all (as mmdet). Deviations: mmdet then returns
+``labels=None`` (we return labels of -1), and with N == 0 < M mmdet raises in ``view`` (we return
+an empty result).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Union
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from .. import _validate as V
+from ..boxes import aligned_iou
+from ..registry import build_match_cost
+from ..structures import AssignResult, Instances
+from .base import BaseAssigner
+from .hungarian import _image_name, _raise_non_finite
+from .match_costs import BaseMatchCost, _f32, _pairwise_overlaps
+
+__all__ = ["TopkHungarianAssigner", "alignment_metrics", "topk_linear_assignment"]
+
+CostConfig = Union[BaseMatchCost, Mapping]
+
+
+def _build_cost(cost: CostConfig) -> BaseMatchCost:
+    return build_match_cost(cost) if isinstance(cost, Mapping) else cost
+
+
+def _check_iou_calculator(iou_calculator: Mapping) -> None:
+    cfg = iou_calculator if isinstance(iou_calculator, Mapping) else {}
+    plain = cfg.get("dtype") is None and cfg.get("scale", 1.0) == 1.0
+    if cfg.get("type") not in ("BboxOverlaps2D", "mmdet.BboxOverlaps2D") or not plain:
+        raise ValueError(f"iou_calculator must be dict(type='BboxOverlaps2D') (mmdet's default; scale / fp16 "
+                         f"options are not supported), got {iou_calculator!r}")
+
+
+def alignment_metrics(pred_scores: Tensor, ious: Tensor, gt_labels: Tensor, alpha: float, beta: float) -> Tensor:
+    """TOOD metric score[gt label] ** alpha * IoU ** beta. pred_scores [N, C], ious [N, M], gt_labels [M] -> [N, M]."""
+    return pred_scores[:, gt_labels] ** alpha * ious ** beta
+
+
+def topk_linear_assignment(cost: Tensor, k: int):
+    """cost [N, M] -> (rows [P], gt [P]) with P = k * M: each GT its k cheapest distinct queries jointly.
+
+    Columns are repeated k times GT by GT (GT j owns columns j*k .. j*k + k - 1, mmdet's layout, so
+    ties resolve as there). Rows come back in increasing order. Requires N >= k * M.
+    """
+    repeated = cost.detach().repeat_interleave(k, dim=1).cpu().numpy()
+    rows, cols = linear_sum_assignment(repeated)
+    device = cost.device
+    return torch.from_numpy(rows).to(device), torch.from_numpy(cols // k).to(device)
+
+
+class TopkHungarianAssigner(BaseAssigner):
+    """Each GT matched to its ``topk`` best queries by one joint linear assignment (DDQ-DETR).
+
+    Args:
+        topk: queries per GT (capped at N // M per image).
+        iou_calculator: mmdet config, only ``dict(type='BboxOverlaps2D')`` (plain IoU) is accepted.
+        cls_cost, reg_cost, iou_cost: match cost configs or objects (mmdet defaults: FocalLossCost 2.0,
+            BBoxL1Cost 5.0, IoUCost giou 2.0).
+        dense_outputs: False (mmdet) gives per-positive ``max_overlaps`` / ``assign_metrics``;
+            True gives [N] tensors with 0 for non-positives.
+    """
+
+    def __init__(self, topk: int, iou_calculator: Mapping = dict(type="BboxOverlaps2D"),
+                 cls_cost: CostConfig = dict(type="FocalLossCost", weight=2.0),
+                 reg_cost: CostConfig = dict(type="BBoxL1Cost", weight=5.0),
+                 iou_cost: CostConfig = dict(type="IoUCost", iou_mode="giou", weight=2.0),
+                 dense_outputs: bool = False) -> None:
+        if int(topk) < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        _check_iou_calculator(iou_calculator)
+        self.topk = int(topk)
+        self.iou_calculator = iou_calculator
+        self.cls_cost = _build_cost(cls_cost)
+        self.reg_cost = _build_cost(reg_cost)
+        self.iou_cost = _build_cost(iou_cost)
+        self.dense_outputs = dense_outputs
+
+    def _costs(self, pred_scores: Tensor, pred_bboxes: Tensor, gt_bboxes: Tensor, gt_labels: Tensor, img_meta):
+        """Weighted total cost [N, M], summed in mmdet's order (cls + reg) + iou, and the named terms."""
+        pred = Instances(scores=pred_scores, bboxes=pred_bboxes)
+        gt = Instances(labels=gt_labels, bboxes=gt_bboxes)
+        reg = self.reg_cost(pred, gt, img_meta)
+        iou = self.iou_cost(pred, gt, img_meta)
+        cls = self.cls_cost(pred, gt, img_meta)
+        names = [f"{role} {type(c).__name__}" for role, c in
+                 (("cls_cost", self.cls_cost), ("reg_cost", self.reg_cost), ("iou_cost", self.iou_cost))]
+        return cls + reg + iou, [cls, reg, iou], names
+
+    @torch.no_grad()
+    def assign(self, pred_scores: Tensor, decode_bboxes: Tensor, gt_bboxes: Tensor, gt_labels: Tensor,
+               img_meta: Optional[Mapping] = None, alpha: float = 1, beta: float = 6, **kwargs) -> AssignResult:
+        """One image (mmdet signature; extra kwargs are ignored).
+
+        pred_scores [N, C] class scores (see the module docstring), decode_bboxes [N, 4] xyxy pixels,
+        gt_bboxes [M, 4] xyxy pixels, gt_labels [M], img_meta with ``img_shape`` (h, w) for BBoxL1Cost.
+        Returns AssignResult(num_gts, gt_inds [N], max_overlaps [P] or [N], labels [N]) with the extra
+        ``assign_metrics`` ([P] or [N]).
+        """
+        V.check_tensor("pred_scores", pred_scores, ("N", "C"), floating=True)
+        N = pred_scores.shape[0]
+        V.check_tensor("decode_bboxes", decode_bboxes, (N, 4), floating=True)
+        V.check_tensor("gt_bboxes", gt_bboxes, ("M", 4), floating=True)
+        M = gt_bboxes.shape[0]
+        V.check_tensor("gt_labels", gt_labels, (M,), floating=False)
+        V.check_boxes("gt_bboxes", gt_bboxes)
+        device = pred_scores.device
+        gt_inds = torch.zeros(N, dtype=torch.long, device=device)
+        labels = torch.full((N,), -1, dtype=torch.long, device=device)
+        if M == 0:
+            return self._result(0, gt_inds, labels, None, None, N)
+        scores, boxes, gts = _f32(pred_scores), _f32(decode_bboxes), _f32(gt_bboxes)
+        ious = _pairwise_overlaps(boxes[None], gts[None], "iou")[0]  # [N, M]
+        metrics = alignment_metrics(scores, ious, gt_labels.long(), alpha, beta)
+        cost, terms, names = self._costs(scores, boxes, gts, gt_labels.long(), img_meta)
+        k = min(self.topk, N // M)
+        if k == 0:
+            empty = scores.new_zeros(0)
+            return self._result(M, gt_inds, labels, empty, empty, N)
+        self._check_finite(cost, terms, names, img_meta)
+        rows, matched = topk_linear_assignment(cost, k)
+        gt_inds[rows] = matched + 1
+        labels[rows] = gt_labels.long()[matched]
+        pos_ious = aligned_iou(boxes[rows], gts[matched])
+        pos_metrics = metrics[rows, matched]
+        return self._result(M, gt_inds, labels, pos_ious, pos_metrics, N, rows)
+
+    @staticmethod
+    def _check_finite(cost: Tensor, terms, names, img_meta) -> None:
+        """Clear error naming the image and the cost terms instead of scipy's 'cost matrix is infeasible'."""
+        if bool(torch.isfinite(cost).all()):
+            return
+        valid = np.ones((1, cost.shape[1]), dtype=bool)
+        _raise_non_finite(cost[None].detach().cpu().numpy(), valid, [t[None] for t in terms], names,
+                          [_image_name(img_meta)])
+
+    def _result(self, num_gts: int, gt_inds: Tensor, labels: Tensor, pos_ious: Optional[Tensor],
+                pos_metrics: Optional[Tensor], N: int, rows: Optional[Tensor] = None) -> AssignResult:
+        if self.dense_outputs:
+            ious = torch.zeros(N, dtype=torch.float32, device=gt_inds.device)
+            metrics = torch.zeros(N, dtype=torch.float32, device=gt_inds.device)
+            if rows is not None:
+                ious[rows] = pos_ious.to(ious.dtype)
+                metrics[rows] = pos_metrics.to(metrics.dtype)
+            pos_ious, pos_metrics = ious, metrics
+        result = AssignResult(num_gts, gt_inds, pos_ious, labels)
+        if pos_metrics is not None:
+            result.set_extra_property("assign_metrics", pos_metrics)
+        return result
+

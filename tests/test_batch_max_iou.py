@@ -1,0 +1,196 @@
+"""BatchMaxIoUAssigner: one vectorised call == mmdet MaxIoUAssigner image by image, for every knob."""
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from detassign import Instances, build_assigner
+from detassign.assigners._batch import pad_gts
+from detassign.assigners.batch_max_iou import BatchMaxIoUAssigner
+from detassign.assigners.max_iou import MaxIoUAssigner
+from tests.oracles import mmdet
+from tests.test_max_iou import KNOBS, assert_same, random_boxes, random_case
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """mmdet's ``max(dim)`` opens the thread pool even on tiny tensors, which costs ~20 ms a call on a busy
+    2-core machine; these tests only use tiny tensors, so run them on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_batch(seed, B=4, A=30):
+    """Shared priors [A, 4] (fp16 for some seeds) and per-image GT / label / ignore lists of varied sizes."""
+    cases = [random_case(seed * 7 + i, max_priors=A) for i in range(B)]
+    g = torch.Generator().manual_seed(seed)
+    priors = random_boxes(A if seed % 9 else 0, g, grid=seed % 5 == 2)
+    if seed % 6 == 1:
+        priors = priors.half()
+    return priors, [c[1] for c in cases], [c[2] for c in cases], [c[3] for c in cases]
+
+
+def padded(gts, labels, ignores):
+    gt_labels, gt_boxes, gt_mask = pad_gts(gts, labels)
+    _, ignore_boxes, ignore_mask = pad_gts(ignores, [torch.zeros(len(b), dtype=torch.long) for b in ignores])
+    return gt_boxes, gt_mask, gt_labels, ignore_boxes, ignore_mask
+
+
+# ----------------------------------------------------------------------------- hand-worked
+def test_hand_worked_padded_batch():
+    # image 0: GT [0,0,10,9] (label 5) vs prior0 [0,0,10,10]: IoU 90/100 = 0.9 -> positive; prior1 [10,10,20,20]
+    #   IoU 0 -> negative. The padded row (mask False) must never match.
+    # image 1: no valid GT -> everything negative, max_overlaps 0.
+    priors = torch.tensor([[0.0, 0, 10, 10], [10, 10, 20, 20]])
+    gt_boxes = torch.tensor([[[0.0, 0, 10, 9], [10, 10, 20, 20]],
+                             [[10.0, 10, 20, 20], [0, 0, 10, 10]]])
+    gt_mask = torch.tensor([[True, False], [False, False]])
+    gt_labels = torch.tensor([[5, 6], [7, 8]])
+    res = BatchMaxIoUAssigner(0.5, 0.5).assign_batch(priors, gt_boxes, gt_mask, gt_labels)
+    assert res.gt_inds.tolist() == [[1, 0], [0, 0]]
+    assert res.labels.tolist() == [[5, -1], [-1, -1]]
+    assert res.num_gts.tolist() == [1, 0]
+    torch.testing.assert_close(res.max_overlaps, torch.tensor([[0.9, 0.0], [0.0, 0.0]]))
+
+
+def test_hand_worked_low_quality_last_gt_wins_batched():
+    # same as the per-image case: prior0 is the best prior of GT0 (IoU 1) and GT1 (0.8): GT1, the last, wins.
+    priors = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]])
+    gt_boxes = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 8]]]).repeat(2, 1, 1)
+    res = BatchMaxIoUAssigner(0.5, 0.4).assign_batch(priors, gt_boxes, None, torch.tensor([[1, 2], [1, 2]]))
+    assert res.gt_inds.tolist() == [[2, 0], [2, 0]]
+    res = BatchMaxIoUAssigner(0.5, 0.4, low_quality_mode="argmax").assign_batch(priors, gt_boxes)
+    assert res.gt_inds.tolist() == [[1, 0], [1, 0]] and res.labels is None
+
+
+# ----------------------------------------------------------------------------- oracle parity
+@pytest.mark.oracle
+@pytest.mark.parametrize("knobs", KNOBS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+def test_parity_with_mmdet_per_image(knobs):
+    mm = mmdet()
+    ref = mm.assigners.MaxIoUAssigner(**knobs)
+    ours = BatchMaxIoUAssigner(**knobs)
+    for seed in range(30):
+        priors, gts, labels, ignores = random_batch(seed)
+        res = ours.assign_batch(priors, *padded(gts, labels, ignores))
+        assert res.gt_inds.shape == (len(gts), len(priors))
+        for i in range(len(gts)):
+            expected = ref.assign(mm.InstanceData(priors=priors.float()),
+                                  mm.InstanceData(bboxes=gts[i], labels=labels[i]), mm.InstanceData(bboxes=ignores[i]))
+            assert_same(expected, res[i], f"seed {seed} image {i}")
+
+
+@pytest.mark.oracle
+def test_parity_per_image_priors():
+    """priors [B, A, 4]: every image has its own priors (e.g. proposals)."""
+    mm = mmdet()
+    knobs = dict(pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5, ignore_iof_thr=0.5)
+    for seed in range(30):
+        B, A = 3, 25
+        g = torch.Generator().manual_seed(seed)
+        priors = torch.stack([random_boxes(A, g) for _ in range(B)])
+        _, gts, labels, ignores = random_batch(seed, B=B)
+        res = BatchMaxIoUAssigner(**knobs).assign_batch(priors, *padded(gts, labels, ignores))
+        for i in range(B):
+            expected = mm.assigners.MaxIoUAssigner(**knobs).assign(
+                mm.InstanceData(priors=priors[i]), mm.InstanceData(bboxes=gts[i], labels=labels[i]),
+                mm.InstanceData(bboxes=ignores[i]))
+            assert_same(expected, res[i], f"seed {seed} image {i}")
+
+
+# ----------------------------------------------------------------------------- properties
+@given(st.integers(0, 10 ** 6), st.sampled_from(["mmdet", "nonzero", "argmax"]), st.booleans(), st.booleans())
+def test_batched_equals_per_image_with_padding_holes(seed, mode, assign_all, wrt_candidates):
+    """Padding anywhere in M (not only at the end): gt_inds index the padded dimension."""
+    priors, gts, labels, ignores = random_batch(seed % 1000, B=3)
+    knobs = dict(pos_iou_thr=0.5, neg_iou_thr=0.4, gt_max_assign_all=assign_all, ignore_iof_thr=0.4,
+                 ignore_wrt_candidates=wrt_candidates, low_quality_mode=mode)
+    gt_boxes, gt_mask, gt_labels, ignore_boxes, ignore_mask = padded(gts, labels, ignores)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.argsort(torch.rand(gt_mask.shape, generator=g), dim=1)       # scatter padding into holes
+    take = order[..., None].expand(-1, -1, 4)
+    gt_boxes, gt_mask, gt_labels = gt_boxes.gather(1, take), gt_mask.gather(1, order), gt_labels.gather(1, order)
+    res = BatchMaxIoUAssigner(**knobs).assign_batch(priors, gt_boxes, gt_mask, gt_labels, ignore_boxes, ignore_mask)
+    single = MaxIoUAssigner(**knobs)
+    for i in range(3):
+        valid = torch.nonzero(gt_mask[i]).squeeze(1)                              # padded index of each valid GT
+        one = single.assign(Instances(priors=priors), Instances(bboxes=gt_boxes[i][valid], labels=gt_labels[i][valid]),
+                            Instances(bboxes=ignores[i]))
+        lookup = torch.cat([torch.tensor([-1, 0]), valid + 1])                   # gt_inds -1, 0, 1.. -> padded
+        assert torch.equal(res.gt_inds[i], lookup[one.gt_inds + 1])
+        assert torch.equal(res.labels[i], one.labels)
+        assert torch.equal(res.max_overlaps[i], one.max_overlaps)
+
+
+def test_chunking_and_cpu_switch_do_not_change_results():
+    priors, gts, labels, ignores = random_batch(3, B=5)
+    inputs = padded(gts, labels, ignores)
+    knobs = dict(pos_iou_thr=0.5, neg_iou_thr=0.4, ignore_iof_thr=0.3)
+    full = BatchMaxIoUAssigner(**knobs).assign_batch(priors, *inputs)
+    for other in (BatchMaxIoUAssigner(**knobs, chunk_elements=1), BatchMaxIoUAssigner(**knobs, chunk_elements=200),
+                  BatchMaxIoUAssigner(**knobs, gpu_assign_thr=1)):
+        res = other.assign_batch(priors, *inputs)
+        assert torch.equal(res.gt_inds, full.gt_inds) and torch.equal(res.max_overlaps, full.max_overlaps)
+
+
+# ----------------------------------------------------------------------------- corner cases and errors
+def test_empty_shapes():
+    assigner = BatchMaxIoUAssigner(0.5, 0.4)
+    priors = torch.tensor([[0.0, 0, 10, 10]])
+    res = assigner.assign_batch(priors, torch.zeros(2, 0, 4), None, torch.zeros(2, 0, dtype=torch.long))
+    assert res.gt_inds.tolist() == [[0], [0]] and res.labels.tolist() == [[-1], [-1]]
+    res = assigner.assign_batch(torch.zeros(0, 4), torch.tensor([[[0.0, 0, 1, 1]]]))
+    assert res.gt_inds.shape == (1, 0)
+    res = assigner.assign_batch(priors, torch.zeros(0, 3, 4))
+    assert res.gt_inds.shape == (0, 1)
+
+
+def test_assign_per_image_and_registry_alias():
+    for name in ("BatchMaxIoUAssigner", "AscendMaxIoUAssigner"):
+        assigner = build_assigner(dict(type=name, pos_iou_thr=0.5, neg_iou_thr=0.4))
+        assert isinstance(assigner, BatchMaxIoUAssigner)
+    priors, gts, labels, ignores = random_batch(4, B=1)
+    one = assigner.assign(Instances(priors=priors), Instances(bboxes=gts[0], labels=labels[0]))
+    res = assigner.assign_batch(priors, *padded(gts, labels, ignores)[:3])
+    assert torch.equal(one.gt_inds, res.gt_inds[0])
+
+
+def test_bad_inputs():
+    assigner = BatchMaxIoUAssigner(0.5, 0.4)
+    priors, boxes = torch.zeros(3, 4), torch.zeros(2, 1, 4)
+    with pytest.raises(ValueError, match="gt_bboxes"):
+        assigner.assign_batch(priors, torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="priors"):
+        assigner.assign_batch(torch.zeros(3, 2, 3, 4), boxes)
+    with pytest.raises(ValueError, match="priors"):
+        assigner.assign_batch(torch.zeros(3, 3, 4), boxes)                  # B = 3 priors for 2 images
+    with pytest.raises(ValueError, match="gt_mask"):
+        assigner.assign_batch(priors, boxes, torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="gt_labels"):
+        assigner.assign_batch(priors, boxes, None, torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="ignore_mask"):
+        assigner.assign_batch(priors, boxes, ignore_mask=torch.ones(2, 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="gt_bboxes_ignore"):
+        assigner.assign_batch(priors, boxes, gt_bboxes_ignore=torch.zeros(3, 1, 4))
+    with pytest.raises(ValueError, match="gt_bboxes"):
+        assigner.assign_batch(priors, torch.tensor([[[5.0, 0, 1, 1]]]))
+    with pytest.raises(ValueError, match="chunk_elements"):
+        BatchMaxIoUAssigner(0.5, 0.4, chunk_elements=0)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    knobs = dict(pos_iou_thr=0.5, neg_iou_thr=0.4, ignore_iof_thr=0.3, gpu_assign_thr=3)
+    for seed in range(10):
+        priors, gts, labels, ignores = random_batch(seed)
+        inputs = padded(gts, labels, ignores)
+        cpu = BatchMaxIoUAssigner(**knobs).assign_batch(priors, *inputs)
+        gpu = BatchMaxIoUAssigner(**knobs).assign_batch(priors.cuda(), *(t.cuda() for t in inputs))
+        assert gpu.gt_inds.device.type == "cuda"
+        assert torch.equal(cpu.gt_inds, gpu.gt_inds.cpu()) and torch.equal(cpu.labels, gpu.labels.cpu())
+        torch.testing.assert_close(cpu.max_overlaps, gpu.max_overlaps.cpu(), rtol=0, atol=1e-6)
+        one = MaxIoUAssigner(**knobs).assign(Instances(priors=priors.cuda()),
+                                             Instances(bboxes=gts[0].cuda(), labels=labels[0].cuda()))
+        assert one.gt_inds.device.type == "cuda" and torch.equal(one.gt_inds.cpu(), cpu.gt_inds[0])
