@@ -282,10 +282,59 @@ def _rss_peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def step_share(device, reps, B=8, M=20):
+    """Time one YOLO11n training step split into forward, assignment, rest of the loss, backward."""
+    import torch
+
+    from detassign.yolo import YOLO11, DetectionLoss
+    model = YOLO11(scale="n", num_classes=80).to(device).train()
+    crit = DetectionLoss(num_classes=80)
+    d = make_batch(torch, B, M, 80, device, seed=1)
+    targets = dict(labels=d["gt_labels"], bboxes=d["gt_bboxes"], mask=d["gt_mask"])
+    x = torch.randn(B, 3, IMG, IMG, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    assigner = crit.assigner
+    spent = {"assign": 0.0}
+    inner = assigner.assign_batch
+
+    def timed_assign(*a, **k):
+        sync()
+        t0 = time.perf_counter()
+        out = inner(*a, **k)
+        sync()
+        spent["assign"] += time.perf_counter() - t0
+        return out
+    assigner.assign_batch = timed_assign
+    parts = {"forward": [], "loss": [], "backward": [], "assign": []}
+    for i in range(reps + 1):
+        model.zero_grad(set_to_none=True)
+        spent["assign"] = 0.0
+        sync()
+        t0 = time.perf_counter()
+        feats = model(x)
+        sync()
+        t1 = time.perf_counter()
+        loss, _ = crit(feats, targets)
+        sync()
+        t2 = time.perf_counter()
+        loss.backward()
+        sync()
+        t3 = time.perf_counter()
+        if i:  # first iteration is the warm-up
+            for k, v in (("forward", t1 - t0), ("loss", t2 - t1), ("backward", t3 - t2), ("assign", spent["assign"])):
+                parts[k].append(v)
+    med = {k: statistics.median(v) for k, v in parts.items()}
+    total = med["forward"] + med["loss"] + med["backward"]
+    return dict(median_s=total, min_s=total, peak_mib=0.0, **{f"{k}_s": v for k, v in med.items()},
+                assign_share=med["assign"] / total, loss_share=med["loss"] / total)
+
+
 def measure(case, impl, device, reps, threads):
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if case.startswith("step_share"):
+        return step_share(device, reps) if impl == "ours" else None
     ours, ref = build_case(case, torch, device)
     fn = ours if impl == "ours" else ref
     if fn is None:
@@ -332,6 +381,7 @@ CPU_CASES = [
     ("hungarian:Q=300,M=50", "Hungarian Q=300 M=50", "mmdet Hungarian loop"),
     ("tal_dense:B=2,M=5000", "TaskAligned dense B=2 M=5000", "(ultralytics needs GBs)"),
     ("yolo:B=8", "YOLO11n fwd+bwd B=8 @640", "ultralytics DetectionModel"),
+    ("step_share:B=8", "YOLO11n training step B=8 @640 (share in assign + loss)", "-"),
 ]
 CUDA_CASES = [
     ("tal_ultra:M=50", "TaskAligned (ultralytics preset) M=50", "ultralytics TAL"),
@@ -343,6 +393,7 @@ CUDA_CASES = [
     ("atss:M=50", "ATSS M=50", "mmdet ATSS loop"),
     ("hungarian:Q=300,M=50", "Hungarian Q=300 M=50", "mmdet Hungarian loop"),
     ("yolo:B=8", "YOLO11n fwd+bwd B=8 @640", "ultralytics DetectionModel"),
+    ("step_share:B=8", "YOLO11n training step B=8 @640 (share in assign + loss)", "-"),
 ]
 
 
@@ -394,12 +445,16 @@ def main():
         reps = args.reps if not case.startswith(("simota", "dsl")) or args.device != "cpu" else max(2, args.reps // 2)
         ours = run_child(case, "ours", args.device, reps, args.threads, args.timeout)
         ref = run_child(case, "ref", args.device, reps, args.threads, args.timeout) \
-            if not case.startswith("tal_dense") else None
+            if not case.startswith(("tal_dense", "step_share")) else None
         ratio = (f"{ours['median_s'] / ref['median_s']:.3f}"
                  if ours and ref and "error" not in ours and "error" not in ref else "n/a")
         mratio = (f"{max(ours['peak_mib'], 0.0) / max(ref['peak_mib'], 1.0):.2f}x"
                   if ours and ref and "error" not in ours and "error" not in ref else "n/a")
         row = f"| {label} | {ref_label} | {fmt_t(ours)} | {fmt_t(ref)} | {ratio} | {fmt_m(ours)} | {fmt_m(ref)} | {mratio} |"
+        if ours and "assign_share" in ours:
+            row += (f" forward {ours['forward_s'] * 1000:.0f} ms, loss {ours['loss_s'] * 1000:.0f} ms (of which "
+                    f"assignment {ours['assign_s'] * 1000:.0f} ms), backward {ours['backward_s'] * 1000:.0f} ms: "
+                    f"assignment {ours['assign_share']:.1%} and assignment + loss {ours['loss_share']:.1%} of the step |")
         for name, r in (("ours", ours), ("ref", ref)):
             if r and "error" in r:
                 row += f" {name} error: {r['error'][:120]}"

@@ -85,11 +85,13 @@ def check_same_device(**tensors: Optional[Tensor]) -> None:
 def check_finite(name: str, x: Optional[Tensor]) -> None:
     if x is None or not _VALUE_CHECKS or x.numel() == 0 or not x.is_floating_point():
         return
+    # One reduction in the common (valid) case; the detailed report is built only on failure.
+    if bool(torch.isfinite(x).all()):
+        return
     bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        idx = tuple(int(i) for i in torch.nonzero(bad)[0])
-        raise ValueError(f"{name} must be finite, got {int(bad.sum())} NaN/Inf value(s), first at index {idx}: "
-                         f"{x[idx].item()}")
+    idx = tuple(int(i) for i in torch.nonzero(bad)[0])
+    raise ValueError(f"{name} must be finite, got {int(bad.sum())} NaN/Inf value(s), first at index {idx}: "
+                     f"{x[idx].item()}")
 
 
 def check_boxes(name: str, boxes: Optional[Tensor], mask: Optional[Tensor] = None) -> None:
@@ -122,8 +124,9 @@ def check_range(name: str, x: Optional[Tensor], lo: float, hi: float) -> None:
     if x is None or not _VALUE_CHECKS or x.numel() == 0:
         return
     check_finite(name, x)
-    bad = (x < lo) | (x > hi)
-    if bool(bad.any()):
+    low, high = torch.aminmax(x)
+    if bool((low < lo) | (high > hi)):
+        bad = (x < lo) | (x > hi)
         idx = tuple(int(i) for i in torch.nonzero(bad)[0])
         raise ValueError(f"{name} must lie in [{lo}, {hi}] (probabilities, not logits?), got {x[idx].item()} "
                          f"at index {idx}")

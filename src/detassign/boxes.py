@@ -142,23 +142,48 @@ def points_in_boxes(points: Tensor, boxes: Tensor, eps: float = 0.0, inclusive: 
 
 
 # ------------------------------------------------------- mmdetection convention (bbox_overlaps)
-def _overlap_union(a: Tensor, b: Tensor, pairwise: bool, mode: str):
-    area1, area2 = box_area(a), box_area(b)
-    if pairwise:
-        a, b = a[..., :, None, :], b[..., None, :, :]
-        area1, area2 = area1[..., :, None], area2[..., None, :]
-    lt = torch.max(a[..., :2], b[..., :2])
-    rb = torch.min(a[..., 2:], b[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[..., 0] * wh[..., 1]
-    union = area1 + area2 - overlap if mode != "iof" else area1 + torch.zeros_like(overlap)
-    return a, b, overlap, union
+def _mm_pairwise(a: Tensor, b: Tensor, mode: str, eps: float) -> Tensor:
+    """Pairwise mmdet overlaps computed one coordinate at a time. [..., N, 4], [..., M, 4] -> [..., N, M].
+
+    Same element-wise operations in the same order as ``bbox_overlaps`` (so bit-identical), but no
+    temporary is larger than [..., N, M] (``bbox_overlaps`` holds [..., N, M, 2] corners), and when no
+    gradient is needed the arithmetic runs in place.
+    """
+    x1a, y1a, x2a, y2a = (a[..., :, i, None].contiguous() for i in range(4))   # [..., N, 1]
+    x1b, y1b, x2b, y2b = (b[..., None, :, i].contiguous() for i in range(4))   # [..., 1, M]
+    inplace = not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
+    w = (torch.minimum(x2a, x2b) - torch.maximum(x1a, x1b)).clamp(min=0)
+    h = (torch.minimum(y2a, y2b) - torch.maximum(y1a, y1b)).clamp(min=0)
+    overlap = w.mul_(h) if inplace else w * h                                  # [..., N, M]
+    area1 = (x2a - x1a) * (y2a - y1a)
+    if mode == "iof":
+        union = area1.clamp(min=eps)
+    else:
+        union = area1 + (x2b - x1b) * (y2b - y1b)
+        union = union.sub_(overlap).clamp_(min=eps) if inplace else (union - overlap).clamp(min=eps)
+    if mode != "giou":
+        return overlap.div_(union) if inplace else overlap / union
+    ious = overlap / union
+    ew = (torch.maximum(x2a, x2b) - torch.minimum(x1a, x1b)).clamp(min=0)
+    eh = (torch.maximum(y2a, y2b) - torch.minimum(y1a, y1b)).clamp(min=0)
+    if inplace:
+        enclose = ew.mul_(eh).clamp_(min=eps)
+        return ious.sub_((enclose - union).div_(enclose))
+    enclose = (ew * eh).clamp(min=eps)
+    return ious - (enclose - union) / enclose
 
 
 def _mm_overlaps(a: Tensor, b: Tensor, mode: str, pairwise: bool, eps: float) -> Tensor:
     a, b = _common(a, b)
     # Empty inputs go through the same arithmetic: the result is empty but stays in the autograd graph.
-    a, b, overlap, union = _overlap_union(a, b, pairwise, mode)
+    if pairwise:
+        return _mm_pairwise(a, b, mode, eps)
+    area1, area2 = box_area(a), box_area(b)
+    lt = torch.max(a[..., :2], b[..., :2])
+    rb = torch.min(a[..., 2:], b[..., 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[..., 0] * wh[..., 1]
+    union = area1 + area2 - overlap if mode != "iof" else area1
     eps_t = union.new_tensor([eps])
     union = torch.max(union, eps_t)
     ious = overlap / union

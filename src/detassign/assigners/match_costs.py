@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..boxes import xyxy_to_cxcywh
+from ..boxes import pairwise_giou, pairwise_iou, xyxy_to_cxcywh
 
 __all__ = [
     "BaseMatchCost",
@@ -147,25 +147,8 @@ def bbox_l1_cost(pred_bboxes: Tensor, gt_bboxes: Tensor, img_shapes: Tensor, box
 
 
 def _pairwise_overlaps(boxes1: Tensor, boxes2: Tensor, mode: str, eps: float = 1e-6) -> Tensor:
-    """IoU / GIoU [B, N, 4], [B, M, 4] xyxy -> [B, N, M], bit-identical to mmdet's ``bbox_overlaps``.
-
-    Same arithmetic as :func:`detassign.boxes.pairwise_giou`, one coordinate at a time
-    ([B, N, 1] against [B, 1, M]) and in place, which avoids the strided [..., 2] temporaries
-    (about 3x faster on CPU at B=16, N=300, M=50).
-    """
-    a = [c[:, :, None] for c in boxes1.unbind(-1)]  # x1, y1, x2, y2 each [B, N, 1]
-    b = [c[:, None, :] for c in boxes2.unbind(-1)]  # each [B, 1, M]
-    area1 = (a[2] - a[0]) * (a[3] - a[1])
-    area2 = (b[2] - b[0]) * (b[3] - b[1])
-    overlap = (torch.minimum(a[2], b[2]) - torch.maximum(a[0], b[0])).clamp_(min=0)
-    overlap.mul_((torch.minimum(a[3], b[3]) - torch.maximum(a[1], b[1])).clamp_(min=0))
-    union = (area1 + area2).sub_(overlap).clamp_(min=eps)
-    ious = overlap.div_(union)
-    if mode != "giou":
-        return ious
-    enclose = (torch.maximum(a[2], b[2]) - torch.minimum(a[0], b[0])).clamp_(min=0)
-    enclose.mul_((torch.maximum(a[3], b[3]) - torch.minimum(a[1], b[1])).clamp_(min=0)).clamp_(min=eps)
-    return ious.sub_((enclose - union).div_(enclose))
+    """IoU / GIoU [B, N, 4], [B, M, 4] xyxy -> [B, N, M], bit-identical to mmdet's ``bbox_overlaps``."""
+    return (pairwise_giou if mode == "giou" else pairwise_iou)(boxes1, boxes2, eps=eps)
 
 
 def iou_cost(pred_bboxes: Tensor, gt_bboxes: Tensor, iou_mode: str = "giou") -> Tensor:

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from .. import _validate as V
+from ..boxes import pairwise_iof, pairwise_iou
 from ..structures import AssignResult
 from .base import BaseAssigner, labels_from_gt_inds
 
@@ -104,28 +105,10 @@ def box_tensor(name: str, boxes, lead: Tuple = ("N",)) -> Tensor:
 def overlap_matrix(boxes1: Tensor, boxes2: Tensor, mode: str = "iou", eps: float = 1e-6) -> Tensor:
     """Pairwise IoU or IoF (over ``boxes1``'s area). [..., N, 4], [..., M, 4] xyxy -> [..., N, M].
 
-    Bit-identical to mmdet's ``bbox_overlaps`` (and :func:`detassign.boxes.pairwise_iou`): the same
-    element-wise operations in the same order, but computed one coordinate at a time so that no
-    temporary is larger than ``[..., N, M]`` (``bbox_overlaps`` holds ``[..., N, M, 2]`` corners).
-    Half and integer boxes are computed in float32, as everywhere in detassign.
+    Bit-identical to mmdet's ``bbox_overlaps``; see :func:`detassign.boxes.pairwise_iou`, which
+    computes one coordinate at a time so no temporary exceeds [..., N, M].
     """
-    if boxes1.dtype in (torch.float16, torch.bfloat16) or not boxes1.is_floating_point():
-        boxes1 = boxes1.float()
-    if boxes2.dtype in (torch.float16, torch.bfloat16) or not boxes2.is_floating_point():
-        boxes2 = boxes2.float()
-    dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
-    # one contiguous tensor per coordinate: [..., N, 1] for boxes1, [..., 1, M] for boxes2
-    x1a, y1a, x2a, y2a = (boxes1[..., i, None].to(dtype).contiguous() for i in range(4))
-    x1b, y1b, x2b, y2b = (boxes2[..., None, :, i].to(dtype).contiguous() for i in range(4))
-    w = (torch.minimum(x2a, x2b) - torch.maximum(x1a, x1b)).clamp_(min=0)                 # [..., N, M]
-    h = (torch.minimum(y2a, y2b) - torch.maximum(y1a, y1b)).clamp_(min=0)
-    overlap = w.mul_(h)
-    area1 = (x2a - x1a) * (y2a - y1a)                                                     # [..., N, 1]
-    if mode == "iof":
-        union = area1.clamp(min=eps)
-    else:
-        union = torch.add(area1, (x2b - x1b) * (y2b - y1b)).sub_(overlap).clamp_(min=eps)
-    return overlap.div_(union)
+    return (pairwise_iof if mode == "iof" else pairwise_iou)(boxes1, boxes2, eps=eps)
 
 
 def calculator_boxes(boxes: Tensor, iou_calculator: dict) -> Tensor:

@@ -1,0 +1,341 @@
+"""Dynamic-k matching shared by SimOTA (YOLOX) and DynamicSoftLabel (RTMDet).
+
+Shape symbols: B images, A priors, A' candidate priors per image (padded), M GTs (padded), C classes.
+
+Given a cost and an IoU between every GT and every candidate prior of an image:
+
+1. ``k_m = max(1, floor(sum of the topk largest IoUs of GT m over the candidates))``.
+2. GT m selects its ``k_m`` lowest-cost candidates.
+3. A prior selected by several GTs goes to the GT of minimum cost over *all* GTs (first GT on ties).
+
+Two implementations live here:
+
+* :func:`dynamic_k_matching` works on a padded batch ``[B, M, A']`` without a Python loop. In step 2
+  ties at the k-th cost are broken deterministically (lowest prior index wins).
+* :func:`mmdet_dynamic_k_matching` mirrors mmdet 3.3.0 op for op on one image (a ``torch.topk`` per
+  GT), so that even ties resolve as mmdet resolves them; per-image ``exact=True`` assigners use it.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _validate as V
+from ..boxes import bbox_overlaps
+from ..structures import AssignResult, BatchAssignResult
+from ._batch import check_padded_gts
+
+IoUCalculator = Callable[[Tensor, Tensor], Tensor]
+
+
+# ----------------------------------------------------------------------------- configuration
+def resolve_iou_calculator(iou_calculator) -> IoUCalculator:
+    """mmdet's ``iou_calculator`` argument -> a function ``(boxes1 [..., N, 4], boxes2 [..., M, 4]) -> [..., N, M]``.
+
+    Accepts ``None``, ``dict(type="BboxOverlaps2D")`` (the mmdet default; ``scale=1.0`` and
+    ``dtype=None`` only, any ``mmdet.`` prefix allowed) or a callable with that signature (the
+    batched path calls it with a leading batch dimension).
+    """
+    if iou_calculator is None:
+        return bbox_overlaps
+    if callable(iou_calculator):
+        return iou_calculator
+    if isinstance(iou_calculator, dict):
+        cfg = dict(iou_calculator)
+        kind = str(cfg.pop("type", "BboxOverlaps2D"))
+        if kind.startswith("mmdet."):
+            kind = kind[len("mmdet."):]
+        scale, dtype = cfg.pop("scale", 1.0), cfg.pop("dtype", None)
+        if kind != "BboxOverlaps2D" or cfg or scale != 1.0 or dtype is not None:
+            raise ValueError("iou_calculator must be dict(type='BboxOverlaps2D') (scale=1.0, dtype=None) or a "
+                             f"callable (boxes1, boxes2) -> IoU, got {iou_calculator!r}")
+        return bbox_overlaps
+    raise TypeError(f"iou_calculator must be a dict or a callable, got {type(iou_calculator).__name__}")
+
+
+def check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_block_pairs(value) -> Optional[int]:
+    if value is None:
+        return None
+    return check_positive_int("block_pairs", value)
+
+
+def check_non_negative(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+# ----------------------------------------------------------------------------- input reading
+def read_image_inputs(pred_instances, gt_instances, probabilities: bool):
+    """Validate one image's inputs -> (priors [A, 4], pred_bboxes [A, 4], scores [A, C], gt_bboxes [M, 4],
+    gt_labels [M] long).
+
+    ``probabilities=True`` requires scores in [0, 1] (SimOTA); otherwise they are logits (DSL).
+    """
+    priors = V.get_field(pred_instances, "priors", "pred_instances")
+    bboxes = V.get_field(pred_instances, "bboxes", "pred_instances")
+    scores = V.get_field(pred_instances, "scores", "pred_instances")
+    gt_bboxes = V.get_field(gt_instances, "bboxes", "gt_instances")
+    gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
+    V.check_tensor("pred_instances.priors", priors, ("A", 4), floating=True)
+    num_priors = priors.shape[0]
+    V.check_tensor("pred_instances.bboxes", bboxes, (num_priors, 4), floating=True)
+    V.check_tensor("pred_instances.scores", scores, (num_priors, "C"), floating=True)
+    V.check_tensor("gt_instances.bboxes", gt_bboxes, ("M", 4), floating=True)
+    V.check_tensor("gt_instances.labels", gt_labels, (gt_bboxes.shape[0],), floating=False)
+    V.check_same_device(priors=priors, bboxes=bboxes, scores=scores, gt_bboxes=gt_bboxes, gt_labels=gt_labels)
+    _check_values("pred_instances.", priors, bboxes, scores, probabilities)
+    V.check_boxes("gt_instances.bboxes", gt_bboxes)
+    V.check_labels("gt_instances.labels", gt_labels, scores.shape[-1])
+    return priors, bboxes, scores, gt_bboxes, gt_labels.long()
+
+
+def read_batch_inputs(pred_scores, pred_bboxes, priors, gt_labels, gt_bboxes, gt_mask, probabilities: bool):
+    """Validate a padded batch -> (scores [B, A, C], bboxes [B, A, 4], priors [A, 4], labels [B, M] long
+    (0 in padding rows), gt_bboxes [B, M, 4], gt_mask [B, M] bool)."""
+    V.check_tensor("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
+    B, A = pred_scores.shape[:2]
+    V.check_tensor("pred_bboxes", pred_bboxes, (B, A, 4), floating=True)
+    V.check_tensor("priors", priors, (A, 4), floating=True)
+    V.check_tensor("gt_bboxes", gt_bboxes, (B, "M", 4), floating=True)
+    V.check_same_device(pred_scores=pred_scores, pred_bboxes=pred_bboxes, priors=priors, gt_bboxes=gt_bboxes)
+    _check_values("", priors, pred_bboxes, pred_scores, probabilities)
+    labels, boxes, mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, pred_scores.shape[-1])
+    labels = torch.where(mask, labels, torch.zeros_like(labels))  # padding labels may be out of range
+    return pred_scores, pred_bboxes, priors, labels, boxes, mask
+
+
+def _check_values(prefix: str, priors: Tensor, bboxes: Tensor, scores: Tensor, probabilities: bool) -> None:
+    V.check_finite(prefix + "priors", priors)
+    V.check_finite(prefix + ("bboxes" if prefix else "pred_bboxes"), bboxes)
+    name = prefix + ("scores" if prefix else "pred_scores")
+    if probabilities:
+        V.check_range(name, scores, 0.0, 1.0)
+    else:
+        V.check_finite(name, scores)
+
+
+# ----------------------------------------------------------------------------- candidates
+def compact_candidates(valid: Tensor) -> Tuple[Tensor, Tensor]:
+    """Move each image's candidate priors to the front, keeping prior order.
+
+    valid [B, A] bool -> (index [B, A'] long into the A priors, cand_mask [B, A'] bool) with
+    ``A' = max_b valid[b].sum()``. Padding slots point at distinct non-candidate priors, so scattering
+    results back through ``index`` never overwrites a candidate. Sizing A' reads one number on the host.
+
+    Per-prior sums over classes are later taken along the contiguous last axis, whose result for a
+    row does not depend on how many rows there are; so a batched call and a one-image call give
+    bit-identical costs.
+    """
+    counts = valid.sum(dim=1)                                              # [B]
+    width = int(counts.max()) if valid.numel() else 0
+    order = torch.argsort((~valid).to(torch.uint8), dim=1, stable=True)    # candidates first, in prior order
+    index = order[:, :width]                                               # [B, A']
+    cand_mask = torch.arange(width, device=valid.device) < counts[:, None]  # [B, A']
+    return index, cand_mask
+
+
+def gather_priors(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, A, D] (or [A, D], shared) and index [B, A'] -> [B, A', D]."""
+    if x.dim() == 2:
+        x = x.unsqueeze(0).expand(index.shape[0], -1, -1)
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def gt_class_rows(per_class: Tensor, gt_labels: Tensor) -> Tensor:
+    """per_class [B, A', C], gt_labels [B, M] -> [B, M, A'] contiguous: each GT's class column."""
+    B, width, _ = per_class.shape
+    picked = per_class.gather(2, gt_labels.unsqueeze(1).expand(B, width, -1))   # [B, A', M]
+    return picked.transpose(1, 2).contiguous()
+
+
+def bce_negative_(probs: Tensor) -> Tensor:
+    """In place: probabilities -> BCE against target 0, ``-max(log(1 - p), -100)`` (BCE's clamp)."""
+    return probs.neg_().log1p_().clamp_(min=-100.0).neg_()
+
+
+def pairwise_iou_gt_major(gt_bboxes: Tensor, boxes: Tensor, eps: float = 1e-6) -> Tensor:
+    """gt_bboxes [B, M, 4], boxes [B, A', 4] xyxy -> IoU [B, M, A'] in float32 (or wider).
+
+    Bit-identical to ``bbox_overlaps(boxes, gt_bboxes).transpose(1, 2)`` (the same correctly rounded
+    operations, addition commuted), with in-place steps so that at most three [B, M, A'] tensors live.
+    """
+    half = (torch.float16, torch.bfloat16)                                 # computed in float32, as boxes.py does
+    dtype = torch.promote_types(*(torch.float32 if t.dtype in half else t.dtype for t in (gt_bboxes, boxes)))
+    gt, bx = gt_bboxes.to(dtype), boxes.to(dtype)
+    g = [gt[..., i].unsqueeze(-1) for i in range(4)]                       # [B, M, 1] each
+    b = [bx[..., i].unsqueeze(1) for i in range(4)]                        # [B, 1, A'] each
+    width = torch.minimum(g[2], b[2]).sub_(torch.maximum(g[0], b[0])).clamp_(min=0)
+    height = torch.minimum(g[3], b[3]).sub_(torch.maximum(g[1], b[1])).clamp_(min=0)
+    overlap = width.mul_(height)                                           # [B, M, A']
+    del height
+    area_gt = (g[2] - g[0]) * (g[3] - g[1])
+    area_box = (b[2] - b[0]) * (b[3] - b[1])
+    union = (area_gt + area_box).sub_(overlap).clamp_(min=eps)
+    return overlap.div_(union)
+
+
+def batched_ious(iou_calculator: IoUCalculator, gt_bboxes: Tensor, boxes: Tensor) -> Tensor:
+    """gt_bboxes [B, M, 4], boxes [B, A', 4] -> [B, M, A'] with the configured IoU calculator."""
+    if iou_calculator is bbox_overlaps:
+        return pairwise_iou_gt_major(gt_bboxes, boxes)
+    return iou_calculator(boxes, gt_bboxes).transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------- batched matching
+def dynamic_ks(ious: Tensor, topk: int) -> Tensor:
+    """ious [B, M, A'] (0 at padding) -> k [B, M] long = max(1, floor(sum of the topk largest IoUs)).
+
+    Fewer than ``topk`` candidates: the padding zeros add nothing, as mmdet's ``min(topk, A')`` does.
+    """
+    k = min(topk, ious.shape[-1])
+    top = ious.topk(k, dim=-1).values                                     # [B, M, k]
+    return top.sum(dim=-1).int().clamp(min=1).long()
+
+
+def lowest_k_mask(cost: Tensor, ks: Tensor, kmax: int) -> Tensor:
+    """cost [B, M, A'], ks [B, M] (1 <= ks <= kmax) -> [B, M, A'] bool: the ks lowest costs of each row.
+
+    Ties at the k-th value go to the lowest candidate index, so the result does not depend on how
+    ``torch.topk`` orders equal values (which differs between devices and tensor shapes).
+    """
+    kmax = min(kmax, cost.shape[-1])
+    smallest = cost.topk(kmax, dim=-1, largest=False).values              # [B, M, kmax] ascending
+    kth = smallest.gather(-1, (ks - 1).clamp(max=kmax - 1).unsqueeze(-1))  # [B, M, 1]
+    below = cost < kth
+    equal = cost == kth
+    room = ks.unsqueeze(-1) - below.sum(dim=-1, keepdim=True)              # tied slots left
+    return below.logical_or_(equal.logical_and_(equal.cumsum(dim=-1, dtype=torch.int32) <= room))
+
+
+def resolve_multiple(matching: Tensor, cost: Tensor) -> Tuple[Tensor, Tensor]:
+    """matching [B, M, A'] bool, cost [B, M, A'] -> (fg [B, A'] bool, gt_index [B, A'] long).
+
+    A prior chosen by one GT keeps it; one chosen by several goes to the minimum-cost GT over all GTs
+    (``argmin`` returns the first GT on ties, as ``torch.min`` does in mmdet).
+    """
+    count = matching.sum(dim=1)                                            # [B, A']
+    first = matching.to(torch.uint8).argmax(dim=1)                         # the only GT when count == 1
+    cheapest = cost.argmin(dim=1)
+    return count > 0, torch.where(count > 1, cheapest, first)
+
+
+def dynamic_k_matching(cost: Tensor, ious: Tensor, gt_mask: Tensor, cand_mask: Tensor,
+                       topk: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Vectorised dynamic-k matching over a padded batch.
+
+    cost [B, M, A'] (any finite or +inf value), ious [B, M, A'], gt_mask [B, M], cand_mask [B, A'] ->
+    (fg [B, A'] bool, gt_index [B, A'] long (0-based, meaningful where fg), matched_ious [B, A']).
+    Overwrites ``cost`` and ``ious`` in place (the callers' own temporaries).
+    """
+    padding = ~(gt_mask.unsqueeze(-1) & cand_mask.unsqueeze(1))            # [B, M, A']
+    ious.masked_fill_(padding, 0.0)
+    # Real +inf costs become the largest finite value so that padding (+inf) never ties with them.
+    cost.clamp_(max=torch.finfo(cost.dtype).max).masked_fill_(padding, float("inf"))
+    ks = dynamic_ks(ious, topk)                                            # [B, M]
+    matching = lowest_k_mask(cost, ks, topk).logical_and_(~padding)        # [B, M, A']
+    fg, gt_index = resolve_multiple(matching, cost)
+    matched_ious = ious.gather(1, gt_index.unsqueeze(1)).squeeze(1)        # [B, A']
+    return fg & cand_mask, gt_index, matched_ious
+
+
+def scatter_to_priors(fg: Tensor, gt_index: Tensor, matched_ious: Tensor, index: Tensor, gt_labels: Tensor,
+                      num_priors: int, has_candidates: Tensor, sentinel: float):
+    """Candidate-slot results -> per-prior (gt_inds [B, A], labels [B, A], max_overlaps [B, A] float32).
+
+    Images with candidates give non-positives ``max_overlaps = sentinel`` (mmdet's -INF); images with
+    no GT or no candidate give 0, as mmdet's early return does.
+    """
+    B = fg.shape[0]
+    device = fg.device
+    gt_inds = torch.zeros(B, num_priors, dtype=torch.long, device=device)
+    gt_inds.scatter_(1, index, torch.where(fg, gt_index + 1, torch.zeros_like(gt_index)))
+    labels = torch.full((B, num_priors), -1, dtype=torch.long, device=device)
+    cand_labels = gt_labels.gather(1, gt_index) if gt_labels.shape[1] else torch.zeros_like(gt_index)
+    labels.scatter_(1, index, torch.where(fg, cand_labels, torch.full_like(gt_index, -1)))
+    fill = torch.where(has_candidates, torch.tensor(sentinel, device=device), torch.tensor(0.0, device=device))
+    max_overlaps = fill.unsqueeze(1).expand(B, num_priors).clone()        # [B, A] float32
+    max_overlaps.scatter_(1, index, torch.where(fg, matched_ious.float(), fill.unsqueeze(1).expand_as(fg)))
+    return gt_inds, labels, max_overlaps
+
+
+def image_blocks(batch: int, pairs_per_image: int, block_pairs: Optional[int]) -> List[slice]:
+    """Split B images into consecutive blocks of at most ``block_pairs`` (GT, prior) pairs each
+    (at least one image per block; ``None``: one block). Bounds the [B, M, A'] temporaries."""
+    if block_pairs is None or pairs_per_image == 0 or batch == 0:
+        return [slice(0, batch)]
+    per_block = max(1, block_pairs // pairs_per_image)
+    return [slice(start, min(start + per_block, batch)) for start in range(0, batch, per_block)]
+
+
+def run_blocks(block_fn, scores: Tensor, bboxes: Tensor, priors: Tensor, labels: Tensor, gt_bboxes: Tensor,
+               gt_mask: Tensor, block_pairs: Optional[int]) -> BatchAssignResult:
+    """Apply ``block_fn(scores, bboxes, priors, labels, gt_bboxes, gt_mask) -> (gt_inds, labels,
+    max_overlaps)`` (each [b, A]) to image blocks and concatenate into a BatchAssignResult."""
+    B, M = gt_mask.shape
+    parts = [block_fn(scores[blk], bboxes[blk], priors, labels[blk], gt_bboxes[blk], gt_mask[blk])
+             for blk in image_blocks(B, M * priors.shape[0], block_pairs)]
+    gt_inds, out_labels, max_overlaps = (torch.cat(p, dim=0) if len(parts) > 1 else p[0] for p in zip(*parts))
+    return BatchAssignResult(gt_mask.sum(dim=1), gt_inds, max_overlaps, out_labels)
+
+
+def empty_block(gt_mask: Tensor, num_priors: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """No candidate in any image of the block (or no GT): every prior negative, max_overlaps 0."""
+    B, device = gt_mask.shape[0], gt_mask.device
+    return (torch.zeros(B, num_priors, dtype=torch.long, device=device),
+            torch.full((B, num_priors), -1, dtype=torch.long, device=device),
+            torch.zeros(B, num_priors, dtype=torch.float32, device=device))
+
+
+# ----------------------------------------------------------------------------- mmdet mirror
+def mmdet_dynamic_k_matching(cost: Tensor, ious: Tensor, topk: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """One image, op for op as mmdet 3.3.0 (``torch.topk`` per GT, so ties fall as they fall there).
+
+    cost [A', M], ious [A', M] -> (fg [A'] bool, gt_index [P] long for the P foreground candidates in
+    order, matched_ious [P]).
+    """
+    num_cand, num_gt = cost.shape
+    matching = torch.zeros_like(cost, dtype=torch.uint8)
+    top = torch.topk(ious, min(topk, num_cand), dim=0).values             # [k, M]
+    ks = torch.clamp(top.sum(0).int(), min=1)
+    for m in range(num_gt):                                                # per-image reference path only
+        chosen = torch.topk(cost[:, m], k=int(ks[m]), largest=False).indices
+        matching[:, m][chosen] = 1
+    multi = matching.sum(1) > 1
+    if bool(multi.any()):
+        cheapest = torch.min(cost[multi, :], dim=1).indices
+        matching[multi, :] *= 0
+        matching[multi, cheapest] = 1
+    fg = matching.sum(1) > 0
+    gt_index = matching[fg, :].argmax(1)
+    matched_ious = (matching * ious).sum(1)[fg]
+    return fg, gt_index, matched_ious
+
+
+def mmdet_result(num_gt: int, num_priors: int, valid: Tensor, fg: Tensor, gt_index: Tensor,
+                 matched_ious: Tensor, gt_labels: Tensor, sentinel: float):
+    """mmdet's conversion of a per-image matching -> AssignResult; non-positives get ``sentinel``.
+
+    valid [A] candidate mask, fg [A'] over the candidates, gt_index / matched_ious [P] over fg.
+    """
+    positive = valid.clone()
+    positive[valid.clone()] = fg
+    gt_inds = torch.zeros(num_priors, dtype=torch.long, device=valid.device)
+    gt_inds[positive] = gt_index + 1
+    labels = torch.full((num_priors,), -1, dtype=torch.long, device=valid.device)
+    labels[positive] = gt_labels[gt_index].long()
+    max_overlaps = torch.full((num_priors,), sentinel, dtype=torch.float32, device=valid.device)
+    max_overlaps[positive] = matched_ious.float()
+    return AssignResult(num_gt, gt_inds, max_overlaps, labels)
+
+
+def result_dtype(x: Optional[Tensor]) -> torch.dtype:
+    return x.dtype if x is not None and x.is_floating_point() else torch.float32
