@@ -1,0 +1,391 @@
+"""Task-aligned assigner (TAL; TOOD, Feng et al. 2021), as in ultralytics YOLOv8/11 and mmdetection.
+
+Algorithm, per GT then per anchor:
+
+1. candidates: anchors whose centre lies inside the GT (optionally a widened GT, see below);
+2. metric t = s^alpha * u^beta, s the predicted probability of the GT's class, u the overlap of the
+   anchor's predicted box with the GT (TOOD eq. 2);
+3. top-k anchors per GT by t (the candidate test applied before or after this step);
+4. an anchor chosen by several GTs keeps one (conflict rule);
+5. targets: the GT's box and label; soft class target t * max_pos(u) / (max_pos(t) + eps) with both
+   maxima over that GT's final positives (ultralytics' normalisation).
+
+Where the references differ, a named option decides (``preset`` picks a consistent set; explicit
+arguments override it):
+
+=========================  ==========================  ==========================
+option                     ``preset="ultralytics"``    ``preset="mmdet"``
+=========================  ==========================  ==========================
+topk / alpha / beta        13 / 1.0 / 6.0 [#loss]_     13 / 1 / 6 (alpha/beta also per ``assign`` call)
+candidate_test, inside_eps ``"strict"``, 1e-9          ``"strict"``, 0.01
+candidate_stage            ``"before_topk"``           ``"after_topk"`` (a GT may end with < k)
+widen_small_gt, strides    True, (8, 16, 32): sides    False
+                           < strides[1] become 16 px
+                           for the inside test only
+require_positive_metric    False (t == 0 can be fg)    True
+overlap                    ``"ciou"`` clamped at 0     ``"iou"`` (BboxOverlaps2D)
+conflict                   ``"all_gts"``               ``"selected_gts"``
+topk2                      None (= topk)               None
+neg_overlap                0.0                         -1e8 (mmdet's ``-INF`` sentinel)
+=========================  ==========================  ==========================
+
+.. [#loss] ``v8DetectionLoss`` builds the assigner with topk 10, alpha 0.5, beta 6.0:
+   ``preset="ultralytics_loss"``.
+
+``max_overlaps`` holds the assigned pair's overlap for positives and ``neg_overlap`` for the others
+(mmdet returns -1e8 for non-positives; it returns 0 everywhere when an image has no GT or no prior,
+which is reproduced in every preset). ``assign_metrics`` is the raw metric t of the assigned pair.
+Target boxes of negatives are zeros (ultralytics returns GT 0's box there, which no loss reads).
+``target_scores`` use the normalisation above in every preset (mmdet's assigner returns none; its
+TOOD head normalises on its own). ``gt_instances_ignore`` is accepted and ignored, as in mmdet.
+An anchor that ultralytics' ``all_gts`` rule hands to a GT that never selected it (all its overlaps
+0: GT 0 wins) is reproduced, including its target score 0.
+
+Ties. ``torch.topk`` does not order equal values consistently (it differs between CPU and CUDA, and
+early in training many metrics are 0). With ``tie_break="index"`` (default) equal metrics go to the
+lowest anchor index among the candidates; this is what the fast sparse path computes. In ultralytics
+the top-k runs over the whole dense row, where non-candidates are 0, so which zero-metric
+candidates it keeps is unspecified (often none on CPU): results agree exactly whenever every GT has
+at least k candidates with t > 0 or no zero-metric candidate. ``tie_break="torch"`` runs the dense
+path with ``torch.topk`` on the same rows as the reference, reproducing its choice on the same device
+(with ``topk2`` it also builds ultralytics' dense ``[B, M, A]`` metric for the second top-k).
+Unlike the references, fewer than ``topk`` anchors (A < k) is not an error.
+
+Paths. ``method="sparse"`` (used by ``"auto"`` with ``candidate_stage="before_topk"`` and
+``tie_break="index"``) never builds ``[B, M, A]`` tensors: when ``anchor_points`` are the concatenated
+row-major grids of ``strides`` (ultralytics ``make_anchors`` layout, verified exactly), the candidate
+anchors of each GT are enumerated from the grid cells it covers; otherwise the inside test runs over
+blocks of GTs within ``max_chunk_mib``. Metrics, top-k (one stable sort over the pairs), conflicts
+and targets are computed on the candidate pairs only. ``method="dense"`` computes ``[g, A]`` blocks of
+GT rows within ``max_chunk_mib`` (needed by ``candidate_stage="after_topk"``, whose top-k ranks every
+anchor, and by ``tie_break="torch"``). Both paths share the conflict and target code.
+Pass ``strides`` in the layout order of the anchor grids (they also set the widening size); with
+other anchors the generic test is used, which is exact but costs O(B * M * A) comparisons. Memory is
+proportional to the number of candidate pairs (GT areas), plus the ``[B, A, C]`` target scores.
+Host syncs: building the pair list uses ``nonzero`` / ``repeat_interleave``, grid detection reads
+the anchor points, the dense path reads per-image GT counts; value checks
+(``detassign.set_value_checks``) also sync. Everything else stays on the input's device.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .. import _validate as V
+from ..boxes import box_centers
+from ..structures import AssignResult, BatchAssignResult
+from . import _tal_ops as ops
+from ._batch import check_padded_gts
+from .base import BaseAssigner
+
+__all__ = ["TaskAlignedAssigner", "TAL_PRESETS"]
+
+_COMMON = dict(topk=13, alpha=1.0, beta=6.0, topk2=None, tie_break="index", eps=1e-9)
+TAL_PRESETS = {
+    "ultralytics": dict(_COMMON, candidate_test="strict", inside_eps=1e-9, candidate_stage="before_topk",
+                        widen_small_gt=True, strides=(8, 16, 32), require_positive_metric=False,
+                        overlap="ciou", conflict="all_gts", neg_overlap=0.0),
+    "mmdet": dict(_COMMON, alpha=1, beta=6, candidate_test="strict", inside_eps=0.01,
+                  candidate_stage="after_topk", widen_small_gt=False, strides=(8, 16, 32),
+                  require_positive_metric=True, overlap="iou", conflict="selected_gts", neg_overlap=-1e8),
+}
+TAL_PRESETS["ultralytics_loss"] = dict(TAL_PRESETS["ultralytics"], topk=10, alpha=0.5)
+
+_CHOICES = dict(candidate_test=("strict", "inclusive"), candidate_stage=("before_topk", "after_topk"),
+                overlap=("ciou", "iou"), conflict=("all_gts", "selected_gts"), tie_break=("index", "torch"),
+                method=("auto", "sparse", "dense"))
+_BYTES_PER_DENSE_PAIR = 160   # rough peak of the dense block's temporaries per (GT, anchor)
+_BYTES_PER_INSIDE_TEST = 24
+
+
+def _fast_ok(x: Tensor, lo: float, hi: float) -> bool:
+    """All finite and within [lo, hi], in one reduction (min / max propagate NaN)."""
+    if x.numel() == 0:
+        return True
+    low, high = torch.aminmax(x.detach())
+    return bool(torch.isfinite(low) & torch.isfinite(high) & (low >= lo) & (high <= hi))
+
+
+def _check_values(pred_scores: Tensor, pred_bboxes: Tensor, anchor_points: Tensor) -> None:
+    """Probabilities in [0, 1], finite boxes and points; the detailed checks run only on failure."""
+    if not _fast_ok(pred_scores, 0.0, 1.0):
+        V.check_range("pred_scores", pred_scores, 0.0, 1.0)
+    for name, x in (("pred_bboxes", pred_bboxes), ("anchor_points", anchor_points)):
+        if not _fast_ok(x, float("-inf"), float("inf")):
+            V.check_finite(name, x)
+
+
+class TaskAlignedAssigner(BaseAssigner):
+    """Task-aligned assigner with ultralytics / mmdet presets; see the module docstring.
+
+    Explicit arguments (default None = "take it from ``preset``") override the preset. Build from a
+    config: ``build_assigner(dict(type="TaskAlignedAssigner", preset="ultralytics", topk=10))``.
+    ``preset`` None means ``"ultralytics"``, or ``"mmdet"`` when ``iou_calculator`` is given:
+    ``iou_calculator=dict(type="BboxOverlaps2D")`` (mmdet configs) is accepted and means ``overlap="iou"``,
+    so an mmdet config ``dict(type="TaskAlignedAssigner", topk=13)`` plus its iou_calculator builds the
+    mmdet behaviour.
+    """
+
+    def __init__(self, topk: Optional[int] = None, alpha: Optional[float] = None, beta: Optional[float] = None,
+                 preset: Optional[str] = None, num_classes: Optional[int] = None, *,
+                 candidate_test: Optional[str] = None, inside_eps: Optional[float] = None,
+                 candidate_stage: Optional[str] = None, widen_small_gt: Optional[bool] = None,
+                 strides: Optional[Sequence[float]] = None, require_positive_metric: Optional[bool] = None,
+                 overlap: Optional[str] = None, conflict: Optional[str] = None, topk2: Optional[int] = None,
+                 tie_break: Optional[str] = None, eps: Optional[float] = None,
+                 neg_overlap: Optional[float] = None, method: str = "auto", max_chunk_mib: float = 256.0,
+                 iou_calculator: Optional[dict] = None) -> None:
+        if preset is None:
+            # an mmdet config names its iou_calculator and no preset
+            preset = "ultralytics" if iou_calculator is None else "mmdet"
+        if preset not in TAL_PRESETS:
+            raise ValueError(f"preset must be one of {sorted(TAL_PRESETS)}, got {preset!r}")
+        if iou_calculator is not None:
+            kind = dict(iou_calculator).get("type", None)
+            if kind not in ("BboxOverlaps2D", "mmdet.BboxOverlaps2D"):
+                raise ValueError(f"iou_calculator must be dict(type='BboxOverlaps2D'), got {iou_calculator!r}")
+            if overlap not in (None, "iou"):
+                raise ValueError(f"iou_calculator=BboxOverlaps2D contradicts overlap={overlap!r}")
+            overlap = "iou"
+        given = dict(topk=topk, alpha=alpha, beta=beta, candidate_test=candidate_test, inside_eps=inside_eps,
+                     candidate_stage=candidate_stage, widen_small_gt=widen_small_gt, strides=strides,
+                     require_positive_metric=require_positive_metric, overlap=overlap, conflict=conflict,
+                     topk2=topk2, tie_break=tie_break, eps=eps, neg_overlap=neg_overlap)
+        cfg = dict(TAL_PRESETS[preset])
+        cfg.update({k: v for k, v in given.items() if v is not None})
+        cfg["method"] = method
+        self.preset = preset
+        self.num_classes = num_classes
+        self.max_chunk_mib = float(max_chunk_mib)
+        for key, value in cfg.items():
+            setattr(self, key, value)
+        self.strides = tuple(float(s) for s in self.strides) if self.strides else ()
+        self._check_config()
+
+    def _check_config(self) -> None:
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not isinstance(self.topk, int) or self.topk < 1:
+            raise ValueError(f"topk must be an int >= 1, got {self.topk!r}")
+        if self.topk2 is not None and (not isinstance(self.topk2, int) or self.topk2 < 1):
+            raise ValueError(f"topk2 must be None or an int >= 1, got {self.topk2!r}")
+        if self.inside_eps < 0 or self.eps < 0:
+            raise ValueError(f"inside_eps and eps must be >= 0, got {self.inside_eps} and {self.eps}")
+        if self.widen_small_gt and not self.strides:
+            raise ValueError("widen_small_gt=True needs strides (the side is widened to strides[1])")
+        if any(s <= 0 for s in self.strides):
+            raise ValueError(f"strides must be positive, got {self.strides}")
+        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
+            raise ValueError(f"num_classes must be None or an int >= 1, got {self.num_classes!r}")
+        if self.method == "sparse" and not self._sparse_ok():
+            raise ValueError("method='sparse' needs candidate_stage='before_topk' and tie_break='index'")
+
+    def _sparse_ok(self) -> bool:
+        return self.candidate_stage == "before_topk" and self.tie_break == "index"
+
+    @property
+    def min_candidate_size(self) -> Optional[float]:
+        """Side length small GTs are widened to for the inside test (ultralytics ``stride_val``)."""
+        if not self.widen_small_gt:
+            return None
+        return self.strides[1] if len(self.strides) > 1 else self.strides[0]
+
+    # ------------------------------------------------------------------ per image (mmdet interface)
+    @torch.no_grad()
+    def assign(self, pred_instances, gt_instances, gt_instances_ignore=None, alpha: Optional[float] = None,
+               beta: Optional[float] = None) -> AssignResult:
+        """Assign one image.
+
+        pred_instances: ``priors`` [A, 4] xyxy boxes (their centres are the anchor points; [A, 2]
+        points are accepted too), ``bboxes`` [A, 4] decoded xyxy, ``scores`` [A, C] probabilities.
+        gt_instances: ``bboxes`` [M, 4] xyxy, ``labels`` [M]. Returns an AssignResult with extras
+        ``assign_metrics`` [A], ``target_scores`` [A, C] and ``target_boxes`` [A, 4].
+        """
+        priors = V.get_field(pred_instances, "priors", "pred_instances")
+        bboxes = V.get_field(pred_instances, "bboxes", "pred_instances")
+        scores = V.get_field(pred_instances, "scores", "pred_instances")
+        gt_boxes = V.get_field(gt_instances, "bboxes", "gt_instances")
+        gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
+        V.check_tensor("pred_instances.priors", priors, ("A", None), floating=True)
+        if priors.shape[1] < 4 and priors.shape[1] != 2:
+            raise ValueError(f"pred_instances.priors must be [A, 4] boxes or [A, 2] points, got {tuple(priors.shape)}")
+        V.check_tensor("pred_instances.bboxes", bboxes, (priors.shape[0], 4), floating=True)
+        V.check_tensor("pred_instances.scores", scores, (priors.shape[0], "C"), floating=True)
+        V.check_tensor("gt_instances.bboxes", gt_boxes, ("M", 4), floating=True)
+        V.check_tensor("gt_instances.labels", gt_labels, (gt_boxes.shape[0],))
+        V.check_finite("pred_instances.priors", priors)
+        points = priors if priors.shape[1] == 2 else box_centers(priors[:, :4])
+        batch = self.assign_batch(scores[None], bboxes[None], points, gt_labels[None], gt_boxes[None], None,
+                                  alpha=alpha, beta=beta)
+        return batch[0]
+
+    # ------------------------------------------------------------------ batched (ultralytics interface)
+    @torch.no_grad()
+    def assign_batch(self, pred_scores: Tensor, pred_bboxes: Tensor, anchor_points: Tensor, gt_labels: Tensor,
+                     gt_bboxes: Tensor, gt_mask: Optional[Tensor] = None, alpha: Optional[float] = None,
+                     beta: Optional[float] = None) -> BatchAssignResult:
+        """Assign a padded batch.
+
+        pred_scores [B, A, C] probabilities, pred_bboxes [B, A, 4] xyxy, anchor_points [A, 2],
+        gt_labels [B, M] or [B, M, 1], gt_bboxes [B, M, 4] xyxy, gt_mask [B, M] or [B, M, 1]
+        (None = all valid), all in one coordinate frame (pixels for the ultralytics preset, whose
+        strides / widening are in pixels). Returns a BatchAssignResult: gt_inds [B, A] (1-based
+        padded GT index, 0 negative), labels [B, A] (-1 non-positive), max_overlaps [B, A], extras
+        ``target_boxes`` [B, A, 4], ``target_scores`` [B, A, C], ``assign_metrics`` [B, A]; ``fg_mask``.
+        Half-precision inputs are computed in float32. M == 0 / all GTs masked: every anchor negative.
+        """
+        scores, pred, points, labels, gts, mask = self._check_batch(pred_scores, pred_bboxes, anchor_points,
+                                                                    gt_labels, gt_bboxes, gt_mask)
+        alpha = self.alpha if alpha is None else alpha
+        beta = self.beta if beta is None else beta
+        B, A, C = scores.shape
+        M = gts.shape[1]
+        rows = torch.nonzero(mask.reshape(-1)).squeeze(1)                               # [G] flat b * M + m
+        if self.method == "dense" or (self.method == "auto" and not self._sparse_ok()):
+            pairs = self._dense_pairs(scores, pred, points, labels, gts, mask, rows, alpha, beta)
+        else:
+            pairs = self._sparse_pairs(scores, pred, points, labels, gts, rows, alpha, beta)
+        assign = ops.resolve_conflicts(pairs, B, A, M, self.conflict)
+        if self.topk2 is not None and self.topk2 != self.topk:
+            assign = ops.keep_topk2(assign, B, A, M, self.topk2, stable=self.tie_break == "index")
+        return self._build_result(assign, scores, labels, gt_bboxes, mask, B, A, M, C)
+
+    def _check_batch(self, pred_scores, pred_bboxes, anchor_points, gt_labels, gt_bboxes, gt_mask):
+        V.check_tensor("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
+        B, A, C = pred_scores.shape
+        V.check_tensor("pred_bboxes", pred_bboxes, (B, A, 4), floating=True)
+        V.check_tensor("anchor_points", anchor_points, (A, 2), floating=True)
+        if self.num_classes is not None and C != self.num_classes:
+            raise ValueError(f"pred_scores must have num_classes={self.num_classes} columns, got shape "
+                             f"{tuple(pred_scores.shape)}")
+        V.check_tensor("gt_bboxes", gt_bboxes, (B, "M", 4), floating=True)
+        if isinstance(gt_labels, Tensor) and gt_labels.is_floating_point():
+            # ultralytics passes labels as float [B, M, 1]; integral values are required
+            if V.value_checks_enabled() and bool((gt_labels != gt_labels.round()).any()):
+                raise ValueError("gt_labels must hold integral class indices, got fractional values")
+            gt_labels = gt_labels.long()
+        V.check_same_device(pred_scores=pred_scores, pred_bboxes=pred_bboxes, anchor_points=anchor_points,
+                            gt_labels=gt_labels, gt_bboxes=gt_bboxes, gt_mask=gt_mask)
+        labels, gts, mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, C)
+        if V.value_checks_enabled():
+            _check_values(pred_scores, pred_bboxes, anchor_points)
+        dtype = torch.float64 if torch.float64 in (pred_scores.dtype, pred_bboxes.dtype, gt_bboxes.dtype,
+                                                   anchor_points.dtype) else torch.float32
+        return (pred_scores.to(dtype), pred_bboxes.to(dtype), anchor_points.to(dtype), labels, gts.to(dtype),
+                mask)
+
+    # ------------------------------------------------------------------ candidate pairs
+    def _pair_values(self, scores, pred, labels, gts, row, anchor, alpha, beta, M):
+        """Overlap and metric of pairs. row [P] flat GT rows, anchor [P] -> (overlap [P], metric [P])."""
+        A, C = scores.shape[1], scores.shape[2]
+        b = torch.div(row, M, rounding_mode="floor")
+        flat_anchor = b * A + anchor
+        # gathered as [4, P] so that each coordinate is a contiguous row (fast element-wise maths)
+        gt_box = gts.reshape(-1, 4).t().index_select(1, row).t()                       # [P, 4]
+        pred_box = pred.reshape(-1, 4).t().index_select(1, flat_anchor).t()
+        score = scores.reshape(-1).index_select(0, flat_anchor * C + labels.reshape(-1).index_select(0, row))
+        overlap = ops.pair_overlaps(gt_box, pred_box, self.overlap)
+        return overlap, ops.alignment_metric(score, overlap, alpha, beta)
+
+    def _test_boxes(self, gts: Tensor, rows: Tensor) -> Tensor:
+        """Candidate-test boxes of the valid GT rows. -> [G, 4]"""
+        return ops.widened_candidate_boxes(gts.reshape(-1, 4).index_select(0, rows), self.min_candidate_size)
+
+    def _sparse_pairs(self, scores, pred, points, labels, gts, rows, alpha, beta) -> ops.PairTable:
+        """Candidate pairs from the grid cells (or the chunked inside test), ranked per GT."""
+        M = gts.shape[1]
+        test_boxes = self._test_boxes(gts, rows)
+        inclusive = self.candidate_test == "inclusive"
+        levels = ops.detect_grid(points, self.strides) if rows.numel() else None
+        if levels is not None:
+            local, anchor = ops.grid_candidate_pairs(points, levels, test_boxes, self.inside_eps, inclusive)
+        else:
+            budget = int(self.max_chunk_mib * 2**20 / _BYTES_PER_INSIDE_TEST)
+            local, anchor = ops.chunked_candidate_pairs(points, test_boxes, self.inside_eps, inclusive, budget)
+        row = rows.index_select(0, local)
+        # pair maths in blocks, so the element-wise temporaries stay within max_chunk_mib
+        step = max(1, int(self.max_chunk_mib * 2**20 / _BYTES_PER_DENSE_PAIR))
+        values = [self._pair_values(scores, pred, labels, gts, row[lo:lo + step], anchor[lo:lo + step], alpha, beta, M)
+                  for lo in range(0, max(row.numel(), 1), step)]
+        overlap, metric = (torch.cat(v) for v in zip(*values))
+        rank = ops.rank_in_segments(local, metric, rows.numel(), nonnegative=True)
+        selected = rank < self.topk
+        if self.require_positive_metric:
+            selected &= metric > 0
+        return ops.PairTable(row, anchor, overlap, metric, selected)
+
+    def _dense_pairs(self, scores, pred, points, labels, gts, mask, rows, alpha, beta) -> ops.PairTable:
+        """Blocks of one image's GT rows against every anchor ([g, A] within ``max_chunk_mib``);
+        returns the candidate (inside) pairs with their top-k flags."""
+        B, A = scores.shape[:2]
+        M = gts.shape[1]
+        step = max(1, int(self.max_chunk_mib * 2**20 / _BYTES_PER_DENSE_PAIR) // max(A, 1))
+        parts, first = [], 0
+        for b, count in enumerate(mask.sum(1).tolist()):                               # host sync
+            image_rows, first = rows[first:first + count], first + count
+            for lo in range(0, count, step):
+                row = image_rows[lo:lo + step]
+                parts.append(self._dense_block(scores[b], pred[b], points, labels.reshape(-1).index_select(0, row),
+                                               gts.reshape(-1, 4).index_select(0, row), row, alpha, beta))
+        if not parts:
+            empty = torch.zeros(0, dtype=torch.long, device=points.device)
+            flt = torch.zeros(0, dtype=scores.dtype, device=points.device)
+            return ops.PairTable(empty, empty, flt, flt, empty.bool())
+        return ops.PairTable(*(torch.cat(cols) for cols in zip(*parts)))
+
+    def _dense_block(self, scores, pred, points, labels, gt_boxes, row, alpha, beta) -> ops.PairTable:
+        """scores [A, C], pred [A, 4], points [A, 2] of one image; labels [g], gt_boxes [g, 4] of its
+        GT rows ``row`` [g] -> the block's inside pairs."""
+        inside = ops.centres_inside(points[None, :, 0], points[None, :, 1],
+                                    ops.widened_candidate_boxes(gt_boxes, self.min_candidate_size)[:, None, :],
+                                    self.inside_eps, self.candidate_test == "inclusive")    # [g, A]
+        overlap = ops.pair_overlaps(gt_boxes[:, None, :], pred[None], self.overlap)         # [g, A]
+        metric = ops.alignment_metric(scores.index_select(1, labels).t(), overlap, alpha, beta)
+        stable = self.tie_break == "index"
+        if self.candidate_stage == "before_topk":
+            # as ultralytics: metrics exist on candidates only, the rest of the row is 0
+            metric = metric.masked_fill(~inside, 0)
+            overlap = overlap.masked_fill(~inside, 0)
+            ranked = metric.masked_fill(~inside, -1.0) if stable else metric
+            chosen = ops.topk_dense(ranked, self.topk, stable) & inside
+        else:
+            chosen = ops.topk_dense(metric, self.topk, stable) & inside
+        if self.require_positive_metric:
+            chosen &= metric > 0
+        r, a = torch.nonzero(inside, as_tuple=True)
+        return ops.PairTable(row.index_select(0, r), a, overlap[r, a], metric[r, a], chosen[r, a])
+
+    # ------------------------------------------------------------------ outputs
+    def _build_result(self, assign: ops.AnchorAssignment, scores, labels, gt_bboxes, mask, B, A, M, C):
+        """Per-anchor assignment -> BatchAssignResult (targets written once, no [B, M, A] tensor)."""
+        fg = assign.fg
+        anchor_b = torch.div(torch.arange(B * A, device=fg.device), A, rounding_mode="floor")
+        if M:
+            gid = anchor_b * M + assign.gt                                             # [B * A]
+            gt_label = labels.reshape(-1).index_select(0, gid)
+            gt_box = gt_bboxes.reshape(-1, 4).index_select(0, gid)
+            norm = ops.normalized_scores(assign, B, A, M, self.eps)
+        else:
+            gt_label = torch.zeros(B * A, dtype=torch.long, device=fg.device)
+            gt_box = gt_bboxes.new_zeros(B * A, 4)
+            norm = torch.zeros_like(assign.metric)
+        target_scores = torch.zeros(B * A, C, dtype=scores.dtype, device=fg.device)
+        if C:
+            target_scores.scatter_(1, gt_label.clamp(0, C - 1)[:, None], norm[:, None])
+        target_boxes = gt_box.masked_fill(~fg[:, None], 0)
+        num_gts = mask.sum(1)                                                          # [B]
+        # mmdet returns 0 (not its -INF sentinel) for every prior of an image without GT
+        fill = torch.where(num_gts > 0, self.neg_overlap, 0.0).to(assign.overlap.dtype)
+        max_overlaps = torch.where(fg, assign.overlap, fill.index_select(0, anchor_b))
+        return BatchAssignResult(
+            num_gts,
+            torch.where(fg, assign.gt + 1, 0).view(B, A),
+            max_overlaps.view(B, A),
+            torch.where(fg, gt_label, -1).view(B, A),
+            target_boxes=target_boxes.view(B, A, 4),
+            target_scores=target_scores.view(B, A, C),
+            assign_metrics=assign.metric.masked_fill(~fg, 0).view(B, A),
+        )
