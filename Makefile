@@ -10,6 +10,9 @@ TORCH  := torch==2.13.0
 ORACLES      := mmengine==0.10.7 mmcv-lite==2.1.0 mmdet==3.3.0 ultralytics==8.4.190
 ORACLE_DEPS  := addict yapf termcolor rich pyyaml packaging opencv-python-headless pillow matplotlib pycocotools shapely
 PYTEST_ARGS  ?= -n 2
+# Idle OpenMP threads sleep instead of spinning: on a 2-core machine spinning threads of one process
+# starve the other xdist worker (and the demo's data loading).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test bench install install-dev clean
 

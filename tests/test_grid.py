@@ -11,15 +11,6 @@ from tests.oracles import mmdet
 from tests.test_max_iou import assert_same, random_case, run_pair
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """mmdet's ``max(dim)`` opens the thread pool even on tiny tensors (~20 ms a call on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_flags(n, seed, p=0.4):
     return torch.rand(n, generator=torch.Generator().manual_seed(seed + 17)) < p
 

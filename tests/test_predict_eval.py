@@ -14,14 +14,6 @@ from detassign.yolo.predict import batched_greedy_nms, decode, greedy_nms, make_
 from tests.oracles import ultralytics
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def brute_force_nms(boxes, scores, iou_thres):
     """Sequential greedy NMS, one box at a time (the textbook definition)."""
     iou = pairwise_iou(boxes, boxes).tolist()

@@ -19,14 +19,6 @@ from tests.oracles import ultralytics
 R = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ----------------------------------------------------------------------------- helpers
 def random_case(seed, B=3, nc=5, H=64, W=96, n=12, empty_last=True, tiny=False):
     """Raw maps (requires_grad) and an ultralytics-style batch; image B-1 has no GT when empty_last."""

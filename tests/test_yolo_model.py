@@ -22,15 +22,6 @@ LAYER_MAP = {0: "stem", 1: "down1", 2: "stage2", 3: "down2", 4: "stage3", 5: "do
              20: "bu_down4", 22: "bu_p5"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Many small convolutions: on the shared 2-core machine one thread avoids OpenMP oversubscription stalls.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def count(model):
     return sum(p.numel() for p in model.parameters())
 
