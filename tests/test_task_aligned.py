@@ -513,3 +513,184 @@ def test_bad_per_image_input():
     with pytest.raises(ValueError, match="num_classes"):
         TaskAlignedAssigner(num_classes=7).assign(Instances(priors=priors, bboxes=bboxes, scores=scores),
                                                   Instances(bboxes=gt, labels=labels))
+
+
+# ----------------------------------------------------------------------------- fast paths (window, blocked)
+def grid_batch(seed, B=3, M=8, C=5, size=128, outliers=True):
+    """random_batch on grid anchors, with a few huge or far-shifted predicted boxes (they widen the
+    prediction windows of their level) and exactly repeated metrics (ties across anchors)."""
+    scores, pred, points, labels, gt, mask = random_batch(seed, B=B, M=M, C=C, size=size, tiny=seed % 2 == 0)
+    g = torch.Generator().manual_seed(seed + 1000)
+    if outliers:
+        idx = torch.randint(0, len(points), (B, 3), generator=g)
+        big = torch.tensor([-50.0, -50.0, 190.0, 190.0])
+        pred[torch.arange(B)[:, None], idx] = big
+        pred[:, 5] = pred[:, 5] + 60.0  # a box far from its anchor point
+    # two anchors with the same prediction and score: equal metrics for every GT
+    pred[:, 7], scores[:, 7] = pred[:, 6], scores[:, 6]
+    return scores, pred, points, labels, gt, mask
+
+
+@pytest.mark.parametrize("alpha, beta", [(1, 6), (0.5, 4.0)])
+def test_window_path_equals_dense(alpha, beta):
+    # window (prediction-reach) candidates + top-k over positive metrics == the dense top-k over all anchors
+    for seed in range(24):
+        data = grid_batch(seed, outliers=seed % 3 != 0)
+        for conflict in ("selected_gts", "all_gts"):
+            kw = dict(preset="mmdet", conflict=conflict)
+            dense = TaskAlignedAssigner(method="dense", **kw).assign_batch(*data, alpha=alpha, beta=beta)
+            # a tiny budget splits the GT rows over many blocks
+            for mib in (256.0, 0.01):
+                window = TaskAlignedAssigner(method="window", max_chunk_mib=mib, **kw).assign_batch(
+                    *data, alpha=alpha, beta=beta)
+                assert_same_result(window, dense)
+
+
+def test_window_path_falls_back_to_dense():
+    data = grid_batch(3)
+    dense = TaskAlignedAssigner(preset="mmdet", method="dense").assign_batch(*data)
+    tal = TaskAlignedAssigner(preset="mmdet", method="window")
+    # beta = 0: metrics do not vanish off the overlapping anchors, so the dense path runs
+    assert_same_result(tal.assign_batch(*data, beta=0.0),
+                       TaskAlignedAssigner(preset="mmdet", method="dense").assign_batch(*data, beta=0.0))
+    perm = torch.randperm(len(data[2]), generator=torch.Generator().manual_seed(0))
+    scores, pred, points, labels, gt, mask = data
+    shuffled = tal.assign_batch(scores[:, perm], pred[:, perm], points[perm], labels, gt, mask)  # not a grid
+    assert torch.equal(shuffled.gt_inds, dense.gt_inds[:, perm])
+
+
+@pytest.mark.oracle
+def test_mmdet_parity_on_grid_anchors():
+    # the default CPU path for the mmdet preset on grid anchors is the window path
+    mm = oracles.mmdet()
+    ours = TaskAlignedAssigner(preset="mmdet")
+    points = make_anchors(128)
+    priors = torch.cat((points - 16, points + 16), -1)
+    compared = 0
+    for seed in range(16):
+        scores, pred, _, labels, gt, mask = grid_batch(seed, B=2, M=7)
+        res = ours.assign_batch(scores, pred, points, labels, gt, mask)
+        for i in range(2):
+            n = int(mask[i].sum())
+            ref = mm.task_utils.build(dict(type="TaskAlignedAssigner", topk=13)).assign(
+                mm.InstanceData(priors=priors, bboxes=pred[i], scores=scores[i]),
+                mm.InstanceData(bboxes=gt[i, :n], labels=labels[i, :n]))
+            # mmdet's torch.topk may keep either of two equal metrics; anchors 6 and 7 tie by construction
+            agree = torch.ones(len(points), dtype=torch.bool)
+            agree[6:8] = False
+            if n and (res.gt_inds[i, 6:8] > 0).any() != (ref.gt_inds[6:8] > 0).any():
+                continue
+            assert torch.equal(res.gt_inds[i][agree], ref.gt_inds[agree])
+            assert torch.equal(res.max_overlaps[i][agree], ref.max_overlaps[agree])
+            compared += 1
+    assert compared >= 24
+
+
+@given(seed=st.integers(0, 10_000), preset=st.sampled_from(["ultralytics", "ultralytics_loss", "mmdet"]),
+       conflict=st.sampled_from([None, "all_gts", "selected_gts"]), positive=st.sampled_from([None, True]))
+def test_blocked_path_equals_default_path(seed, preset, conflict, positive):
+    # the sync-free accelerator path, run on CPU: same result as the sparse / window / dense paths
+    kw = dict(preset=preset, conflict=conflict, require_positive_metric=positive)
+    data = grid_batch(seed, B=2, M=6, outliers=seed % 2 == 0)
+    ref = TaskAlignedAssigner(**kw).assign_batch(*data)
+    for mib in (256.0, 0.01):  # 0.01 MiB: one GT per block
+        assert_same_result(TaskAlignedAssigner(method="blocked", max_chunk_mib=mib, **kw).assign_batch(*data), ref)
+
+
+@pytest.mark.oracle
+def test_blocked_path_matches_ultralytics_with_torch_ties():
+    # tie_break="torch" on the blocked path ranks the same dense rows as ultralytics
+    for seed in range(400, 406):
+        scores, pred, points, labels, gt, mask = random_batch(seed, tiny=True)
+        ref = run_ultralytics(10, 0.5, 6.0, scores, pred, points, labels, gt, mask)
+        tal = TaskAlignedAssigner(preset="ultralytics_loss", tie_break="torch", method="blocked")
+        assert_matches_ultralytics(tal.assign_batch(scores, pred, points, labels, gt * mask[..., None], mask), ref)
+
+
+def test_blocked_path_edge_cases():
+    scores, pred, points, labels, gt, mask = random_batch(1, B=2, M=4)
+    labels = labels.masked_fill(~mask, 99)  # padding rows may carry any label
+    for preset in ("ultralytics", "mmdet"):
+        tal = TaskAlignedAssigner(preset=preset, method="blocked")
+        assert_same_result(tal.assign_batch(scores, pred, points, labels, gt, mask),
+                           TaskAlignedAssigner(preset=preset).assign_batch(scores, pred, points,
+                                                                           labels.masked_fill(~mask, 0), gt, mask))
+        none = tal.assign_batch(scores, pred, points, labels, gt, torch.zeros_like(mask))
+        assert (none.gt_inds == 0).all() and (none.max_overlaps == 0).all() and (none.target_scores == 0).all()
+        empty_m = tal.assign_batch(scores, pred, points, labels[:, :0], gt[:, :0], mask[:, :0])
+        assert (empty_m.gt_inds == 0).all()
+        no_anchor = tal.assign_batch(scores[:, :0], pred[:, :0], points[:0], labels, gt, mask)
+        assert no_anchor.gt_inds.shape == (2, 0)
+
+
+def test_auto_method_choice():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert TaskAlignedAssigner(preset="ultralytics")._pick_method(cpu) == "sparse"
+    assert TaskAlignedAssigner(preset="mmdet")._pick_method(cpu) == "window"
+    assert TaskAlignedAssigner(preset="mmdet", tie_break="torch")._pick_method(cpu) == "dense"
+    for preset in TAL_PRESETS:
+        assert TaskAlignedAssigner(preset=preset)._pick_method(gpu) == "blocked"
+    assert TaskAlignedAssigner(preset="mmdet", method="dense")._pick_method(gpu) == "dense"
+    with pytest.raises(ValueError, match="method='window'"):
+        TaskAlignedAssigner(preset="ultralytics", method="window")
+
+
+def test_stable_topk_and_segment_topk():
+    # packed int64 keys: ties to the lowest column; negative entries rank below every non-negative one
+    values = torch.tensor([[0.5, 0.2, 0.5, -1.0, 0.5, 0.0], [0.0, -0.0, 0.0, 0.3, -1.0, -1.0]])
+    mask = ops.topk_dense(values, 2, stable=True)
+    assert mask.tolist() == [[True, False, True, False, False, False], [True, False, False, True, False, False]]
+    assert torch.equal(ops.topk_dense(values.double(), 2, stable=True), mask)  # threshold-and-cumsum route
+    # segments [0, 0, 0] [1] [2, 2]: top-2 of each, ties to the earlier element
+    seg = torch.tensor([0, 0, 0, 1, 2, 2])
+    vals = torch.tensor([0.1, 0.7, 0.7, 0.4, 0.2, 0.2])
+    assert ops.segment_topk(seg, vals, 3, 2).tolist() == [False, True, True, True, True, True]
+    assert ops.segment_topk(seg[:0], vals[:0], 3, 2).numel() == 0
+
+
+def test_zeros_buffer():
+    big = ops.zeros_buffer((300, 2000), torch.float32, torch.device("cpu"))
+    small = ops.zeros_buffer((3, 4), torch.float64, torch.device("cpu"))
+    assert big.shape == (300, 2000) and big.dtype == torch.float32 and not big.any()
+    assert small.dtype == torch.float64 and not small.any()
+    big[1, 2] = 1.0
+    assert big.sum() == 1.0
+
+
+# ----------------------------------------------------------------------------- CUDA (auto-skipped without a GPU)
+def _cuda(data):
+    return tuple(x.cuda() for x in data)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("preset", ["ultralytics", "ultralytics_loss", "mmdet"])
+def test_cuda_matches_cpu(preset):
+    # both paths break ties by anchor index, so only float rounding (atan / pow kernels) may differ
+    tal = TaskAlignedAssigner(preset=preset)
+    for seed in range(8):
+        data = random_batch(seed, B=3, M=8)
+        cpu = tal.assign_batch(*data)
+        gpu = tal.assign_batch(*_cuda(data))
+        for key in ("gt_inds", "labels", "target_boxes"):
+            assert torch.equal(getattr(gpu, key).cpu(), getattr(cpu, key)), key
+        for key in ("max_overlaps", "target_scores", "assign_metrics"):
+            torch.testing.assert_close(getattr(gpu, key).cpu(), getattr(cpu, key), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("preset", ["ultralytics", "ultralytics_loss", "mmdet"])
+def test_cuda_path_has_no_host_sync(preset):
+    from detassign import _validate
+
+    tal = TaskAlignedAssigner(preset=preset)
+    data = _cuda(random_batch(2, B=2, M=6))
+    with _validate.value_checks(False):
+        tal.assign_batch(*data)  # warm-up: lazy CUDA initialisation may synchronise
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            res = tal.assign_batch(*data)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert res.gt_inds.is_cuda and res.fg_mask.any()

@@ -184,13 +184,13 @@ def _mm_overlaps(a: Tensor, b: Tensor, mode: str, pairwise: bool, eps: float) ->
     wh = (rb - lt).clamp(min=0)
     overlap = wh[..., 0] * wh[..., 1]
     union = area1 + area2 - overlap if mode != "iof" else area1
-    eps_t = union.new_tensor([eps])
-    union = torch.max(union, eps_t)
+    # clamp(min=eps) equals mmdet's max(union, tensor([eps])) without a host-to-device copy (a sync on CUDA)
+    union = union.clamp(min=eps)
     ious = overlap / union
     if mode != "giou":
         return ious
     enclose_wh = (torch.max(a[..., 2:], b[..., 2:]) - torch.min(a[..., :2], b[..., :2])).clamp(min=0)
-    enclose = torch.max(enclose_wh[..., 0] * enclose_wh[..., 1], eps_t)
+    enclose = (enclose_wh[..., 0] * enclose_wh[..., 1]).clamp(min=eps)
     return ious - (enclose - union) / enclose
 
 

@@ -192,8 +192,9 @@ def _model_predictions(model, image: torch.Tensor, num_classes: int):
     with torch.no_grad():
         out = model(image)  # [1, 4 + C, A]
     model.train(was)
-    out = out.transpose(1, 2)
-    return out[..., 4:4 + num_classes].float(), cxcywh_to_xyxy(out[..., :4].float())
+    # The picture's priors and GTs live on the CPU: bring a CUDA model's predictions there.
+    out = out.transpose(1, 2).float().cpu()
+    return out[..., 4:4 + num_classes], cxcywh_to_xyxy(out[..., :4])
 
 
 def compute_assignment(assigner, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, image_size: Tuple[int, int],

@@ -43,7 +43,8 @@ An anchor that ultralytics' ``all_gts`` rule hands to a GT that never selected i
 
 Ties. ``torch.topk`` does not order equal values consistently (it differs between CPU and CUDA, and
 early in training many metrics are 0). With ``tie_break="index"`` (default) equal metrics go to the
-lowest anchor index among the candidates; this is what the fast sparse path computes. In ultralytics
+lowest anchor index among the candidates; this is what every path computes (sparse, window,
+dense, blocked). In ultralytics
 the top-k runs over the whole dense row, where non-candidates are 0, so which zero-metric
 candidates it keeps is unspecified (often none on CPU): results agree exactly whenever every GT has
 at least k candidates with t > 0 or no zero-metric candidate. ``tie_break="torch"`` runs the dense
@@ -51,23 +52,48 @@ path with ``torch.topk`` on the same rows as the reference, reproducing its choi
 (with ``topk2`` it also builds ultralytics' dense ``[B, M, A]`` metric for the second top-k).
 Unlike the references, fewer than ``topk`` anchors (A < k) is not an error.
 
-Paths. ``method="sparse"`` (used by ``"auto"`` with ``candidate_stage="before_topk"`` and
-``tie_break="index"``) never builds ``[B, M, A]`` tensors: when ``anchor_points`` are the concatenated
-row-major grids of ``strides`` (ultralytics ``make_anchors`` layout, verified exactly), the candidate
-anchors of each GT are enumerated from the grid cells it covers; otherwise the inside test runs over
-blocks of GTs within ``max_chunk_mib``. Metrics, top-k (one stable sort over the pairs), conflicts
-and targets are computed on the candidate pairs only. ``method="dense"`` computes ``[g, A]`` blocks of
-GT rows within ``max_chunk_mib`` (needed by ``candidate_stage="after_topk"``, whose top-k ranks every
-anchor, and by ``tie_break="torch"``). Both paths share the conflict and target code.
+Paths (``method``; all give the same result with ``tie_break="index"``, tested against each other).
+``"auto"`` picks ``"blocked"`` on accelerators and, on CPU, ``"sparse"`` (``candidate_stage="before_topk"``),
+``"window"`` (``"after_topk"`` with ``require_positive_metric``) or ``"dense"`` (otherwise, and for
+``tie_break="torch"``).
+
+* ``"sparse"`` never builds ``[B, M, A]`` tensors: when ``anchor_points`` are the concatenated
+  row-major grids of ``strides`` (ultralytics ``make_anchors`` layout, verified exactly), the
+  candidate anchors of each GT are enumerated from the grid cells it covers; otherwise the inside
+  test runs over blocks of GTs within ``max_chunk_mib``. Metrics, top-k (one stable sort over the
+  pairs), conflicts and targets are computed on the candidate pairs only.
+* ``"window"`` (mmdet order: top-k over all anchors, then the inside test). Only an anchor whose
+  predicted box intersects the GT has a positive overlap, hence a positive metric, and only positive
+  metrics can be selected; so the top-k over all anchors equals the top-k over those anchors, with
+  ties to the lowest anchor index in both (a tie at the k-th value is only possible between positive
+  metrics, all of which are ranked). They are found without ``[B, M, A]`` work: per image and level
+  the predicted boxes reach at most (left, top, right, bottom) from their anchor points, so the
+  anchor points of intersecting boxes lie in the GT widened by that reach; its grid cells are
+  enumerated, the exact intersection test filters them, and metrics are ranked per GT (k-th value
+  by ``torch.topk`` on length-bucketed padded rows). Cost is proportional to the window areas: one
+  huge predicted box widens its whole level, which degrades towards the dense cost, never the
+  result. Needs grid anchors and beta > 0 (else 0^0 = 1 off the overlap); otherwise it runs
+  ``"dense"``. mmdet itself uses ``torch.topk``, whose choice among exactly equal metrics is
+  unspecified: on tie-free data (any real scores) the results are identical.
+* ``"dense"`` computes ``[g, A]`` blocks of one image's GT rows within ``max_chunk_mib``.
+* ``"blocked"`` (accelerators): static blocks of GTs ``[B, g, A]`` (``g`` from ``max_chunk_mib``),
+  candidate test, metric and a dense top-k per block, folded into a running per-anchor summary
+  (selection count, first selecting GT, conflict winner) with ``max`` / ``argmax`` / ``where``; the
+  outputs are written once at the end. No ``nonzero``, no data-dependent shape, no host sync when
+  value checks are off (``detassign.set_value_checks(False)``); a larger ``max_chunk_mib`` means
+  fewer, larger kernels.
+
 Pass ``strides`` in the layout order of the anchor grids (they also set the widening size); with
 other anchors the generic test is used, which is exact but costs O(B * M * A) comparisons. Memory is
-proportional to the number of candidate pairs (GT areas), plus the ``[B, A, C]`` target scores.
-Host syncs: building the pair list uses ``nonzero`` / ``repeat_interleave``, grid detection reads
-the anchor points, the dense path reads per-image GT counts; value checks
-(``detassign.set_value_checks``) also sync. Everything else stays on the input's device.
+proportional to the number of candidate pairs (GT areas, or window areas), plus the ``[B, A, C]``
+target scores (on CPU allocated already zero by the OS, then only the positive entries are written).
+Host syncs (CPU paths): building pair lists uses ``nonzero`` / ``repeat_interleave``, grid detection
+reads the anchor points, the dense path reads per-image GT counts, the window path its block sizes;
+value checks (``detassign.set_value_checks``) also sync. The blocked path has none.
 """
 from __future__ import annotations
 
+import bisect
 from typing import Optional, Sequence
 
 import torch
@@ -95,9 +121,11 @@ TAL_PRESETS["ultralytics_loss"] = dict(TAL_PRESETS["ultralytics"], topk=10, alph
 
 _CHOICES = dict(candidate_test=("strict", "inclusive"), candidate_stage=("before_topk", "after_topk"),
                 overlap=("ciou", "iou"), conflict=("all_gts", "selected_gts"), tie_break=("index", "torch"),
-                method=("auto", "sparse", "dense"))
+                method=("auto", "sparse", "window", "dense", "blocked"))
 _BYTES_PER_DENSE_PAIR = 160   # rough peak of the dense block's temporaries per (GT, anchor)
 _BYTES_PER_INSIDE_TEST = 24
+_BYTES_PER_BLOCKED_PAIR = 100  # live [B, g, A] temporaries of one blocked step (CIoU, keys, masks)
+_BYTES_PER_WINDOW_PAIR = 400  # enumeration indices, gathered boxes and the overlap temporaries
 
 
 def _fast_ok(x: Tensor, lo: float, hi: float) -> bool:
@@ -125,7 +153,8 @@ class TaskAlignedAssigner(BaseAssigner):
     ``preset`` None means ``"ultralytics"``, or ``"mmdet"`` when ``iou_calculator`` is given:
     ``iou_calculator=dict(type="BboxOverlaps2D")`` (mmdet configs) is accepted and means ``overlap="iou"``,
     so an mmdet config ``dict(type="TaskAlignedAssigner", topk=13)`` plus its iou_calculator builds the
-    mmdet behaviour.
+    mmdet behaviour. ``method`` ("auto", "sparse", "window", "dense", "blocked") and ``max_chunk_mib``
+    (None: 256 on CPU, 2048 on accelerators) choose the computation, never the result (module docstring).
     """
 
     def __init__(self, topk: Optional[int] = None, alpha: Optional[float] = None, beta: Optional[float] = None,
@@ -135,7 +164,7 @@ class TaskAlignedAssigner(BaseAssigner):
                  strides: Optional[Sequence[float]] = None, require_positive_metric: Optional[bool] = None,
                  overlap: Optional[str] = None, conflict: Optional[str] = None, topk2: Optional[int] = None,
                  tie_break: Optional[str] = None, eps: Optional[float] = None,
-                 neg_overlap: Optional[float] = None, method: str = "auto", max_chunk_mib: float = 256.0,
+                 neg_overlap: Optional[float] = None, method: str = "auto", max_chunk_mib: Optional[float] = None,
                  iou_calculator: Optional[dict] = None) -> None:
         if preset is None:
             # an mmdet config names its iou_calculator and no preset
@@ -158,7 +187,7 @@ class TaskAlignedAssigner(BaseAssigner):
         cfg["method"] = method
         self.preset = preset
         self.num_classes = num_classes
-        self.max_chunk_mib = float(max_chunk_mib)
+        self.max_chunk_mib = None if max_chunk_mib is None else float(max_chunk_mib)
         for key, value in cfg.items():
             setattr(self, key, value)
         self.strides = tuple(float(s) for s in self.strides) if self.strides else ()
@@ -182,9 +211,33 @@ class TaskAlignedAssigner(BaseAssigner):
             raise ValueError(f"num_classes must be None or an int >= 1, got {self.num_classes!r}")
         if self.method == "sparse" and not self._sparse_ok():
             raise ValueError("method='sparse' needs candidate_stage='before_topk' and tie_break='index'")
+        if self.method == "window" and not self._window_ok():
+            raise ValueError("method='window' needs candidate_stage='after_topk', require_positive_metric=True "
+                             "and tie_break='index'")
 
     def _sparse_ok(self) -> bool:
         return self.candidate_stage == "before_topk" and self.tie_break == "index"
+
+    def _window_ok(self) -> bool:
+        return self.candidate_stage == "after_topk" and self.require_positive_metric and self.tie_break == "index"
+
+    def _chunk_mib(self, device: torch.device) -> float:
+        """Temporary-memory budget of one block: ``max_chunk_mib``, or by default 256 MiB on CPU and
+        2 GiB on accelerators (fewer, larger kernels; ultralytics' dense path holds several
+        ``[B, M, A]`` tensors at once)."""
+        if self.max_chunk_mib is not None:
+            return self.max_chunk_mib
+        return 256.0 if device.type == "cpu" else 2048.0
+
+    def _pick_method(self, device: torch.device) -> str:
+        """``"auto"``: the sync-free blocked path on accelerators, the sparse / window paths on CPU."""
+        if self.method != "auto":
+            return self.method
+        if device.type != "cpu":
+            return "blocked"
+        if self._sparse_ok():
+            return "sparse"
+        return "window" if self._window_ok() else "dense"
 
     @property
     def min_candidate_size(self) -> Optional[float]:
@@ -243,12 +296,21 @@ class TaskAlignedAssigner(BaseAssigner):
         beta = self.beta if beta is None else beta
         B, A, C = scores.shape
         M = gts.shape[1]
-        rows = torch.nonzero(mask.reshape(-1)).squeeze(1)                               # [G] flat b * M + m
-        if self.method == "dense" or (self.method == "auto" and not self._sparse_ok()):
-            pairs = self._dense_pairs(scores, pred, points, labels, gts, mask, rows, alpha, beta)
+        method = self._pick_method(scores.device)
+        if method == "blocked":
+            assign = self._blocked_assignment(scores, pred, points, labels, gts, mask, alpha, beta)
         else:
-            pairs = self._sparse_pairs(scores, pred, points, labels, gts, rows, alpha, beta)
-        assign = ops.resolve_conflicts(pairs, B, A, M, self.conflict)
+            rows = torch.nonzero(mask.reshape(-1)).squeeze(1)                           # [G] flat b * M + m
+            levels = None
+            if method == "window" and beta > 0 and rows.numel():
+                levels = ops.detect_grid(points, self.strides)
+            if levels is not None:
+                pairs = self._window_pairs(scores, pred, points, labels, gts, rows, alpha, beta, levels)
+            elif method in ("dense", "window"):
+                pairs = self._dense_pairs(scores, pred, points, labels, gts, mask, rows, alpha, beta)
+            else:
+                pairs = self._sparse_pairs(scores, pred, points, labels, gts, rows, alpha, beta)
+            assign = ops.resolve_conflicts(pairs, B, A, M, self.conflict)
         if self.topk2 is not None and self.topk2 != self.topk:
             assign = ops.keep_topk2(assign, B, A, M, self.topk2, stable=self.tie_break == "index")
         return self._build_result(assign, scores, labels, gt_bboxes, mask, B, A, M, C)
@@ -303,11 +365,11 @@ class TaskAlignedAssigner(BaseAssigner):
         if levels is not None:
             local, anchor = ops.grid_candidate_pairs(points, levels, test_boxes, self.inside_eps, inclusive)
         else:
-            budget = int(self.max_chunk_mib * 2**20 / _BYTES_PER_INSIDE_TEST)
+            budget = int(self._chunk_mib(points.device) * 2**20 / _BYTES_PER_INSIDE_TEST)
             local, anchor = ops.chunked_candidate_pairs(points, test_boxes, self.inside_eps, inclusive, budget)
         row = rows.index_select(0, local)
         # pair maths in blocks, so the element-wise temporaries stay within max_chunk_mib
-        step = max(1, int(self.max_chunk_mib * 2**20 / _BYTES_PER_DENSE_PAIR))
+        step = max(1, int(self._chunk_mib(points.device) * 2**20 / _BYTES_PER_DENSE_PAIR))
         values = [self._pair_values(scores, pred, labels, gts, row[lo:lo + step], anchor[lo:lo + step], alpha, beta, M)
                   for lo in range(0, max(row.numel(), 1), step)]
         overlap, metric = (torch.cat(v) for v in zip(*values))
@@ -322,7 +384,7 @@ class TaskAlignedAssigner(BaseAssigner):
         returns the candidate (inside) pairs with their top-k flags."""
         B, A = scores.shape[:2]
         M = gts.shape[1]
-        step = max(1, int(self.max_chunk_mib * 2**20 / _BYTES_PER_DENSE_PAIR) // max(A, 1))
+        step = max(1, int(self._chunk_mib(points.device) * 2**20 / _BYTES_PER_DENSE_PAIR) // max(A, 1))
         parts, first = [], 0
         for b, count in enumerate(mask.sum(1).tolist()):                               # host sync
             image_rows, first = rows[first:first + count], first + count
@@ -339,42 +401,136 @@ class TaskAlignedAssigner(BaseAssigner):
     def _dense_block(self, scores, pred, points, labels, gt_boxes, row, alpha, beta) -> ops.PairTable:
         """scores [A, C], pred [A, 4], points [A, 2] of one image; labels [g], gt_boxes [g, 4] of its
         GT rows ``row`` [g] -> the block's inside pairs."""
-        inside = ops.centres_inside(points[None, :, 0], points[None, :, 1],
-                                    ops.widened_candidate_boxes(gt_boxes, self.min_candidate_size)[:, None, :],
-                                    self.inside_eps, self.candidate_test == "inclusive")    # [g, A]
-        overlap = ops.pair_overlaps(gt_boxes[:, None, :], pred[None], self.overlap)         # [g, A]
-        metric = ops.alignment_metric(scores.index_select(1, labels).t(), overlap, alpha, beta)
+        chosen, inside, overlap, metric = self._select_dense(scores.index_select(1, labels).t(), pred[None], points,
+                                                             gt_boxes, None, alpha, beta)      # [g, A]
+        r, a = torch.nonzero(inside, as_tuple=True)
+        return ops.PairTable(row.index_select(0, r), a, overlap[r, a], metric[r, a], chosen[r, a])
+
+    def _select_dense(self, score, pred, points, gt_boxes, valid, alpha, beta):
+        """Candidate test, metric and top-k of every (GT, anchor) pair of a block.
+
+        score [..., g, A] the GT class's probability per anchor, pred [..., 1, A, 4], points [A, 2],
+        gt_boxes [..., g, 4], valid [..., g] bool or None -> (chosen, inside, overlap, metric), each
+        [..., g, A]; overlap and metric are 0 off the candidates (``inside``).
+        """
+        inside = ops.centres_inside(points[:, 0], points[:, 1],
+                                    ops.widened_candidate_boxes(gt_boxes, self.min_candidate_size)[..., None, :],
+                                    self.inside_eps, self.candidate_test == "inclusive")
+        if valid is not None:
+            inside &= valid[..., None]
+        overlap = ops.pair_overlaps(gt_boxes[..., None, :], pred, self.overlap)
+        metric = ops.alignment_metric(score, overlap, alpha, beta)
         stable = self.tie_break == "index"
         if self.candidate_stage == "before_topk":
             # as ultralytics: metrics exist on candidates only, the rest of the row is 0
             metric = metric.masked_fill(~inside, 0)
-            overlap = overlap.masked_fill(~inside, 0)
             ranked = metric.masked_fill(~inside, -1.0) if stable else metric
-            chosen = ops.topk_dense(ranked, self.topk, stable) & inside
         else:
-            chosen = ops.topk_dense(metric, self.topk, stable) & inside
+            ranked = metric
+            metric = metric.masked_fill(~inside, 0)
+        overlap = overlap.masked_fill(~inside, 0)
+        chosen = ops.topk_dense(ranked.flatten(0, -2), self.topk, stable).view(inside.shape) & inside
         if self.require_positive_metric:
             chosen &= metric > 0
-        r, a = torch.nonzero(inside, as_tuple=True)
-        return ops.PairTable(row.index_select(0, r), a, overlap[r, a], metric[r, a], chosen[r, a])
+        return chosen, inside, overlap, metric
+
+    def _blocked_assignment(self, scores, pred, points, labels, gts, mask, alpha, beta) -> ops.AnchorAssignment:
+        """Dense ``[B, g, A]`` blocks of GTs with a static block size, folded into a running per-anchor
+        summary: no ``nonzero``, no data-dependent shape, no host sync (the accelerator path)."""
+        B, A, C = scores.shape
+        M = gts.shape[1]
+        step = max(1, int(self._chunk_mib(scores.device) * 2**20 / _BYTES_PER_BLOCKED_PAIR) // max(B * A, 1))
+        by_class = scores.transpose(1, 2)                                                  # [B, C, A]
+        # padding rows may hold any label: clamp so the gather stays in range (they are masked out)
+        labels = labels.clamp(0, max(C - 1, 0))
+        state = ops.init_block_state(B, A, scores.dtype, scores.device)
+        for lo in range(0, M if C else 0, step):
+            hi = min(M, lo + step)
+            score = by_class.gather(1, labels[:, lo:hi, None].expand(-1, -1, A))            # [B, g, A]
+            chosen, inside, overlap, metric = self._select_dense(score, pred[:, None], points, gts[:, lo:hi],
+                                                                 mask[:, lo:hi], alpha, beta)
+            if self.conflict == "all_gts":
+                conflict = overlap
+            else:
+                conflict = overlap.masked_fill(~chosen, float("-inf"))
+            state = ops.update_block_state(state, lo, chosen, conflict, overlap, metric)
+        return ops.finish_block_state(state)
+
+    def _window_pairs(self, scores, pred, points, labels, gts, rows, alpha, beta, levels) -> ops.PairTable:
+        """Top-k over all anchors without ``[B, M, A]`` work (``candidate_stage="after_topk"`` with a
+        positive metric required, grid anchors, beta > 0).
+
+        Only anchors whose predicted box intersects the GT have a positive overlap, hence a positive
+        metric; every other anchor has metric 0 and can never be a positive. Those anchors lie in a
+        window around the GT, widened per image and level by how far the predicted boxes reach from
+        their anchor points (:func:`_tal_ops.prediction_reach`), and the window's grid cells are
+        enumerated. Ranking the metric over these pairs (ties to the lowest anchor index) gives the
+        same top-k positives as ranking all anchors. Returns the candidate (inside) pairs.
+        """
+        A, M = pred.shape[1], gts.shape[1]
+        reach = ops.prediction_reach(points, pred, levels)                                # [B, L, 4]
+        gt_rows = gts.reshape(-1, 4).index_select(0, rows)                                 # [G, 4]
+        test_boxes = ops.widened_candidate_boxes(gt_rows, self.min_candidate_size)
+        image = torch.div(rows, M, rounding_mode="floor")
+        image_offset = image * A
+        lo, n_xy = ops.grid_cells(levels, ops.overlap_windows(gt_rows, reach.index_select(0, image)))
+        cum = torch.cumsum((n_xy[..., 0] * n_xy[..., 1]).sum(1), 0).tolist()              # host sync
+        budget = max(1, int(self._chunk_mib(points.device) * 2**20 / _BYTES_PER_WINDOW_PAIR))
+        inclusive = self.candidate_test == "inclusive"
+        # coordinate-major copies, so the intersection prefilter gathers contiguous rows
+        pred_t, gt_t = pred.reshape(-1, 4).t().contiguous(), gt_rows.t().contiguous()
+        C = scores.shape[2]
+        flat_scores, row_labels = scores.reshape(-1), labels.reshape(-1).index_select(0, rows)
+        parts, start = [], 0
+        while start < len(cum):
+            # whole GT rows per block (each is ranked inside its block), at most ``budget`` pairs if possible
+            done = cum[start - 1] if start else 0
+            end = max(start + 1, bisect.bisect_right(cum, done + budget, lo=start))
+            local, flat = ops.enumerate_cells(levels, lo[start:end], n_xy[start:end], image_offset[start:end])
+            local = local + start
+            pred4, gt4 = pred_t.index_select(1, flat), gt_t.index_select(1, local)        # [4, P]
+            # exact prefilter: without a positive-area intersection the overlap, hence the metric, is 0
+            hit = torch.nonzero(ops.boxes_intersect(pred4, gt4)).squeeze(1)
+            local, flat = local.index_select(0, hit), flat.index_select(0, hit)
+            overlap = ops.pair_overlaps(gt4.index_select(1, hit).t(), pred4.index_select(1, hit).t(), self.overlap)
+            score = flat_scores.index_select(0, flat * C + row_labels.index_select(0, local))
+            metric = ops.alignment_metric(score, overlap, alpha, beta)
+            row = rows.index_select(0, local)
+            anchor = flat - image_offset.index_select(0, local)
+            # only positive metrics can be selected (ties to the lowest anchor index among the ranked)
+            selected = ops.segment_topk(local - start, metric, end - start, self.topk) & (metric > 0)
+            pts = points.index_select(0, anchor)
+            inside = ops.centres_inside(pts[:, 0], pts[:, 1], test_boxes.index_select(0, local),
+                                        self.inside_eps, inclusive)
+            keep = torch.nonzero(inside).squeeze(1)
+            parts.append(ops.PairTable(row.index_select(0, keep), anchor.index_select(0, keep),
+                                       overlap.index_select(0, keep), metric.index_select(0, keep),
+                                       selected.index_select(0, keep)))
+            start = end
+        return ops.PairTable(*(torch.cat(cols) for cols in zip(*parts)))
 
     # ------------------------------------------------------------------ outputs
     def _build_result(self, assign: ops.AnchorAssignment, scores, labels, gt_bboxes, mask, B, A, M, C):
         """Per-anchor assignment -> BatchAssignResult (targets written once, no [B, M, A] tensor)."""
         fg = assign.fg
-        anchor_b = torch.div(torch.arange(B * A, device=fg.device), A, rounding_mode="floor")
+        anchor_b = torch.arange(B, device=fg.device)[:, None].expand(B, A).reshape(-1)       # [B * A]
         if M:
             gid = anchor_b * M + assign.gt                                             # [B * A]
             gt_label = labels.reshape(-1).index_select(0, gid)
             gt_box = gt_bboxes.reshape(-1, 4).index_select(0, gid)
-            norm = ops.normalized_scores(assign, B, A, M, self.eps)
+            norm = ops.normalized_scores(assign, B, A, M, self.eps, gid)
         else:
             gt_label = torch.zeros(B * A, dtype=torch.long, device=fg.device)
             gt_box = gt_bboxes.new_zeros(B * A, 4)
             norm = torch.zeros_like(assign.metric)
-        target_scores = torch.zeros(B * A, C, dtype=scores.dtype, device=fg.device)
-        if C:
-            target_scores.scatter_(1, gt_label.clamp(0, C - 1)[:, None], norm[:, None])
+        target_scores = ops.zeros_buffer((B * A, C), scores.dtype, fg.device)
+        if C and fg.device.type == "cpu":
+            # only the positive rows: the OS-zeroed pages of the other rows are never written
+            pos = torch.nonzero(fg).squeeze(1)
+            target_scores.view(-1).index_copy_(0, pos * C + gt_label.index_select(0, pos).clamp(0, C - 1),
+                                               norm.index_select(0, pos))
+        elif C:
+            target_scores.scatter_(1, gt_label.clamp(0, C - 1)[:, None], norm[:, None])      # no sync
         target_boxes = gt_box.masked_fill(~fg[:, None], 0)
         num_gts = mask.sum(1)                                                          # [B]
         # mmdet returns 0 (not its -INF sentinel) for every prior of an image without GT
