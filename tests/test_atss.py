@@ -399,3 +399,80 @@ def test_bad_batch_inputs():
     with pytest.raises(ValueError, match="pred_scores"):
         ATSSAssigner(alpha=0.8).assign_batch(priors, levels, labels, boxes, None, torch.zeros(1, 5, 3),
                                              torch.zeros(1, 5, 4))
+
+
+# ----------------------------------------------------------------------------- grid window (step 1 fast path)
+from detassign.assigners import atss as atss_module  # noqa: E402
+from detassign.assigners.atss import level_grids, nearest_in_window, nearest_per_level  # noqa: E402
+
+
+def tie_gts(g, m, img=128, step=4.0):
+    """GTs whose centres sit on the 4-px lattice: exactly on cell centres or cell borders of every level,
+    so 2 or 4 cells are equidistant (distance ties), mixed with random and off-image ones."""
+    c = torch.randint(-4, int(img / step) + 4, (m, 2), generator=g).float() * step
+    wh = torch.randint(1, 12, (m, 2), generator=g).float() * step
+    gt = torch.cat([c - wh / 2, c + wh / 2], 1)
+    rand = make_gts(g, m, img=img, off=0.2)
+    return torch.where(torch.rand(m, 1, generator=g) < 0.7, gt, rand)
+
+
+def test_level_grids_detects_single_anchor_levels_only():
+    priors, levels = make_priors()
+    grids = level_grids(priors, levels)
+    assert [(gr.start, gr.H, gr.W) for gr in grids] == [(0, 16, 16), (256, 8, 8), (320, 4, 4)]
+    assert torch.equal(grids[1].cx, ((torch.arange(8) + 0.5) * 16).float())
+    three, levels3 = make_priors(ratios=(0.5, 1.0, 2.0))                 # 3 anchors per cell: centres tie
+    assert level_grids(three, levels3) == [None, None, None]
+    g = torch.Generator().manual_seed(0)
+    shuffled = priors[torch.randperm(len(priors), generator=g)]
+    assert all(gr is None or gr.H * gr.W == n for gr, n in zip(level_grids(shuffled, levels), levels))
+
+
+@pytest.mark.parametrize("topk", [1, 4, 9, 15])
+def test_window_equals_full_topk_including_ties(topk):
+    g = torch.Generator().manual_seed(topk)
+    priors, levels = make_priors()
+    centers = box_centers_of(tie_gts(g, 300))[None]                       # [1, 300, 2]
+    grids = level_grids(priors, levels)
+    pc = (priors[:, :2] + priors[:, 2:]) / 2
+    full = nearest_per_level(pc, centers, levels, topk)
+    fast = nearest_per_level(pc, centers, levels, topk, grids=grids)
+    assert torch.equal(full, fast)
+    # both outcomes of the proof occur: ties fall back to the full level, random centres do not
+    _, ok = nearest_in_window(grids[0], centers[0, :, 0].contiguous(), centers[0, :, 1].contiguous(), topk)
+    assert 0 < int(ok.sum()) < len(ok)
+
+
+def box_centers_of(boxes):
+    return torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], -1)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("grid_window", [True, False])
+@pytest.mark.parametrize("seed", range(8))
+def test_tie_heavy_grid_matches_mmdet(seed, grid_window):
+    O = mmdet()
+    g = torch.Generator().manual_seed(1000 + seed)
+    priors, levels = make_priors()
+    gt = tie_gts(g, [1, 3, 8, 14][seed % 4])
+    labels = torch.randint(0, 6, (len(gt),), generator=g)
+    topk = [9, 3, 5, 12][seed % 4]
+    ref = O.assigners.ATSSAssigner(topk=topk).assign(O.InstanceData(priors=priors), levels,
+                                                       O.InstanceData(bboxes=gt, labels=labels))
+    ours = assign(ATSSAssigner(topk=topk, grid_window=grid_window), priors, levels, gt, labels)
+    _compare(ours, ref)
+
+
+def test_batched_window_path_equals_full_path(monkeypatch):
+    g = torch.Generator().manual_seed(11)
+    priors, levels = make_priors()
+    boxes = torch.stack([tie_gts(g, 9) for _ in range(7)])
+    labels = torch.randint(0, 5, (7, 9), generator=g)
+    mask = torch.rand(7, 9, generator=g) < 0.8
+    full = ATSSAssigner(grid_window=False).assign_batch(priors, levels, labels, boxes, mask)
+    monkeypatch.setattr(atss_module, "CPU_CHUNK", len(priors) * 2)           # 2 images per chunk
+    fast = ATSSAssigner().assign_batch(priors, levels, labels, boxes, mask)
+    assert torch.equal(full.gt_inds, fast.gt_inds) and torch.equal(full.labels, fast.labels)
+    assert torch.equal(full.max_overlaps, fast.max_overlaps)
+    with pytest.raises(ValueError, match="grid_window"):
+        ATSSAssigner(grid_window=1)

@@ -194,3 +194,177 @@ def test_cuda_matches_cpu():
         one = MaxIoUAssigner(**knobs).assign(Instances(priors=priors.cuda()),
                                              Instances(bboxes=gts[0].cuda(), labels=labels[0].cuda()))
         assert one.gt_inds.device.type == "cuda" and torch.equal(one.gt_inds.cpu(), cpu.gt_inds[0])
+
+
+# ----------------------------------------------------------------------------- sparse (lattice) path
+from detassign.assigners import batch_max_iou as bmi  # noqa: E402
+from detassign.assigners._prior_lattice import detect_lattice, segment_ids  # noqa: E402
+
+
+def anchor_grid(img=64, strides=(8, 16, 32), ratios=(1.0,), scale=4.0, dtype=torch.float32):
+    """mmdet AnchorGenerator layout: per level, row-major cells, ``len(ratios)`` anchors per cell."""
+    levels = []
+    for s in strides:
+        n = -(-img // s)
+        ys, xs = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+        c = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).double().add(0.5).mul(s)      # [n * n, 2]
+        per_ratio = []
+        for r in ratios:
+            half = torch.tensor([scale * s / r ** 0.5, scale * s * r ** 0.5], dtype=torch.float64) / 2
+            per_ratio.append(torch.cat([c - half, c + half], -1))
+        levels.append(torch.stack(per_ratio, 1).reshape(-1, 4))
+    return torch.cat(levels).to(dtype)
+
+
+def lattice_gts(g, n, img=64):
+    """n GTs mixing the tie-prone cases: grid-aligned integer boxes (IoU ties between priors and between
+    GTs), copies of one box, tiny and zero-width boxes, boxes partly or wholly off the image."""
+    kinds = torch.randint(0, 6, (n,), generator=g)
+    out = []
+    for k in kinds.tolist():
+        if k == 0:   # aligned to the 4-px lattice: many exact ties
+            xy = torch.randint(-2, img // 4, (2,), generator=g).float() * 4
+            wh = torch.randint(1, 9, (2,), generator=g).float() * 4
+        elif k == 1:  # tiny, or zero width
+            xy = torch.rand(2, generator=g) * img
+            wh = torch.rand(2, generator=g) * 2 * torch.randint(0, 2, (2,), generator=g)
+        elif k == 2:  # off the image
+            xy = torch.rand(2, generator=g) * img * 2 - img / 2
+            wh = torch.rand(2, generator=g) * img / 2 + 1
+        else:
+            xy = torch.rand(2, generator=g) * img
+            wh = torch.exp(torch.empty(2).uniform_(0.0, 4.5, generator=g))
+        out.append(torch.cat([xy, xy + wh]))
+    boxes = torch.stack(out) if out else torch.zeros(0, 4)
+    if n > 2 and bool(torch.rand(1, generator=g) < 0.5):
+        boxes[-1] = boxes[0]          # duplicate GT: every IoU ties between the two
+    return boxes
+
+
+def lattice_batch(seed, B=3, max_gts=9):
+    g = torch.Generator().manual_seed(seed)
+    ratios = [(1.0,), (0.5, 1.0, 2.0)][seed % 2]
+    priors = anchor_grid(ratios=ratios, scale=[2.0, 4.0, 8.0][seed % 3])
+    counts = torch.randint(0, max_gts + 1, (B,), generator=g).tolist()
+    counts[0] = max(counts[0], 1)
+    gts = [lattice_gts(g, n) for n in counts]
+    labels = [torch.randint(0, 5, (n,), generator=g) for n in counts]
+    ignores = [lattice_gts(g, int(torch.randint(0, 3, (1,), generator=g))) for _ in range(B)]
+    return priors, gts, labels, ignores
+
+
+@pytest.fixture
+def no_dense(monkeypatch):
+    """Fail if the dense computation runs: the test is meant to exercise the sparse path (the small test
+    images have many candidate pairs per prior, so the cost rule would otherwise pick the dense path)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dense path ran")
+    monkeypatch.setattr(BatchMaxIoUAssigner, "_assign_chunk", refuse)
+    monkeypatch.setattr(bmi, "SPARSE_MAX_FRACTION", 1.0)
+
+
+def test_detect_lattice_on_anchor_layouts():
+    priors = anchor_grid(ratios=(0.5, 1.0, 2.0))
+    slots = detect_lattice(priors)
+    assert [(s.base, s.R, s.r, s.H, s.W) for s in slots] == [
+        (0, 3, 0, 8, 8), (0, 3, 1, 8, 8), (0, 3, 2, 8, 8), (192, 3, 0, 4, 4), (192, 3, 1, 4, 4),
+        (192, 3, 2, 4, 4), (240, 3, 0, 2, 2), (240, 3, 1, 2, 2), (240, 3, 2, 2, 2)]
+    # every slot describes its priors exactly
+    for s in slots:
+        cells = priors[s.base + s.r:s.base + s.H * s.W * s.R:s.R].view(s.H, s.W, 4)
+        assert torch.equal(cells[..., 0], s.x1.expand(s.H, -1))
+        assert torch.equal(cells[..., 3], s.y2[:, None].expand(-1, s.W))
+    g = torch.Generator().manual_seed(0)
+    assert detect_lattice(random_boxes(200, g)) is None                        # proposals
+    assert detect_lattice(priors[torch.randperm(len(priors), generator=g)]) is None   # shuffled anchors
+    assert len(detect_lattice(priors[:10])) >= 1                               # a partial row is still exact
+
+
+def test_segment_ids_is_repeat_interleave():
+    counts = torch.tensor([0, 3, 0, 0, 1, 2, 0])
+    starts = torch.cumsum(counts, 0) - counts
+    assert segment_ids(counts, starts, 6).tolist() == torch.repeat_interleave(torch.arange(7), counts).tolist()
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+@pytest.mark.parametrize("knobs", KNOBS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+def test_parity_with_mmdet_on_anchor_grids(knobs, sparse, request):
+    if sparse:
+        request.getfixturevalue("no_dense")
+    mm = mmdet()
+    ref = mm.assigners.MaxIoUAssigner(**knobs)
+    ours = BatchMaxIoUAssigner(**knobs, sparse=sparse)
+    for seed in range(12):
+        priors, gts, labels, ignores = lattice_batch(seed)
+        res = ours.assign_batch(priors, *padded(gts, labels, ignores))
+        for i in range(len(gts)):
+            expected = ref.assign(mm.InstanceData(priors=priors), mm.InstanceData(bboxes=gts[i], labels=labels[i]),
+                                  mm.InstanceData(bboxes=ignores[i]))
+            assert_same(expected, res[i], f"seed {seed} image {i}")
+
+
+@pytest.mark.oracle
+def test_sparse_parity_zero_iou_quirk_and_threshold_edges(no_dense):
+    """min_pos_iou 0 (mmdet #8289: a GT overlapping nothing claims every prior), pos_iou_thr 0 (priors with
+    best IoU 0 become positives of the first valid GT), a GT far away, all with ignore regions."""
+    mm = mmdet()
+    priors = anchor_grid()
+    gts = [torch.tensor([[4.0, 4, 20, 20], [500, 500, 510, 510], [0, 0, 8, 8]]), torch.tensor([[300.0, 300, 310, 310]])]
+    labels = [torch.tensor([1, 2, 3]), torch.tensor([4])]
+    ignores = [torch.tensor([[32.0, 32, 64, 64]]), torch.zeros(0, 4)]
+    for knobs in (dict(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0.0),
+                  dict(pos_iou_thr=0.0, neg_iou_thr=(0.0, 0.0), min_pos_iou=0.0),
+                  dict(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0.0, gt_max_assign_all=False),
+                  dict(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=-1.0, ignore_iof_thr=0.5),
+                  dict(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0.0, ignore_iof_thr=0.5,
+                       gt_max_assign_all=False)):
+        res = BatchMaxIoUAssigner(**knobs, sparse=True).assign_batch(priors, *padded(gts, labels, ignores))
+        for i in range(2):
+            expected = mm.assigners.MaxIoUAssigner(**knobs).assign(
+                mm.InstanceData(priors=priors), mm.InstanceData(bboxes=gts[i], labels=labels[i]),
+                mm.InstanceData(bboxes=ignores[i]))
+            assert_same(expected, res[i], f"{knobs} image {i}")
+
+
+@given(st.integers(0, 10 ** 6), st.sampled_from(["mmdet", "nonzero", "argmax"]), st.booleans(), st.booleans(),
+       st.sampled_from([torch.float32, torch.float64, "fp16"]))
+def test_sparse_equals_dense(seed, mode, assign_all, ignore, dtype):
+    """Bit-identical to the dense path: padding holes, every low-quality mode, ignore regions, dtypes."""
+    priors, gts, labels, ignores = lattice_batch(seed, B=3)
+    knobs = dict(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=[0.0, 0.3][seed % 2], gt_max_assign_all=assign_all,
+                 ignore_iof_thr=0.4 if ignore else -1, low_quality_mode=mode)
+    if dtype == "fp16":
+        knobs["iou_calculator"] = dict(type="BboxOverlaps2D", scale=2.0, dtype="fp16")
+    else:
+        priors, gts = priors.to(dtype), [b.to(dtype) for b in gts]
+    gt_boxes, gt_mask, gt_labels, ignore_boxes, ignore_mask = padded(gts, labels, ignores)
+    order = torch.argsort(torch.rand(gt_mask.shape, generator=torch.Generator().manual_seed(seed)), dim=1)
+    gt_boxes, gt_mask, gt_labels = gt_boxes.gather(1, order[..., None].expand(-1, -1, 4)), gt_mask.gather(1, order), \
+        gt_labels.gather(1, order)
+    args = (priors, gt_boxes, gt_mask, gt_labels, ignore_boxes, ignore_mask)
+    dense = BatchMaxIoUAssigner(**knobs, sparse=False).assign_batch(*args)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bmi, "SPARSE_MAX_FRACTION", 1.0)
+        sparse = BatchMaxIoUAssigner(**knobs, sparse=True).assign_batch(*args)
+    assert torch.equal(sparse.gt_inds, dense.gt_inds) and torch.equal(sparse.labels, dense.labels)
+    assert sparse.max_overlaps.dtype == dense.max_overlaps.dtype
+    assert torch.equal(sparse.max_overlaps, dense.max_overlaps)
+
+
+def test_sparse_chunks_and_fallbacks_do_not_change_results(monkeypatch):
+    priors, gts, labels, ignores = lattice_batch(5, B=6)
+    inputs = padded(gts, labels, ignores)
+    knobs = dict(pos_iou_thr=0.5, neg_iou_thr=0.4, ignore_iof_thr=0.3)
+    dense = BatchMaxIoUAssigner(**knobs, sparse=False).assign_batch(priors, *inputs)
+    monkeypatch.setattr(bmi, "SPARSE_MAX_FRACTION", 1.0)
+    auto = BatchMaxIoUAssigner(**knobs).assign_batch(priors, *inputs)            # CPU: sparse
+    monkeypatch.setattr(bmi, "SPARSE_CPU_CHUNK", 1)                              # one image per chunk
+    one = BatchMaxIoUAssigner(**knobs).assign_batch(priors, *inputs)
+    monkeypatch.setattr(bmi, "SPARSE_MAX_FRACTION", 0.0)                         # every chunk falls back
+    fallback = BatchMaxIoUAssigner(**knobs).assign_batch(priors, *inputs)
+    for res in (auto, one, fallback):
+        assert torch.equal(res.gt_inds, dense.gt_inds) and torch.equal(res.max_overlaps, dense.max_overlaps)
+        assert torch.equal(res.labels, dense.labels)
+    with pytest.raises(ValueError, match="sparse"):
+        BatchMaxIoUAssigner(0.5, 0.4, sparse="yes")

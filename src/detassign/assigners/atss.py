@@ -35,12 +35,24 @@ mode ``x ** (1 - alpha)`` uses a vectorised ``pow`` whose last bit can depend on
 position in the tensor, so DDOD qualities agree with mmdet to about 1e-7, not bit for bit.
 
 Batched form: :meth:`ATSSAssigner.assign_batch` takes GTs padded to ``[B, M]`` with a mask and
-runs without a Python loop over images or GTs (only over the pyramid levels); padded GTs never
-influence the result and the output equals the per-image one. It takes no ignore regions.
+runs without a Python loop over GTs (over the pyramid levels, and on CPU over chunks of images
+when ``B * A`` exceeds 2**20, to bound memory); padded GTs
+never influence the result and the output equals the per-image one. It takes no ignore regions.
+
+Step 1 on grids (``grid_window``, default on CPU): when a level's priors form a row-major grid with
+one prior per cell (detected exactly at call time, any spacing), the k nearest priors of a GT are
+taken from a small square window of cells around its centre instead of measuring the distance to
+every prior of the level. The window result is used only where it provably equals mmdet's
+``topk`` over the whole level: the window's k + 1 smallest distances (same arithmetic, so the same
+bits) are strictly increasing, so neither the selection nor its order depends on how ``topk``
+breaks ties, and the k-th lies below a lower bound of every distance outside the window. GTs with
+distance ties (a centre exactly between two or four cells, common with integer boxes) and levels
+with several anchors per cell use the full computation, so results are always mmdet's.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+import math
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -49,6 +61,7 @@ from .. import _validate as V
 from ..boxes import aligned_iou, box_centers, pairwise_iof
 from ..structures import AssignResult, BatchAssignResult
 from ._batch import check_padded_gts
+from ._prior_lattice import cpu_boxes_valid, detect_lattice, searchsorted
 from .base import BaseAssigner, empty_assign_result
 
 __all__ = ["ATSSAssigner", "THRESHOLD_COMPARES", "nearest_per_level", "candidate_quality", "adaptive_threshold",
@@ -57,6 +70,10 @@ __all__ = ["ATSSAssigner", "THRESHOLD_COMPARES", "nearest_per_level", "candidate
 THRESHOLD_COMPARES = ("ge", "gt")
 INF = 1e8             # mmdet's INF: distance of ignored priors, -INF sentinel in max_overlaps
 INSIDE_MARGIN = 0.01  # a positive's centre must be this far inside every side of its GT
+# Batched on CPU: images per chunk so that [b, A] tensors stay within 2**20 elements, which bounds the
+# [b, M, A_l] distance buffers of the full (non-grid) step 1. Smaller chunks were measured slower: the
+# grid path's tensors are small anyway and the per-chunk call overhead adds up.
+CPU_CHUNK = 2 ** 20
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -93,34 +110,133 @@ def _check_levels(num_level_priors: Sequence[int], num_priors: int) -> List[int]
 
 
 # ----------------------------------------------------------------------------- algorithm steps
+class LevelGrid(NamedTuple):
+    """One pyramid level whose priors form a row-major grid with one prior per cell.
+
+    Prior ``start + i * W + j`` has centre ``(cx[j], cy[i])``; cx [W] and cy [H] are non-decreasing.
+    """
+    start: int
+    H: int
+    W: int
+    cx: Tensor
+    cy: Tensor
+
+
+def level_grids(priors: Tensor, num_level_priors: Sequence[int]) -> List[Optional[LevelGrid]]:
+    """priors [A, 4] -> per level a LevelGrid, or None where the level is not one (exact detection)."""
+    grids, start = [], 0
+    for size in num_level_priors:
+        slots = detect_lattice(priors[start:start + size]) if size > 0 else None
+        grid = None
+        if slots is not None and len(slots) == 1 and slots[0].R == 1:
+            slot = slots[0]
+            # the same expression as box_centers, on the per-column / per-row extents
+            grid = LevelGrid(start, slot.H, slot.W, (slot.x1 + slot.x2) / 2, (slot.y1 + slot.y2) / 2)
+        grids.append(grid)
+        start += size
+    return grids
+
+
+def window_radius(k: int) -> int:
+    """Half-width r such that a (2r + 2)-cell square window around a point's cell holds its k + 1 nearest
+    cell centres on a regular grid: the cells closer than (r + 0.5) cells number at least
+    pi * (r + 0.5 - 1 / sqrt(2)) ** 2 >= k + 1. Only a speed choice: the result is verified."""
+    return max(1, math.ceil(math.sqrt((k + 1) / math.pi) + 0.21))
+
+
+def _level_distances(px: Tensor, py: Tensor, gx: Tensor, gy: Tensor) -> Tensor:
+    """sqrt(dx^2 + dy^2), mmdet's arithmetic. px, py [..., A_l] or broadcastable, gx, gy [..., 1]."""
+    dist = px - gx
+    dy = py - gy
+    return dist.mul_(dist).add_(dy.mul_(dy)).sqrt_()
+
+
+def nearest_in_window(grid: LevelGrid, gx: Tensor, gy: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+    """The k nearest priors of a LevelGrid from a window around each point. gx, gy [N] -> (index [N, k], ok [N]).
+
+    ``ok`` is True where the result provably equals ``topk(k, largest=False)`` over the whole level: the
+    window's k + 1 smallest distances are strictly increasing (no tie, so the selection and its order do
+    not depend on the selection algorithm) and the k-th is below a lower bound of every distance outside
+    the window. Requires a window of at least k + 1 cells.
+    """
+    r = window_radius(k)
+    nw, nh = min(grid.W, 2 * r + 2), min(grid.H, 2 * r + 2)
+    device = gx.device
+    j0 = (searchsorted(grid.cx, gx) - (r + 1)).clamp_(min=0).clamp_(max=grid.W - nw)     # [N]
+    i0 = (searchsorted(grid.cy, gy) - (r + 1)).clamp_(min=0).clamp_(max=grid.H - nh)
+    cols = j0[:, None] + torch.arange(nw, device=device)                                       # [N, nw]
+    rows = i0[:, None] + torch.arange(nh, device=device)                                       # [N, nh]
+    dx = grid.cx[cols] - gx[:, None]
+    dy = grid.cy[rows] - gy[:, None]
+    squared = (dx * dx)[:, None, :] + (dy * dy)[:, :, None]                                   # [N, nh, nw]
+    # Select on the squared distances and take the square root of the k + 1 selected only: sqrt is
+    # monotone, so when their roots strictly increase, the k smallest roots of the window are these k.
+    squared, flat = squared.view(len(gx), nh * nw).topk(k + 1, dim=1, largest=False)
+    values = squared.sqrt_()
+    ok = (values[:, 1:] > values[:, :-1]).all(dim=1)
+    # Outside the window a prior lies beyond the first column / row past an edge of it, so its distance is
+    # at least |dx| (or |dy|) to that column (row) -- computed with the same roundings, which are monotone.
+    inf = torch.full_like(gx, float("inf"))
+    bound = inf
+    for centres, first, n, size, point in ((grid.cx, j0, nw, grid.W, gx), (grid.cy, i0, nh, grid.H, gy)):
+        before = centres[(first - 1).clamp(min=0)] - point
+        after = centres[(first + n).clamp(max=size - 1)] - point
+        bound = torch.minimum(bound, torch.where(first > 0, (before * before).sqrt_(), inf))
+        bound = torch.minimum(bound, torch.where(first + n < size, (after * after).sqrt_(), inf))
+    ok &= values[:, k - 1] < bound
+    flat = flat[:, :k]
+    row = i0[:, None] + torch.div(flat, nw, rounding_mode="floor")
+    col = j0[:, None] + flat % nw
+    return grid.start + row * grid.W + col, ok
+
+
 def nearest_per_level(prior_centers: Tensor, gt_centers: Tensor, num_level_priors: Sequence[int], topk: int,
-                      ignored: Optional[Tensor] = None) -> Tensor:
+                      ignored: Optional[Tensor] = None, grids: Optional[List[Optional[LevelGrid]]] = None,
+                      gt_mask: Optional[Tensor] = None) -> Tensor:
     """Step 1. prior_centers [A, 2], gt_centers [B, M, 2] -> candidate prior indices [B, M, K].
 
     On each level the ``min(topk, A_l)`` nearest priors in increasing distance, levels in order.
     ``ignored`` [B, A] bool: those priors are placed at distance ``INF`` (mmdet).
+    ``grids`` (from ``level_grids``, only without ``ignored``): on grid levels the candidates come from a
+    small window around each GT centre (``nearest_in_window``); GTs whose window result is not provably
+    the full-level ``topk`` (distance ties, e.g. a centre equidistant from two cells) and non-grid levels
+    use the full computation, so the result is always that of the full computation. gt_mask [B, M] bool:
+    rows that are False (padding) may get any in-range candidates (they are never used), which spares the
+    full computation for padding boxes sitting on ties (all-zero boxes, for one).
     """
     B, M = gt_centers.shape[:2]
-    widest = max(num_level_priors, default=0)
-    # Two [B, M, widest] buffers reused by every level: fresh large allocations (page faults) cost
-    # more than the arithmetic itself on CPU.
-    dist_buf = prior_centers.new_empty(B, M, widest)
-    dy_buf = prior_centers.new_empty(B, M, widest)
     # Contiguous coordinate vectors: strided operands make the broadcast subtraction several times slower.
     px, py = prior_centers[:, 0].contiguous(), prior_centers[:, 1].contiguous()                  # [A]
     gx, gy = gt_centers[..., 0, None].contiguous(), gt_centers[..., 1, None].contiguous()      # [B, M, 1]
-    candidates = []
+    candidates, buffers = [], None
     start = 0
-    for size in num_level_priors:
+    for level, size in enumerate(num_level_priors):
         end = start + size
-        # Same arithmetic as mmdet (sqrt of dx^2 + dy^2), so distance ties break identically.
-        dist = torch.sub(px[start:end], gx, out=dist_buf[..., :size])
-        dy = torch.sub(py[start:end], gy, out=dy_buf[..., :size])
-        dist.mul_(dist).add_(dy.mul_(dy)).sqrt_()                          # [B, M, A_l]
-        if ignored is not None:
-            dist.masked_fill_(ignored[:, None, start:end], INF)
         k = min(topk, size)
-        candidates.append(dist.topk(k, dim=-1, largest=False).indices + start)
+        grid = None if grids is None or ignored is not None else grids[level]
+        if grid is not None and k >= 1 and min(grid.W, 2 * window_radius(k) + 2) * \
+                min(grid.H, 2 * window_radius(k) + 2) > k:
+            index, ok = nearest_in_window(grid, gx.view(-1), gy.view(-1), k)                    # [B * M, k]
+            if gt_mask is not None:
+                ok |= ~gt_mask.reshape(-1)
+            redo = (~ok).nonzero().squeeze(1)
+            if len(redo):
+                dist = _level_distances(px[start:end], py[start:end], gx.view(-1, 1)[redo], gy.view(-1, 1)[redo])
+                index[redo] = dist.topk(k, dim=-1, largest=False).indices + start
+            candidates.append(index.view(B, M, k))
+        else:
+            if buffers is None:
+                # Two [B, M, widest] buffers reused by every level: fresh large allocations (page faults)
+                # cost more than the arithmetic itself on CPU.
+                widest = max(num_level_priors, default=0)
+                buffers = prior_centers.new_empty(B, M, widest), prior_centers.new_empty(B, M, widest)
+            # Same arithmetic as mmdet (sqrt of dx^2 + dy^2), so distance ties break identically.
+            dist = torch.sub(px[start:end], gx, out=buffers[0][..., :size])
+            dy = torch.sub(py[start:end], gy, out=buffers[1][..., :size])
+            dist.mul_(dist).add_(dy.mul_(dy)).sqrt_()                                              # [B, M, A_l]
+            if ignored is not None:
+                dist.masked_fill_(ignored[:, None, start:end], INF)
+            candidates.append(dist.topk(k, dim=-1, largest=False).indices + start)
         start = end
     return torch.cat(candidates, dim=-1)
 
@@ -170,21 +286,42 @@ def centers_inside(cand_idx: Tensor, prior_centers: Tensor, gt_bboxes: Tensor,
     return sides.amin(dim=-1) > margin
 
 
-def resolve_by_quality(cand_idx: Tensor, quality: Tensor, is_pos: Tensor, num_priors: int) -> Tuple[Tensor, Tensor]:
-    """Step 5. cand_idx, quality, is_pos [B, M, K] -> (gt_index [B, A] 0-based or -1, best [B, A]).
+def resolve_by_quality(cand_idx: Tensor, quality: Tensor, is_pos: Tensor, gt_labels: Tensor, num_priors: int,
+                       background: Optional[Tensor] = None, has_gt: Optional[Tensor] = None
+                       ) -> Tuple[Tensor, Tensor, Tensor]:
+    """Step 5. cand_idx, quality, is_pos [B, M, K], gt_labels [B, M] -> gt_inds, labels, max_overlaps [B, A].
 
-    ``best`` is the highest positive quality per prior (``-INF`` where none). A prior appears at most
-    once in a GT's candidate list, so scattering by prior index never merges a GT with itself.
+    A prior positive for several GTs goes to the highest quality, then the lowest GT index. gt_inds is
+    1-based where positive, else ``background`` [B, A] (0 when None; -1 marks ignored priors); labels
+    -1 for non-positives; ``max_overlaps`` the winning quality, ``-INF`` elsewhere, 0 on the rows of
+    images without GT (``has_gt`` [B] False). Everything is scattered from the B * M * K candidates, so
+    only the initial fills touch [B, A]. A prior appears at most once in a GT's candidate list, so
+    scattering by prior index never merges a GT with itself.
     """
     B, M, K = cand_idx.shape
-    flat = cand_idx.reshape(B, M * K)
-    value = torch.where(is_pos, quality, quality.new_tensor(-INF)).reshape(B, M * K)
-    best = quality.new_full((B, num_priors), -INF).scatter_reduce(1, flat, value, "amax")
-    is_best = is_pos.reshape(B, M * K) & (value == best.gather(1, flat))
-    gt_id = torch.arange(M, device=cand_idx.device).view(1, M, 1).expand(B, M, K).reshape(B, M * K)
-    winner = torch.full((B, num_priors), M, dtype=torch.long, device=cand_idx.device)
-    winner = winner.scatter_reduce(1, flat, torch.where(is_best, gt_id, M), "amin")
-    return torch.where(winner < M, winner, -1), best
+    device = cand_idx.device
+    A = num_priors
+    image = (torch.arange(B, device=device) * A)[:, None]
+    flat = (cand_idx.reshape(B, M * K) + image).reshape(-1)                                 # b * A + a
+    pos = is_pos.reshape(-1)
+    value = torch.where(pos, quality.reshape(-1), -INF)
+    if has_gt is None:
+        best = quality.new_full((B * A,), -INF)
+    else:
+        best = torch.where(has_gt, -INF, 0.0).to(quality.dtype)[:, None].expand(B, A).contiguous().view(-1)
+    best.scatter_reduce_(0, flat, value, "amax")
+    gt_id = torch.arange(M, device=device).view(1, M, 1).expand(B, M, K).reshape(-1)
+    is_best = pos & (value == best.index_select(0, flat))
+    winner = torch.full((B * A,), M, dtype=torch.long, device=device).scatter_reduce_(
+        0, flat, torch.where(is_best, gt_id, M), "amin")
+    win = is_best & (gt_id == winner.index_select(0, flat))                                # one per positive prior
+    gt_inds = (torch.zeros(B * A, dtype=torch.long, device=device) if background is None
+               else background.reshape(-1).clone())
+    gt_inds.scatter_reduce_(0, flat, torch.where(win, gt_id + 1, -1), "amax")
+    cand_labels = gt_labels[:, :, None].expand(B, M, K).reshape(-1)
+    labels = torch.full((B * A,), -1, dtype=torch.long, device=device).scatter_reduce_(
+        0, flat, torch.where(win, cand_labels, -1), "amax")
+    return gt_inds.view(B, A), labels.view(B, A), best.view(B, A)
 
 
 # ----------------------------------------------------------------------------- assigner
@@ -198,10 +335,16 @@ class ATSSAssigner(BaseAssigner):
         iou_calculator: mmdet's ``dict(type="BboxOverlaps2D")``, accepted for config compatibility.
         ignore_iof_thr: IoF above which a prior inside an ignore box is ignored; <= 0 disables.
         threshold_compare: ``"ge"`` (mmdet, ``q >= mean + std``) or ``"gt"`` (PaddleDetection).
+        grid_window: on pyramid levels whose priors form a grid (one prior per cell, detected exactly),
+            take the nearest candidates from a window around each GT centre instead of measuring every
+            prior; the result is identical (see ``nearest_in_window``). None (default): on CPU only (the
+            detection reads the priors on the host and GTs with ties are found with ``nonzero``, host
+            synchronisations an accelerator should not pay); False: always measure every prior.
     """
 
     def __init__(self, topk: int = 9, alpha: Optional[float] = None, iou_calculator: Optional[dict] = None,
-                 ignore_iof_thr: float = -1, threshold_compare: str = "ge") -> None:
+                 ignore_iof_thr: float = -1, threshold_compare: str = "ge",
+                 grid_window: Optional[bool] = None) -> None:
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
             raise ValueError(f"topk must be a positive int, got {topk!r}")
         if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
@@ -213,6 +356,9 @@ class ATSSAssigner(BaseAssigner):
         self.iou_calculator = check_iou_calculator(iou_calculator)
         self.ignore_iof_thr = float(ignore_iof_thr)
         self.threshold_compare = threshold_compare
+        if grid_window is not None and not isinstance(grid_window, bool):
+            raise ValueError(f"grid_window must be None (auto: on CPU), True or False, got {grid_window!r}")
+        self.grid_window = grid_window
 
     # ---------------------------------------------------------------- per image
     @torch.no_grad()
@@ -254,11 +400,16 @@ class ATSSAssigner(BaseAssigner):
             return empty_assign_result(num_gts, num_priors, priors.device, overlap_fill=0.0, overlap_dtype=dtype)
         priors, gt_bboxes = priors.to(dtype), gt_bboxes.to(dtype)
         ignored = self._ignored_priors(priors, gt_instances_ignore)
+        grids = level_grids(priors, levels) if ignored is None and self._use_grid(priors) else None
         gt_inds, labels, max_overlaps = self._assign_padded(
             priors, levels, gt_labels.long()[None], gt_bboxes[None],
             torch.ones(1, num_gts, dtype=torch.bool, device=priors.device), ignored,
-            None if scores is None else scores.to(dtype)[None], None if bboxes is None else bboxes.to(dtype)[None])
+            None if scores is None else scores.to(dtype)[None], None if bboxes is None else bboxes.to(dtype)[None],
+            grids)
         return AssignResult(num_gts, gt_inds[0], max_overlaps[0], labels[0])
+
+    def _use_grid(self, priors: Tensor) -> bool:
+        return self.grid_window if self.grid_window is not None else priors.device.type == "cpu"
 
     def _ignored_priors(self, priors: Tensor, gt_instances_ignore) -> Optional[Tensor]:
         """[1, A] bool: priors whose largest IoF with an ignore box exceeds ``ignore_iof_thr``."""
@@ -299,7 +450,8 @@ class ATSSAssigner(BaseAssigner):
             raise ValueError(f"pred_scores and pred_bboxes must have batch size {B} (from gt_bboxes), got "
                              f"{pred_scores.shape[0]} and {pred_bboxes.shape[0]}")
         V.check_same_device(priors=priors, gt_bboxes=gt_bboxes, pred_scores=pred_scores, pred_bboxes=pred_bboxes)
-        V.check_boxes("priors", priors)
+        if not cpu_boxes_valid(priors):
+            V.check_boxes("priors", priors)
         V.check_finite("pred_scores", pred_scores)
         V.check_finite("pred_bboxes", pred_bboxes)
 
@@ -313,32 +465,37 @@ class ATSSAssigner(BaseAssigner):
             pred_scores, pred_bboxes = pred_scores.to(dtype), pred_bboxes.to(dtype)
             # Padding rows may carry any label; keep their score lookups in range.
             gt_labels = torch.where(gt_mask, gt_labels, 0)
-        gt_inds, labels, max_overlaps = self._assign_padded(priors.to(dtype), levels, gt_labels, gt_bboxes.to(dtype),
-                                                            gt_mask, None, pred_scores, pred_bboxes)
-        # mmdet reports max_overlaps 0 (not -INF) for an image without GT.
-        max_overlaps = torch.where(num_gts[:, None] > 0, max_overlaps, 0.0)
+        priors, gt_bboxes = priors.to(dtype), gt_bboxes.to(dtype)
+        grids = level_grids(priors, levels) if self._use_grid(priors) else None
+        step = B if priors.device.type != "cpu" else max(1, CPU_CHUNK // num_priors)
+        parts = [self._assign_padded(priors, levels, gt_labels[b0:b0 + step], gt_bboxes[b0:b0 + step],
+                                     gt_mask[b0:b0 + step], None,
+                                     None if pred_scores is None else pred_scores[b0:b0 + step],
+                                     None if pred_bboxes is None else pred_bboxes[b0:b0 + step], grids)
+                 for b0 in range(0, B, step)]
+        gt_inds, labels, max_overlaps = parts[0] if len(parts) == 1 else (torch.cat(t) for t in zip(*parts))
         return BatchAssignResult(num_gts, gt_inds, max_overlaps, labels)
 
     def _assign_padded(self, priors: Tensor, levels: List[int], gt_labels: Tensor, gt_bboxes: Tensor,
                        gt_mask: Tensor, ignored: Optional[Tensor], pred_scores: Optional[Tensor],
-                       pred_bboxes: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-        """Steps 1-5 on padded GTs (M >= 1, A >= 1) -> gt_inds, labels, max_overlaps, each [B, A]."""
+                       pred_bboxes: Optional[Tensor], grids: Optional[List[Optional[LevelGrid]]] = None
+                       ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Steps 1-5 on padded GTs (M >= 1, A >= 1) -> gt_inds, labels, max_overlaps, each [B, A].
+
+        ``grids`` (``level_grids`` of the priors) enables the window search of step 1.
+        """
         B, M = gt_mask.shape
         prior_centers = box_centers(priors)                                       # [A, 2]
         cand_idx = nearest_per_level(prior_centers, box_centers(gt_bboxes), levels, self.topk,
-                                     None if ignored is None else ignored.expand(B, -1))   # [B, M, K]
+                                     None if ignored is None else ignored.expand(B, -1), grids,
+                                     gt_mask)                                     # [B, M, K]
         quality = candidate_quality(cand_idx, priors, gt_bboxes, gt_labels, pred_scores, pred_bboxes,
                                     self.alpha)                                   # [B, M, K]
         threshold = adaptive_threshold(quality)[..., None]                        # [B, M, 1]
         passes = quality >= threshold if self.threshold_compare == "ge" else quality > threshold
         is_pos = passes & centers_inside(cand_idx, prior_centers, gt_bboxes) & gt_mask[..., None]
-        gt_index, max_overlaps = resolve_by_quality(cand_idx, quality, is_pos, priors.shape[0])   # [B, A]
-
-        positive = gt_index >= 0
-        if ignored is None:
-            background = torch.zeros_like(gt_index)
-        else:
-            background = torch.where(ignored, -1, 0).expand(B, -1)
-        gt_inds = torch.where(positive, gt_index + 1, background)
-        labels = torch.where(positive, gt_labels.gather(1, gt_index.clamp(min=0)), -1)
+        background = None if ignored is None else torch.where(ignored, -1, 0).expand(B, -1)
+        # mmdet reports max_overlaps 0 (not -INF) for an image without GT.
+        gt_inds, labels, max_overlaps = resolve_by_quality(cand_idx, quality, is_pos, gt_labels, priors.shape[0],
+                                                           background, gt_mask.any(dim=1))
         return gt_inds, labels, max_overlaps

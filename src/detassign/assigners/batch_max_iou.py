@@ -18,12 +18,28 @@ for ignore boxes. Images are processed
 in chunks of ``b`` images with ``b * M * A <= chunk_elements`` (default: 2**22 on CPU, where
 cache-sized temporaries are faster, 2**26 on accelerators; one chunk unless the batch is large).
 ``gpu_assign_thr > 0`` moves the whole batch to the CPU when ``M`` (padded) exceeds it.
+
+Sparse path (``sparse=None``: on CPU; ``True``: on any device; ``False``: never). Most (GT, prior)
+pairs do not overlap and have IoU exactly 0. When the shared priors form regular per-level grids
+(detected exactly at call time, see :mod:`detassign.assigners._prior_lattice`), the priors a GT can
+overlap are a rectangle of cells per level and anchor slot; only those pairs get an IoU (same
+operations as mmdet, so the same bits), and the reductions over GTs and over priors are scatters over
+the pairs. Every other pair is known to be 0 (-1 on ignored priors), which fixes the rest exactly:
+a prior whose best IoU is 0 takes the first valid GT as argmax, a GT whose best IoU is 0 has the
+first non-ignored prior as argmax and (mmdet quirk #8289) claims every non-ignored prior. The result
+equals the dense path bit for bit. Per-image priors ``[B, A, 4]``, priors that are not grids, and
+chunks whose candidate pairs would exceed a quarter of ``b * M * A`` use the dense path. On CPU the
+sparse path runs over chunks of a few images (``[b, A]`` near 2**15 elements): below that size torch
+runs each operation on the calling thread, above it each of the many small operations wakes the
+thread pool, which on a busy machine costs more than the work. The first GT at a prior's maximum
+is found with one ``amax`` over int64 keys (IoU bits above the complemented GT index; float32) or
+two scatters (float64).
 ``perm_repeat_gt_cfg`` (random jitter of repeated GTs) is not offered here: it draws random numbers
 image by image, which a single vectorised call cannot reproduce; use MaxIoUAssigner for it.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -31,15 +47,21 @@ from torch import Tensor
 from .. import _validate as V
 from ..structures import BatchAssignResult
 from ._batch import check_padded_gts
+from ._prior_lattice import (LatticeSlot, cpu_boxes_valid, detect_lattice, enumerate_rectangles,
+                             lattice_rectangles)
 from .max_iou import (MaxIoUAssigner, NegThr, assign_overlaps_dense, box_tensor, calculator_boxes,
-                      ignored_priors, overlap_matrix)
+                      ignored_priors, negative_mask, normalize_neg_iou_thr, overlap_matrix)
 
-__all__ = ["BatchMaxIoUAssigner"]
+__all__ = ["BatchMaxIoUAssigner", "pair_iou", "assign_pairs_sparse"]
 
 # Default images per chunk: b * M * A <= this many elements. On CPU, [b, M, A] temporaries that stay
 # in cache (16 MB) beat one huge pass; on an accelerator one large launch is what pays.
 CPU_CHUNK = 2 ** 22
 ACCELERATOR_CHUNK = 2 ** 26
+# The sparse path is used while the candidate pairs are at most this fraction of B * M * A: beyond it
+# the scatters cost more than the dense elementwise passes they replace.
+SPARSE_MAX_FRACTION = 0.25
+SPARSE_CPU_CHUNK = 2 ** 15
 
 
 def batch_labels(gt_inds: Tensor, gt_labels: Tensor) -> Tensor:
@@ -50,6 +72,169 @@ def batch_labels(gt_inds: Tensor, gt_labels: Tensor) -> Tensor:
     return torch.where(gt_inds > 0, picked, torch.full_like(picked, -1))
 
 
+def compute_dtype(*boxes: Tensor) -> torch.dtype:
+    """The IoU's compute dtype, as ``pairwise_iou``: half and integer boxes count as float32."""
+    dtypes = [b.dtype if b.dtype.is_floating_point and b.dtype not in (torch.float16, torch.bfloat16)
+              else torch.float32 for b in boxes]
+    out = dtypes[0]
+    for d in dtypes[1:]:
+        out = torch.promote_types(out, d)
+    return out
+
+
+def box_table(boxes: Tensor) -> Tensor:
+    """[N, 4] xyxy -> [5, N] rows x1, y1, x2, y2, area (mmdet's area expression), contiguous."""
+    table = torch.empty((5, boxes.shape[0]), dtype=boxes.dtype, device=boxes.device)
+    table[:4] = boxes.t()
+    torch.mul(table[2] - table[0], table[3] - table[1], out=table[4])
+    return table
+
+
+def pair_iou(gt: Tensor, prior: Tensor, eps: float = 1e-6) -> Tensor:
+    """IoU of aligned pairs given as ``box_table`` columns. gt, prior [5, P] -> [P].
+
+    mmdet's ``bbox_overlaps(gt, priors)`` operations in its order (GT area first in the union), so every
+    value has the bits of the dense matrix entry.
+    """
+    overlap = torch.minimum(gt[2], prior[2]).sub_(torch.maximum(gt[0], prior[0])).clamp_(min=0)
+    overlap.mul_(torch.minimum(gt[3], prior[3]).sub_(torch.maximum(gt[1], prior[1])).clamp_(min=0))
+    union = torch.add(gt[4], prior[4]).sub_(overlap).clamp_(min=eps)
+    return overlap.div_(union)
+
+
+def _index_bits(n: int) -> int:
+    return max(1, int(n).bit_length())
+
+
+def best_per_prior(iou: Tensor, pair_gt: Tensor, pair_prior: Tensor, gt_mask: Tensor, num_priors: int):
+    """Max IoU over GTs and its first GT, for every prior. -> (max [B, A], argmax [B, A] in 0..M-1).
+
+    iou [P] >= 0 of the listed pairs (flat GT ``b * M + m``, flat prior ``b * A + a``); unlisted pairs
+    of valid GTs are 0. Ties go to the lowest GT index, and a prior without positive IoU gets the
+    image's first valid GT, as ``max(dim)`` on the dense matrix with padded rows at -inf.
+    """
+    B, M = gt_mask.shape
+    A = num_priors
+    first_valid = gt_mask.to(torch.uint8).argmax(dim=1)                                     # [B]
+    base = torch.arange(B, device=gt_mask.device) * M + first_valid                        # flat GT index
+    if iou.dtype == torch.float32:
+        # One int64 key per pair: IoU bits (monotone for non-negative floats) above the complemented
+        # GT index, so a single amax yields the max and, among ties, the lowest GT.
+        shift = _index_bits(B * M)
+        low = (1 << shift) - 1
+        key = iou.view(torch.int32).to(torch.int64).mul_(1 << shift).add_(low - pair_gt)
+        init = (low - base).repeat_interleave(A)
+        best = init.scatter_reduce_(0, pair_prior, key, "amax")
+        max_overlaps = (best >> shift).to(torch.int32).view(torch.float32).view(B, A)
+        argmax = (low - (best & low)).view(B, A) - (torch.arange(B, device=iou.device) * M)[:, None]
+        return max_overlaps, argmax
+    max_overlaps = iou.new_zeros(B * A).scatter_reduce_(0, pair_prior, iou, "amax")
+    first_best = torch.full((B * A,), B * M, dtype=torch.long, device=iou.device).scatter_reduce_(
+        0, pair_prior, torch.where(iou == max_overlaps.index_select(0, pair_prior), pair_gt, B * M), "amin")
+    max_overlaps = max_overlaps.view(B, A)
+    argmax = torch.where(max_overlaps > 0, first_best.view(B, A), base[:, None]) - \
+        (torch.arange(B, device=iou.device) * M)[:, None]
+    return max_overlaps, argmax
+
+
+def assign_pairs_sparse(iou: Tensor, pair_gt: Tensor, pair_prior: Tensor, gt_mask: Tensor, num_priors: int,
+                        ignored: Optional[Tensor], *, pos_iou_thr: float, neg_iou_thr: NegThr,
+                        min_pos_iou: float = 0.0, gt_max_assign_all: bool = True, match_low_quality: bool = True,
+                        low_quality_mode: str = "mmdet"):
+    """Steps 1-4 from the IoUs of the candidate pairs only; the same result as ``assign_overlaps_dense``.
+
+    iou [P] >= 0 of the listed pairs (flat GT index ``pair_gt`` = b * M + m, flat prior index
+    ``pair_prior`` = b * A + a), each pair at most once, padded GTs never listed; every unlisted pair of
+    a valid GT has IoU 0. ignored [B, A] bool or None: those priors' IoU is -1 with every GT (mmdet).
+    gt_mask [B, M] bool -> (gt_inds [B, A] long, max_overlaps [B, A]).
+    """
+    neg_iou_thr = normalize_neg_iou_thr(neg_iou_thr)
+    B, M = gt_mask.shape
+    A = num_priors
+    max_overlaps, argmax_overlaps = best_per_prior(iou, pair_gt, pair_prior, gt_mask, A)
+    if ignored is not None:
+        # every GT ties at -1 on an ignored prior: the max is -1 and the argmax the first valid GT
+        max_overlaps.masked_fill_(ignored, -1.0)
+        argmax_overlaps = torch.where(ignored, gt_mask.to(torch.uint8).argmax(dim=1, keepdim=True), argmax_overlaps)
+        iou = iou.masked_fill(ignored.reshape(-1).index_select(0, pair_prior), -1.0)
+    gt_inds = torch.full((B, A), -1, dtype=torch.long, device=iou.device)
+    gt_inds.masked_fill_(negative_mask(max_overlaps, neg_iou_thr), 0)
+    gt_inds = torch.where(max_overlaps >= pos_iou_thr, argmax_overlaps + 1, gt_inds)
+    if match_low_quality:
+        gt_inds = _low_quality_sparse(gt_inds, argmax_overlaps, iou, pair_gt, pair_prior, gt_mask, ignored,
+                                      min_pos_iou, gt_max_assign_all, low_quality_mode)
+    has_gt = gt_mask.any(dim=1, keepdim=True)
+    if not bool(has_gt.all()):      # the sparse path synchronises anyway; skip two [B, A] passes when it can
+        gt_inds = torch.where(has_gt, gt_inds, 0)
+        max_overlaps = torch.where(has_gt, max_overlaps, 0.0)
+    return gt_inds, max_overlaps
+
+
+def _low_quality_sparse(gt_inds: Tensor, argmax_overlaps: Tensor, values: Tensor, pair_gt: Tensor,
+                        pair_prior: Tensor, gt_mask: Tensor, ignored: Optional[Tensor], min_pos_iou: float,
+                        gt_max_assign_all: bool, mode: str) -> Tensor:
+    """Step 4 on the pairs (values: IoU, -1 on ignored priors). gt_inds, argmax_overlaps [B, A] -> gt_inds [B, A].
+
+    Same result as ``low_quality_matches`` on the dense matrix.
+    """
+    B, A = gt_inds.shape
+    M = gt_mask.shape[1]
+    device, dtype = values.device, values.dtype
+    image_gt = (torch.arange(B, device=device) * M)[:, None]                              # [B, 1]
+    # Best IoU of each GT over all priors: the listed maximum when positive; otherwise 0, the value of
+    # every non-ignored prior, or -1 when the image's priors are all ignored.
+    listed = torch.full((B * M,), float("-inf"), dtype=dtype, device=device).scatter_reduce_(
+        0, pair_gt, values, "amax").view(B, M)
+    if ignored is None:
+        kept = None
+        floor = torch.zeros((B, 1), dtype=dtype, device=device)
+    else:
+        kept = ~ignored                                                                   # [B, A]
+        floor = torch.where(kept.any(dim=1, keepdim=True), 0.0, -1.0).to(dtype)
+    positive_gt = listed > 0
+    gt_max = torch.where(positive_gt, listed, floor)                                      # [B, M]
+    eligible = (gt_max >= min_pos_iou) & gt_mask
+    if mode != "mmdet":
+        eligible &= positive_gt
+
+    if gt_max_assign_all:
+        # A positive eligible GT claims the listed priors at its max (NaN elsewhere never compares equal).
+        target = torch.where(eligible & positive_gt, gt_max, float("nan")).reshape(-1)
+        hit = values == target.index_select(0, pair_gt)                                   # [P]
+        if mode == "argmax":
+            claimed = torch.zeros(B * A, dtype=torch.uint8, device=device).scatter_reduce_(
+                0, pair_prior, hit.to(torch.uint8), "amax").view(B, A)
+            return torch.where(claimed > 0, argmax_overlaps + 1, gt_inds)
+        # the last GT wins: the largest flat GT index among the claims (all of the prior's image)
+        winner = torch.zeros(B * A, dtype=torch.long, device=device).scatter_reduce_(
+            0, pair_prior, torch.where(hit, pair_gt + 1, 0), "amax").view(B, A)
+        winner = torch.where(winner > 0, winner - image_gt, 0)
+        # A GT whose best IoU is <= 0 claims every prior with that value: every non-ignored prior (or
+        # all of them when all are ignored). The last such GT is the one that sticks.
+        one_based = torch.arange(1, M + 1, device=device)
+        zero_last = torch.where(eligible & ~positive_gt, one_based, 0).amax(dim=1, keepdim=True)   # [B, 1]
+        if kept is not None:
+            zero_last = torch.where(kept | ~kept.any(dim=1, keepdim=True), zero_last, 0)
+        winner = torch.maximum(winner, zero_last)
+        return torch.where(winner > 0, winner, gt_inds)
+
+    # Only each GT's first best prior: the first listed prior at the positive maximum, else the first
+    # prior with the floor value (the first non-ignored prior, or prior 0).
+    first_listed = torch.full((B * M,), B * A, dtype=torch.long, device=device).scatter_reduce_(
+        0, pair_gt, torch.where(values == gt_max.reshape(-1).index_select(0, pair_gt), pair_prior, B * A),
+        "amin").view(B, M) - (torch.arange(B, device=device) * A)[:, None]
+    first_floor = torch.zeros((B, 1), dtype=torch.long, device=device) if kept is None else \
+        kept.to(torch.uint8).argmax(dim=1, keepdim=True)
+    gt_argmax = torch.where(positive_gt, first_listed, first_floor)                       # [B, M]
+    if mode == "argmax":
+        claimed = torch.zeros((B, A), dtype=torch.uint8, device=device).scatter_reduce_(
+            1, gt_argmax, eligible.to(torch.uint8), "amax")
+        return torch.where(claimed > 0, argmax_overlaps + 1, gt_inds)
+    winner = torch.zeros((B, A), dtype=torch.long, device=device).scatter_reduce_(
+        1, gt_argmax, torch.where(eligible, torch.arange(1, M + 1, device=device), 0), "amax")
+    return torch.where(winner > 0, winner, gt_inds)
+
+
 class BatchMaxIoUAssigner(MaxIoUAssigner):
     """MaxIoU assignment for B images at once; ``assign`` (one image) is MaxIoUAssigner's."""
 
@@ -57,7 +242,7 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
                  gt_max_assign_all: bool = True, ignore_iof_thr: float = -1, ignore_wrt_candidates: bool = True,
                  match_low_quality: bool = True, gpu_assign_thr: float = -1,
                  iou_calculator: dict = dict(type="BboxOverlaps2D"), low_quality_mode: str = "mmdet",
-                 chunk_elements: Optional[int] = None) -> None:
+                 chunk_elements: Optional[int] = None, sparse: Optional[bool] = None) -> None:
         super().__init__(pos_iou_thr, neg_iou_thr, min_pos_iou=min_pos_iou, gt_max_assign_all=gt_max_assign_all,
                          ignore_iof_thr=ignore_iof_thr, ignore_wrt_candidates=ignore_wrt_candidates,
                          match_low_quality=match_low_quality, gpu_assign_thr=gpu_assign_thr,
@@ -65,6 +250,9 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
         if chunk_elements is not None and (isinstance(chunk_elements, bool) or int(chunk_elements) < 1):
             raise ValueError(f"chunk_elements must be None or a positive integer, got {chunk_elements!r}")
         self.chunk_elements = None if chunk_elements is None else int(chunk_elements)
+        if sparse is not None and not isinstance(sparse, bool):
+            raise ValueError(f"sparse must be None (auto: on CPU), True or False, got {sparse!r}")
+        self.sparse = sparse
 
     def _assign_chunk(self, priors: Tensor, gt_boxes: Tensor, gt_mask: Tensor, ignore_boxes: Optional[Tensor],
                       ignore_mask: Optional[Tensor]):
@@ -76,6 +264,78 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
                                      ignore_mask)                                         # [b, A]
             overlaps.masked_fill_(ignored[:, None, :], -1.0)
         return assign_overlaps_dense(overlaps, gt_mask, **self._thresholds())
+
+    def _assign_sparse(self, priors: Tensor, gt_boxes: Tensor, gt_mask: Tensor, ignore_boxes: Optional[Tensor],
+                       ignore_mask: Optional[Tensor], gt_labels: Optional[Tensor]):
+        """Shared priors [A, 4] -> (gt_inds, max_overlaps, labels or None) [B, A], or None when they are not
+        a lattice. The outputs are filled chunk by chunk (no concatenation pass)."""
+        sparse_gts = calculator_boxes(gt_boxes, self.iou_calculator)
+        grid_priors = calculator_boxes(priors, self.iou_calculator)
+        dtype = compute_dtype(sparse_gts, grid_priors)
+        sparse_gts, grid_priors = sparse_gts.to(dtype), grid_priors.to(dtype).contiguous()
+        slots = detect_lattice(grid_priors)
+        if slots is None:
+            return None
+        B, M = gt_mask.shape
+        A = priors.shape[0]
+        ignored = None
+        if ignore_boxes is not None:
+            ignored = ignored_priors(priors.expand(B, -1, -1), ignore_boxes, self.ignore_iof_thr,
+                                     self.ignore_wrt_candidates, ignore_mask)              # [B, A]
+        step = self._sparse_step(B, M, A, priors.device)
+        prior_table = box_table(grid_priors).repeat(1, step)                            # [5, step * A]
+        valid = gt_mask.reshape(-1).nonzero().squeeze(1)                                # [G] flat GT index
+        gt_table = box_table(sparse_gts.reshape(-1, 4).index_select(0, valid))          # [5, G]
+        rects = lattice_rectangles(slots, gt_table[:4].t())                             # 4 x [S, G]
+        gts_before = [0] + torch.cumsum(gt_mask.sum(dim=1), 0).tolist()
+        gt_inds = torch.empty((B, A), dtype=torch.long, device=priors.device)
+        max_overlaps = torch.empty((B, A), dtype=dtype, device=priors.device)
+        labels = None if gt_labels is None else torch.empty((B, A), dtype=torch.long, device=priors.device)
+        for b0 in range(0, B, step):
+            b1 = min(B, b0 + step)
+            g0, g1 = gts_before[b0], gts_before[b1]
+            part = self._sparse_chunk(slots, prior_table, A, gt_table[:, g0:g1], [r[:, g0:g1] for r in rects],
+                                      valid[g0:g1] - b0 * M, gt_mask[b0:b1],
+                                      None if ignored is None else ignored[b0:b1])
+            if part is None:   # too many candidate pairs: the dense computation is cheaper
+                part = self._assign_chunk(priors.expand(b1 - b0, -1, -1), gt_boxes[b0:b1], gt_mask[b0:b1],
+                                          None if ignore_boxes is None else ignore_boxes[b0:b1],
+                                          None if ignore_mask is None else ignore_mask[b0:b1])
+            gt_inds[b0:b1] = part[0]
+            max_overlaps[b0:b1] = part[1]
+            if labels is not None:
+                labels[b0:b1] = batch_labels(part[0], gt_labels[b0:b1])
+        return gt_inds, max_overlaps, labels
+
+    def _sparse_chunk(self, slots: List[LatticeSlot], prior_table: Tensor, num_priors: int, gt_table: Tensor,
+                      rects: List[Tensor], valid: Tensor, gt_mask: Tensor, ignored: Optional[Tensor]):
+        """b images -> (gt_inds, max_overlaps) [b, A], or None when the candidate pairs are too many.
+
+        prior_table: ``box_table`` of the priors repeated for at least b images ([5, >= b * A]); gt_table
+        [5, G] and rects (``lattice_rectangles``, 4 x [S, G]) of the chunk's valid GTs, whose flat indices
+        b * M + m are ``valid`` [G]; gt_mask [b, M].
+        """
+        B, M = gt_mask.shape
+        A = num_priors
+        pairs = enumerate_rectangles(slots, *rects, max_pairs=int(SPARSE_MAX_FRACTION * B * M * A),
+                                     image_offset=torch.div(valid, M, rounding_mode="floor") * A)
+        if pairs is None:
+            return None
+        seg_box, seg, pair_prior = pairs                                                # pair_prior: b * A + a
+        iou = pair_iou(gt_table.index_select(1, seg_box).index_select(1, seg), prior_table.index_select(1, pair_prior))
+        pair_gt = valid.index_select(0, seg_box).index_select(0, seg)                   # b * M + m
+        return assign_pairs_sparse(iou, pair_gt, pair_prior, gt_mask, A, ignored, **self._thresholds())
+
+    @staticmethod
+    def _sparse_step(B: int, M: int, A: int, device: torch.device) -> int:
+        """Images per sparse chunk: on CPU about SPARSE_CPU_CHUNK elements per [b, A] tensor, so that the
+        many small operations run on the calling thread instead of waking the thread pool for each."""
+        if device.type != "cpu":
+            return max(1, B)
+        return max(1, min(B, SPARSE_CPU_CHUNK // max(1, A)))
+
+    def _sparse_enabled(self, device: torch.device) -> bool:
+        return self.sparse if self.sparse is not None else device.type == "cpu"
 
     def _chunk_size(self, B: int, M: int, A: int, device: torch.device) -> int:
         budget = self.chunk_elements
@@ -97,14 +357,15 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
         gt_bboxes = box_tensor("gt_bboxes", gt_bboxes, ("B", "M"))
         B, M = gt_bboxes.shape[:2]
         priors = box_tensor("priors", priors, ("A",) if priors is not None and priors.dim() == 2 else (B, "A"))
-        priors = priors.expand(B, *priors.shape[-2:]) if priors.dim() == 2 else priors
+        shared = priors.dim() == 2
         has_labels = gt_labels is not None
         labels_in = gt_labels if has_labels else torch.zeros(B, M, dtype=torch.long, device=gt_bboxes.device)
         labels_in, gt_bboxes, gt_mask = check_padded_gts(labels_in, gt_bboxes, gt_mask)
         ignore_boxes, ignore_mask = self._check_ignore(gt_bboxes_ignore, ignore_mask, B)
         V.check_same_device(priors=priors, gt_bboxes=gt_bboxes, gt_bboxes_ignore=ignore_boxes,
                             ignore_mask=ignore_mask)
-        V.check_boxes("priors", priors)
+        if not cpu_boxes_valid(priors):
+            V.check_boxes("priors", priors)
         if not self._ignore_enabled(ignore_boxes, priors):
             ignore_boxes = ignore_mask = None
 
@@ -113,18 +374,27 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
             priors, gt_bboxes, gt_mask = priors.cpu(), gt_bboxes.cpu(), gt_mask.cpu()
             if ignore_boxes is not None:
                 ignore_boxes, ignore_mask = ignore_boxes.cpu(), ignore_mask.cpu()
-        step = self._chunk_size(B, M, priors.shape[1], priors.device)
-        parts = [self._assign_chunk(priors[s:s + step], gt_bboxes[s:s + step], gt_mask[s:s + step],
-                                    None if ignore_boxes is None else ignore_boxes[s:s + step],
-                                    None if ignore_mask is None else ignore_mask[s:s + step])
-                 for s in range(0, B, step)]
-        if parts:
-            gt_inds = torch.cat([p[0] for p in parts]).to(device)
-            max_overlaps = torch.cat([p[1] for p in parts]).to(device)
+        A = priors.shape[-2]
+        sparse = None
+        if shared and B * M * A > 0 and self._sparse_enabled(priors.device):
+            sparse = self._assign_sparse(priors, gt_bboxes, gt_mask, ignore_boxes, ignore_mask,
+                                         labels_in.to(priors.device) if has_labels else None)
+        if sparse is not None:
+            gt_inds, max_overlaps, labels = (None if t is None else t.to(device) for t in sparse)
         else:
-            gt_inds = torch.zeros(0, priors.shape[1], dtype=torch.long, device=device)
-            max_overlaps = torch.zeros(0, priors.shape[1], device=device)
-        labels = batch_labels(gt_inds, labels_in) if has_labels else None
+            priors = priors.expand(B, A, 4) if shared else priors
+            step = self._chunk_size(B, M, A, priors.device)
+            parts = [self._assign_chunk(priors[s:s + step], gt_bboxes[s:s + step], gt_mask[s:s + step],
+                                        None if ignore_boxes is None else ignore_boxes[s:s + step],
+                                        None if ignore_mask is None else ignore_mask[s:s + step])
+                     for s in range(0, B, step)]
+            if parts:
+                gt_inds = torch.cat([p[0] for p in parts]).to(device)
+                max_overlaps = torch.cat([p[1] for p in parts]).to(device)
+            else:
+                gt_inds = torch.zeros(0, A, dtype=torch.long, device=device)
+                max_overlaps = torch.zeros(0, A, device=device)
+            labels = batch_labels(gt_inds, labels_in) if has_labels else None
         num_gts = gt_mask.to(device).sum(dim=1)
         return BatchAssignResult(num_gts, gt_inds, max_overlaps, labels)
 
