@@ -116,7 +116,7 @@ def build_case(name, torch, device):
 
     if family == "tal_ultra":
         from detassign.assigners.task_aligned import TaskAlignedAssigner
-        ours = TaskAlignedAssigner(preset="ultralytics_loss", num_classes=C)
+        ours = TaskAlignedAssigner(preset="ultralytics_loss", num_classes=C, method=params.get("method", "auto"))
 
         def run_ours():
             return ours.assign_batch(d["pred_scores"], d["pred_bboxes"], pts, d["gt_labels"], d["gt_bboxes"],
@@ -387,6 +387,8 @@ CUDA_CASES = [
     ("tal_ultra:M=50", "TaskAligned (ultralytics preset) M=50", "ultralytics TAL"),
     ("tal_ultra:M=200", "TaskAligned (ultralytics preset) M=200", "ultralytics TAL"),
     ("tal_ultra:B=64,M=200", "TaskAligned (ultralytics preset) B=64 M=200", "ultralytics TAL"),
+    ("tal_ultra:B=64,M=200,method=sparse", "TaskAligned (ultralytics preset, sparse path: syncs) B=64 M=200",
+     "ultralytics TAL"),
     ("tal_dense:B=2,M=5000", "TaskAligned dense B=2 M=5000", "(ultralytics needs GBs)"),
     ("simota:M=50", "SimOTA M=50", "mmdet SimOTA loop"),
     ("dsl:M=50", "DynamicSoftLabel M=50", "mmdet DSL loop"),

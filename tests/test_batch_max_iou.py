@@ -191,8 +191,9 @@ def test_cuda_matches_cpu():
         assert gpu.gt_inds.device.type == "cuda"
         assert torch.equal(cpu.gt_inds, gpu.gt_inds.cpu()) and torch.equal(cpu.labels, gpu.labels.cpu())
         torch.testing.assert_close(cpu.max_overlaps, gpu.max_overlaps.cpu(), rtol=0, atol=1e-6)
+        ignore = Instances(bboxes=ignores[0].cuda()) if len(ignores[0]) else None  # the batch saw them too
         one = MaxIoUAssigner(**knobs).assign(Instances(priors=priors.cuda()),
-                                             Instances(bboxes=gts[0].cuda(), labels=labels[0].cuda()))
+                                             Instances(bboxes=gts[0].cuda(), labels=labels[0].cuda()), ignore)
         assert one.gt_inds.device.type == "cuda" and torch.equal(one.gt_inds.cpu(), cpu.gt_inds[0])
 
 

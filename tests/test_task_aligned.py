@@ -628,8 +628,10 @@ def test_auto_method_choice():
     assert TaskAlignedAssigner(preset="ultralytics")._pick_method(cpu) == "sparse"
     assert TaskAlignedAssigner(preset="mmdet")._pick_method(cpu) == "window"
     assert TaskAlignedAssigner(preset="mmdet", tie_break="torch")._pick_method(cpu) == "dense"
-    for preset in TAL_PRESETS:
-        assert TaskAlignedAssigner(preset=preset)._pick_method(gpu) == "blocked"
+    # accelerators: the sparse path where it applies (fastest, leanest), else the sync-free blocked path
+    assert TaskAlignedAssigner(preset="ultralytics")._pick_method(gpu) == "sparse"
+    assert TaskAlignedAssigner(preset="ultralytics_loss")._pick_method(gpu) == "sparse"
+    assert TaskAlignedAssigner(preset="mmdet")._pick_method(gpu) == "blocked"
     assert TaskAlignedAssigner(preset="mmdet", method="dense")._pick_method(gpu) == "dense"
     with pytest.raises(ValueError, match="method='window'"):
         TaskAlignedAssigner(preset="ultralytics", method="window")
@@ -663,10 +665,11 @@ def _cuda(data):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("method", ["auto", "blocked"])
 @pytest.mark.parametrize("preset", ["ultralytics", "ultralytics_loss", "mmdet"])
-def test_cuda_matches_cpu(preset):
-    # both paths break ties by anchor index, so only float rounding (atan / pow kernels) may differ
-    tal = TaskAlignedAssigner(preset=preset)
+def test_cuda_matches_cpu(preset, method):
+    # every path breaks ties by anchor index, so only float rounding (atan / pow kernels) may differ
+    tal = TaskAlignedAssigner(preset=preset, method=method)
     for seed in range(8):
         data = random_batch(seed, B=3, M=8)
         cpu = tal.assign_batch(*data)
@@ -682,7 +685,7 @@ def test_cuda_matches_cpu(preset):
 def test_cuda_path_has_no_host_sync(preset):
     from detassign import _validate
 
-    tal = TaskAlignedAssigner(preset=preset)
+    tal = TaskAlignedAssigner(preset=preset, method="blocked")
     data = _cuda(random_batch(2, B=2, M=6))
     with _validate.value_checks(False):
         tal.assign_batch(*data)  # warm-up: lazy CUDA initialisation may synchronise
