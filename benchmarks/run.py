@@ -109,10 +109,8 @@ def build_case(name, torch, device):
         return _yolo_case(torch, device, int(params.get("B", 8)))
     d = make_batch(torch, B, M, C, device)
     pts, strd = d["points"], d["strides"]
-    A = len(pts)
     num_level = [(IMG // s) ** 2 for s in STRIDES]
     pts_with_stride = torch.cat([pts, strd[:, None], strd[:, None]], 1)
-    from detassign import Instances
 
     if family == "tal_ultra":
         from detassign.assigners.task_aligned import TaskAlignedAssigner

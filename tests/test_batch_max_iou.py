@@ -12,16 +12,6 @@ from tests.oracles import mmdet
 from tests.test_max_iou import KNOBS, assert_same, random_boxes, random_case
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """mmdet's ``max(dim)`` opens the thread pool even on tiny tensors, which costs ~20 ms a call on a busy
-    2-core machine; these tests only use tiny tensors, so run them on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_batch(seed, B=4, A=30):
     """Shared priors [A, 4] (fp16 for some seeds) and per-image GT / label / ignore lists of varied sizes."""
     cases = [random_case(seed * 7 + i, max_priors=A) for i in range(B)]

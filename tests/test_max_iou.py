@@ -12,16 +12,6 @@ from tests.oracles import mmdet
 IMG = 100.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """mmdet's ``max(dim)`` opens the thread pool even on tiny tensors, which costs ~20 ms a call on a busy
-    2-core machine; these tests only use tiny tensors, so run them on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- shared helpers
 def random_boxes(n, g, scale=IMG, tiny=False, grid=False):
     """n xyxy boxes; ``grid``: small integer coordinates, so IoUs tie often; ``tiny``: sides < 2."""

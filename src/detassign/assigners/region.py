@@ -29,7 +29,7 @@ Differences from mmdet 3.3.0 (everything else is bit-for-bit; see tests/test_reg
   except for zeros when there are no GTs or no anchors.
 * With no GTs every anchor is negative (0), out-of-image ones included, exactly as mmdet (which
   returns before its border step).
-* ``gt_instances_ignore`` with boxes raises ``ValueError``; mmdet raises ``NotImplementedError`` for
+* ``gt_instances_ignore`` with boxes raises ``ValueError``; mmdet raises a not-implemented error for
   any non-``None`` value, we also accept an empty one.
 * ``pred_instances.valid_flags`` is optional (all valid when absent).
 * float16 / bfloat16 / integer inputs are computed in float32 (mmdet computes in half, where

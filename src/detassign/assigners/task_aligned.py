@@ -387,7 +387,6 @@ class TaskAlignedAssigner(BaseAssigner):
         """Blocks of one image's GT rows against every anchor ([g, A] within ``max_chunk_mib``);
         returns the candidate (inside) pairs with their top-k flags."""
         B, A = scores.shape[:2]
-        M = gts.shape[1]
         step = max(1, int(self._chunk_mib(points.device) * 2**20 / _BYTES_PER_DENSE_PAIR) // max(A, 1))
         parts, first = [], 0
         for b, count in enumerate(mask.sum(1).tolist()):                               # host sync

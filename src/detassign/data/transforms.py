@@ -8,7 +8,7 @@ Guarantee (tested with hypothesis): output boxes satisfy ``0 <= x1 < x2 <= W`` a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 

@@ -23,10 +23,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from torch import Tensor
 
 __all__ = ["coco_evaluate", "to_coco_json", "coco_ground_truth", "COCO_IOU_THRESHOLDS"]
