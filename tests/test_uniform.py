@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from detassign import Instances, build_assigner
 from detassign.assigners.uniform import UniformAssigner, l1_costs, uniform_candidates
 from tests.oracles import mmdet
+from tests.test_atss import jitter_boxes, make_gts
 
 PRIORS = torch.tensor([[0.0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10]])
 PREDS = torch.tensor([[0.0, 0, 10, 10], [12, 0, 22, 10], [20, 0, 30, 10]])
@@ -26,17 +27,6 @@ def make_priors(img=128, strides=(8, 16, 32), ratios=(1.0,), base=4):
             per_ratio.append(torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1))
         boxes.append(torch.stack(per_ratio, 1).reshape(-1, 4))
     return torch.cat(boxes).float()
-
-
-def make_gts(g, m, img=128, lo=4.0, hi=128.0, off=0.0):
-    wh = torch.exp(torch.empty(m, 2).uniform_(math.log(lo), math.log(hi), generator=g))
-    c = torch.rand(m, 2, generator=g) * img * (1 + 2 * off) - off * img
-    return torch.cat([c - wh / 2, c + wh / 2], 1)
-
-
-def jitter_boxes(g, boxes, sigma):
-    b = boxes + torch.randn(boxes.shape, generator=g) * sigma
-    return torch.cat([torch.minimum(b[..., :2], b[..., 2:]), torch.maximum(b[..., :2], b[..., 2:])], -1)
 
 
 def assign(assigner, priors, preds, gt, labels):

@@ -33,6 +33,16 @@ def _plt():
     return plt
 
 
+def _save_figure(fig, path: PathLike, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` (parents created) and close it."""
+    plt = _plt()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def gt_colors(n: int) -> np.ndarray:
     """``n`` distinct RGB colours in [0, 1] ([n, 3]), cycling through tab20."""
     plt = _plt()
@@ -107,11 +117,7 @@ def plot_loss_curves(history: Dict[str, list], path: PathLike) -> Path:
     if ax.lines:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- IoU variants
@@ -155,11 +161,7 @@ def iou_figure(path: PathLike, span: float = 25.0, num: int = 401) -> Path:
     axes[0].set_ylabel("overlap measure")
     axes[0].legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- assignments
@@ -287,8 +289,4 @@ def assignment_figure(image: np.ndarray, gt_boxes, assignment: Dict[str, Any], p
                f"{zero} GT(s) without a positive (dashed)")
     fig.suptitle((title + "\n" if title else "") + summary, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, dpi=100)
