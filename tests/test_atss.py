@@ -10,6 +10,7 @@ from detassign import Instances, build_assigner
 from detassign.assigners._batch import pad_gts
 from detassign.assigners.atss import ATSSAssigner
 from tests.oracles import mmdet
+from tests.tolerances import assert_close_across_paths
 
 NEG = -1e8  # mmdet's -INF sentinel for non-positive priors
 
@@ -264,7 +265,8 @@ def _check_batch_equals_per_image(assigner, priors, levels, labels, boxes, mask,
         expected[pos] = valid[expected[pos] - 1] + 1
         assert torch.equal(res.gt_inds[i], expected)
         assert torch.equal(res.labels[i], one.labels)
-        assert torch.equal(res.max_overlaps[i], one.max_overlaps)
+        # DDOD mixes IoU and scores through pow: layout-dependent rounding, so a few ulp apart
+        assert_close_across_paths(res.max_overlaps[i], one.max_overlaps, f"image {i} max_overlaps")
         assert int(res.num_gts[i]) == len(valid)
 
 
@@ -326,7 +328,7 @@ def test_gt_permutation_equivariance(seed, m, ddod):
     permuted = assign(a, priors, levels, gt[perm], labels[perm], scores=scores, bboxes=bboxes)
     mapped = torch.where(permuted.gt_inds > 0, perm[(permuted.gt_inds - 1).clamp(min=0)] + 1, permuted.gt_inds)
     assert torch.equal(mapped, base.gt_inds)
-    assert torch.equal(permuted.max_overlaps, base.max_overlaps)
+    assert_close_across_paths(permuted.max_overlaps, base.max_overlaps, "max_overlaps")
     assert torch.equal(permuted.labels, base.labels)
 
 

@@ -45,19 +45,43 @@ def toy_config(tmp_path, n=4, **kw):
     return TrainConfig(**base)
 
 
-def test_learns_toy_images(tmp_path):
-    data = toy_set(2)
-    cfg = toy_config(tmp_path, n=2, train_set=data, epochs=80, save=False)
-    result = train(cfg)
+def separated_squares(n=4, size=64, seed=0):
+    """Dark noisy images with 1-2 bright squares (18-26 px), each inside its own quadrant: no overlaps,
+    so every box is fully visible and the task has one clear answer."""
+    rng = np.random.default_rng(seed)
+    half = size // 2
+    records = []
+    for i in range(n):
+        img = rng.integers(0, 40, (size, size, 3), dtype=np.uint8)
+        boxes = []
+        for quadrant in rng.permutation(4)[: int(rng.integers(1, 3))]:
+            s = int(rng.integers(18, 27))
+            x = (quadrant % 2) * half + int(rng.integers(0, half - s + 1))
+            y = (quadrant // 2) * half + int(rng.integers(0, half - s + 1))
+            img[y:y + s, x:x + s] = 220
+            boxes.append([x, y, x + s, y + s])
+        records.append(DetectionRecord(img, np.array(boxes, np.float32), np.zeros(len(boxes)), size, size, f"t{i}", i))
+    return DetectionSet(records, ["square"])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_learns_toy_images(tmp_path, seed):
+    # Measured on AVX-512, AVX2 and scalar kernels, seeds 0-5: mAP50 1.0 every time and the last epochs'
+    # loss at 0.15-0.25x its peak, so the bounds below leave a wide margin whatever the CPU's rounding.
+    from detassign.yolo.evaluate import coco_evaluate
+    from detassign.yolo.train import recalibrate_batchnorm
+
+    data = separated_squares(4, seed=seed)
+    result = train(toy_config(tmp_path, n=4, train_set=data, epochs=60, save=False, seed=seed))
     total = np.array(result.history["box"]) + np.array(result.history["cls"]) + np.array(result.history["dfl"])
     assert np.isfinite(total).all()
     # TAL's soft targets start near 0 (untrained boxes have IoU ~ 0), so the loss first rises, then falls
     assert total[-5:].mean() < 0.5 * total.max()
-    from detassign.yolo.evaluate import coco_evaluate
-
     loader = torch.utils.data.DataLoader(DetectionDataset(data, EvalTransform(64)), batch_size=2, collate_fn=collate)
+    # 2-image batches give BatchNorm noisy running averages; re-estimate them before the eval-mode check
+    recalibrate_batchnorm(result.model, loader, torch.device("cpu"), num_batches=2)
     preds, gts = predict_dataset(result.model, loader, torch.device("cpu"))
-    assert coco_evaluate(preds, gts, num_classes=1)["map50"] >= 0.5  # it fits the squares
+    assert coco_evaluate(preds, gts, num_classes=1)["map50"] >= 0.8  # the squares are found
 
 
 def test_same_seed_same_losses(tmp_path):
