@@ -71,22 +71,33 @@ def test_train_val_predict_roundtrip(tmp_path, capsys):
     assert main(["train", "--data", str(data), "--format", "voc", "--val-data", str(data), "--config", str(cfg),
                  "--scale", "p", "--img-size", "64", "--val-img-size", "64", "--epochs", "1", "--batch", "2",
                  "--nominal-batch", "2", "--no-augment", "--out", str(run), "--quiet"]) == 0
-    assert (run / "best.pt").exists() and (run / "last.pt").exists()
-    assert main(["val", str(run / "best.pt"), "--data", str(data), "--format", "voc", "--img-size", "64",
+    assert (run / "weights" / "best.pt").exists() and (run / "weights" / "last.pt").exists()
+    assert main(["val", str(run / "weights" / "best.pt"), "--data", str(data), "--format", "voc", "--img-size", "64",
                  "--json", str(tmp_path / "m.json")]) == 0
     text = capsys.readouterr().out
     assert "mAP50" in text and "mAP50-95" in text
     assert "map50" in json.loads((tmp_path / "m.json").read_text())
     pred = tmp_path / "pred"
-    assert main(["predict", str(run / "best.pt"), str(data), "--conf", "0.0", "--out", str(pred)]) == 0
+    assert main(["predict", str(run / "weights" / "best.pt"), str(data), "--conf", "0.0", "--out", str(pred)]) == 0
     results = json.loads((pred / "predictions.json").read_text())
     assert isinstance(results, list) and all(set(r) == {"image_id", "category_id", "bbox", "score"} for r in results)
     assert (pred / "im0_pred.png").exists() and (pred / "im1_pred.png").exists()
 
 
-def test_bad_dataset_reports_file_and_entry(tmp_path, capsys):
+def test_bad_dataset_file_is_skipped_with_a_one_line_warning(tmp_path, capsys):
     data = _voc_dataset(tmp_path / "voc")
     (data / "im0.xml").write_text("<annotation><filename>im0.png</filename>")
-    assert main(["show", "--data", str(data), "--format", "voc", "--out", str(tmp_path / "x.png")]) == 2
-    err = capsys.readouterr().err
-    assert "im0.xml" in err and "invalid XML" in err
+    assert main(["show", "--data", str(data), "--format", "voc", "--scale", "p", "--out", str(tmp_path / "x.png")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("detassign show: warning: ")
+    assert "im0.xml" in lines[0] and "invalid XML" in lines[0]
+
+
+def test_strict_fails_on_a_bad_dataset_file_in_one_line(tmp_path, capsys):
+    data = _voc_dataset(tmp_path / "voc")
+    (data / "im0.xml").write_text("<annotation><filename>im0.png</filename>")
+    code = main(["show", "--data", str(data), "--format", "voc", "--strict", "--scale", "p",
+                 "--out", str(tmp_path / "x.png")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and "im0.xml" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "x.png").exists()

@@ -9,9 +9,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detassign.data import (DatasetFormatError, DetectionDataset, DetectionRecord, DetectionSet, EvalTransform,
-                            TrainAugment, collate, letterbox, pad_targets, read_coco, read_dataset, read_voc,
-                            read_yolo)
+from detassign.data import (DataError, DatasetFormatError, DataWarning, DetectionDataset, DetectionRecord,
+                            DetectionSet, EvalTransform, TrainAugment, collate, letterbox, pad_targets, read_coco,
+                            read_dataset, read_voc, read_yolo)
 from detassign.data import neon
 from detassign.data.transforms import hflip, pad_to_multiple, random_crop, rot90, vflip
 
@@ -47,7 +47,7 @@ def test_read_coco_converts_xywh_and_renumbers_categories(tmp_path):
     ds = read_coco(_coco(tmp_path))
     # categories sorted by id: 3 -> 0 (cat), 9 -> 1 (dog); crowd skipped; [x, y, w, h] -> xyxy
     assert ds.class_names == ["cat", "dog"]
-    assert ds.meta["category_ids"] == [3, 9]
+    assert ds.category_ids == [3, 9] and ds.image_ids == [7]
     rec = ds[0]
     np.testing.assert_array_equal(rec.boxes, [[1, 2, 11, 7], [20, 10, 40, 30]])
     np.testing.assert_array_equal(rec.labels, [0, 1])
@@ -59,7 +59,7 @@ def test_read_coco_converts_xywh_and_renumbers_categories(tmp_path):
     ("unknown_class", "annotations[0] (id 1)", "unknown category_id 5"),
     ("outside", "annotations[0] (id 1)", "outside its 40x30 image"),
     ("no_area", "annotations[0] (id 1)", "no area"),
-    ("missing_image", "images[0] (id 7)", "does not exist"),
+    ("missing_image", "images[1] (id 7)", "nope.png file does not exist"),
     ("bad_image_id", "annotations[0] (id 1)", "image_id 99"),
 ])
 def test_coco_bad_files_name_file_and_entry(tmp_path, case, entry, problem):
@@ -74,12 +74,13 @@ def test_coco_bad_files_name_file_and_entry(tmp_path, case, entry, problem):
     elif case == "no_area":
         path = _coco(tmp_path, annotations=[dict(ann, bbox=[3, 2, 0, 5])], name="bad.json")
     elif case == "missing_image":
-        path = _coco(tmp_path, images=[{"id": 7, "file_name": "nope.png", "width": 40, "height": 30}],
+        path = _coco(tmp_path, images=[{"id": 6, "file_name": "a.png", "width": 40, "height": 30},
+                                       {"id": 7, "file_name": "nope.png", "width": 40, "height": 30}],
                      annotations=[], name="bad.json")
     else:
         path = _coco(tmp_path, annotations=[dict(ann, image_id=99)], name="bad.json")
     with pytest.raises(DatasetFormatError, match="bad.json") as err:
-        read_coco(path)
+        read_coco(path, strict=True)
     assert entry in str(err.value) and problem in str(err.value)
 
 
@@ -132,8 +133,11 @@ def test_voc_bad_files_name_file_and_entry(tmp_path, case, entry, problem):
                         "<object><name>tree</name><bndbox><xmin>one</xmin><ymin>1</ymin><xmax>5</xmax>"
                         "<ymax>5</ymax></bndbox></object></annotation>")
     with pytest.raises(DatasetFormatError, match="bad.xml") as err:
-        read_voc(path, class_names=["tree"])
+        read_voc(path, class_names=["tree"], strict=True)
     assert entry in str(err.value) and problem in str(err.value)
+    with pytest.warns(DataWarning, match="bad.xml"):  # not strict: the file is skipped and listed
+        ds = read_voc(path, class_names=["tree"])
+    assert len(ds) == 0 and len(ds.skipped) == 1 and problem in ds.skipped[0][1]
 
 
 # --------------------------------------------------------------------------- YOLO
@@ -167,12 +171,16 @@ def test_yolo_bad_files_name_file_and_line(tmp_path, line, problem):
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n" + line + "\n")
     with pytest.raises(DatasetFormatError, match="a.txt") as err:
-        read_yolo(tmp_path / "images", ["tree", "car"])
+        read_yolo(tmp_path / "images", ["tree", "car"], strict=True)
     assert "line 2" in str(err.value) and problem in str(err.value)
+    with pytest.warns(DataWarning, match="a.txt"):
+        ds = read_yolo(tmp_path / "images", ["tree", "car"])
+    reason = str(err.value).split(": ", 1)[1]
+    assert len(ds) == 0 and ds.skipped == [(str(tmp_path / "labels" / "a.txt"), reason)]
 
 
-def test_read_dataset_needs_format_or_names(tmp_path):
-    with pytest.raises(ValueError, match="fmt="):
+def test_read_dataset_needs_a_dataset_or_names(tmp_path):
+    with pytest.raises(DataError, match="no dataset found"):
         read_dataset(tmp_path)
     with pytest.raises(ValueError, match="class_names"):
         read_dataset(tmp_path, "yolo")

@@ -2,6 +2,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -254,3 +255,65 @@ def test_evaluate_bad_inputs():
         coco_evaluate([torch.zeros(2, 4)] * 3, _gts())
     assert math.isclose(coco_evaluate([torch.zeros(0, 6)], [dict(boxes=torch.zeros(0, 4),
                                                                  labels=torch.zeros(0))])["map"], -1.0)
+
+
+# ----------------------------------------------------------------------------- the report of `detassign val`
+def test_tied_ious_match_the_last_gt_as_cocoeval():
+    # GTs g0 = [0, 10], g1 = [2, 12] (x; all boxes 10 high). Detection A = [1, 11] (0.9) has IoU 90 / 110 with
+    # both; B = [-3, 7] (0.8) has IoU 70 / 130 = 0.54 with g0 and 50 / 150 = 0.33 with g1. COCOeval gives A the
+    # last of the tied GTs (g1), so B matches g0: 2 TPs, AP50 = 1 (A taking g0 would leave B a false positive).
+    gts = [dict(boxes=torch.tensor([[0.0, 0, 10, 10], [2, 0, 12, 10]]), labels=torch.tensor([0, 0]))]
+    preds = [torch.tensor([[1.0, 0, 11, 10, 0.9, 0], [-3, 0, 7, 10, 0.8, 0]])]
+    assert coco_evaluate(preds, gts)["map50"] == pytest.approx(1.0)
+    assert E.precision_recall_curves(preds, gts, 1)["ap"][0] == pytest.approx(1.0)
+
+
+def test_class_counts_by_hand():
+    # _gts(): image 0 holds classes 0, 1, 0; image 1 class 1; image 2 nothing
+    images, instances = E.class_counts(_gts(), 3)
+    assert images.tolist() == [1, 2, 0] and instances.tolist() == [2, 2, 0]
+
+
+def test_detection_report_rows_and_json():
+    gts = _gts()
+    report = E.evaluate_detections(_as_predictions(gts, shift=3.0), gts, ["cat", "dog", "bird"])
+    rows = report.rows()
+    assert [r["class"] for r in rows] == ["all", "cat", "dog"]  # bird has no GT: no row, as ultralytics
+    assert (rows[0]["images"], rows[0]["instances"]) == (3, 4)
+    for row, c in zip(rows[1:], (0, 1)):
+        assert row["map"] == pytest.approx(report.metrics["ap_per_class"][c])
+        assert row["map50"] == pytest.approx(report.metrics["ap50_per_class"][c])
+        assert row["map50"] == pytest.approx(report.curves["ap"][c])  # COCOeval's matching, both ways
+    assert rows[0]["precision"] == pytest.approx(np.mean([r["precision"] for r in rows[1:]]))
+    written = json.loads(json.dumps(report.to_dict()))
+    assert set(written["ap_per_class"]) == {"cat", "dog", "bird"} and written["ap_per_class"]["bird"] == -1.0
+    assert written["map"] == pytest.approx(report.metrics["map"]) and "0.5" in written["ap_per_iou"]
+    table = report.table().splitlines()
+    assert table[0].split() == ["class", "images", "instances", "P", "R", "mAP50", "mAP50-95"] and len(table) == 4
+    perfect = E.evaluate_detections(_as_predictions(gts), gts, ["cat", "dog", "bird"]).rows()[0]
+    assert perfect["precision"] == perfect["recall"] == perfect["map"] == pytest.approx(1.0)
+
+
+def test_predict_loader_maps_boxes_back_and_times_each_stage():
+    from detassign.data import DetectionDataset, collate
+    from detassign.data.readers import DetectionRecord, DetectionSet
+    from detassign.data.transforms import EvalTransform
+    from detassign.yolo.predict import predict_loader
+
+    class Fixed(torch.nn.Module):
+        """One box (cx, cy, w, h) = (32, 32, 16, 16) in the network input, score 0.8 for class 0."""
+
+        def forward(self, x):
+            return torch.tensor([32.0, 32, 16, 16, 0.8]).view(1, 5, 1).expand(x.shape[0], 5, 1)
+
+    records = [DetectionRecord(np.zeros((h, w, 3), np.uint8), [[1, 2, 9, 9]], [0], w, h, name=f"r{i}", image_id=7 + i)
+               for i, (h, w) in enumerate(((128, 128), (64, 128)))]
+    loader = torch.utils.data.DataLoader(DetectionDataset(DetectionSet(records, ["a"]), EvalTransform(64)),
+                                         batch_size=2, collate_fn=collate)
+    preds, gts, speed = predict_loader(Fixed(), loader, "cpu", conf_thres=0.5)
+    # letterbox to 64: image 0 is scaled by 0.5 (no padding), image 1 by 0.5 with 16 px padding on top
+    assert preds[0]["boxes"].tolist() == [[48.0, 48.0, 80.0, 80.0]]
+    assert preds[1]["boxes"].tolist() == [[48.0, 16.0, 80.0, 48.0]]
+    assert [p["image_id"] for p in preds] == [7, 8] and preds[0]["scores"].tolist() == [pytest.approx(0.8)]
+    assert gts[1]["boxes"].tolist() == [[1.0, 2.0, 9.0, 9.0]] and gts[1]["labels"].tolist() == [0]
+    assert set(speed) == {"preprocess", "inference", "nms"} and all(v >= 0 for v in speed.values())

@@ -20,7 +20,7 @@ __all__ = ["DetectionDataset", "collate", "pad_targets"]
 class DetectionDataset(torch.utils.data.Dataset):
     """Items are dicts: ``image`` uint8 ``[3, H, W]``, ``boxes`` float32 ``[M, 4]`` xyxy px (network
     input frame), ``labels`` int64 ``[M]``, ``info`` (:class:`LetterboxInfo` back to the original image),
-    ``index``, ``image_id``, ``name``."""
+    ``index``, ``image_id`` (the dataset's own id, as in ``DetectionSet.image_ids``), ``name``."""
 
     def __init__(self, data: DetectionSet, transform: Optional[Callable] = None, seed: int = 0):
         self.data = data

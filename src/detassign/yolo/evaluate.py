@@ -23,12 +23,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from torch import Tensor
 
-__all__ = ["coco_evaluate", "to_coco_json", "coco_ground_truth", "COCO_IOU_THRESHOLDS"]
+__all__ = ["coco_evaluate", "to_coco_json", "coco_ground_truth", "COCO_IOU_THRESHOLDS", "precision_recall_curves",
+           "confusion_matrix", "class_counts", "DetectionReport", "evaluate_detections"]
 
 COCO_IOU_THRESHOLDS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2).tolist())
 _AREAS = ("all", "small", "medium", "large")
@@ -220,3 +222,233 @@ def coco_evaluate(predictions: Sequence, ground_truths: Sequence, max_dets: int 
     metrics = _read_metrics(evaluator, evaluator.params.maxDets)
     metrics["backend"] = backend
     return metrics
+
+
+# --------------------------------------------------------------------------- curves and confusion matrix
+# Precision / recall at one IoU threshold, as functions of the confidence threshold (ultralytics' P, R,
+# F1 curve and PR curve), and the detection confusion matrix: what a run folder plots after the last
+# validation. The matching is COCOeval's, so ``ap`` equals ``coco_evaluate``'s per-class AP50.
+
+
+def _pairwise_iou_np(gt_boxes: np.ndarray, pred_boxes: np.ndarray) -> np.ndarray:
+    """[M, 4], [N, 4] xyxy -> [M, N] IoU (``detassign.boxes.pairwise_iou`` in float64)."""
+    import torch
+
+    from ..boxes import pairwise_iou
+
+    return pairwise_iou(torch.from_numpy(gt_boxes), torch.from_numpy(pred_boxes)).numpy()
+
+
+def _true_positives(pred_boxes: np.ndarray, pred_scores: np.ndarray, pred_labels: np.ndarray,
+                    gt_boxes: np.ndarray, gt_labels: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """[N] bool: detection n matches a GT of its class with IoU >= ``iou_threshold``. Detections are visited
+    by descending score and each takes the best-IoU GT not yet taken (COCOeval's rule)."""
+    tp = np.zeros(len(pred_scores), bool)
+    if not len(pred_scores) or not len(gt_labels):
+        return tp
+    ious = _pairwise_iou_np(gt_boxes, pred_boxes)                 # [M, N]
+    ious[gt_labels[:, None] != pred_labels[None, :]] = -1.0
+    taken = np.zeros(len(gt_labels), bool)
+    for n in np.argsort(-pred_scores, kind="mergesort"):
+        candidates = np.where(taken, -1.0, ious[:, n])
+        m = len(candidates) - 1 - int(candidates[::-1].argmax())  # equal IoUs: the last GT, as COCOeval's loop
+        if candidates[m] >= iou_threshold:
+            taken[m] = tp[n] = True
+    return tp
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{name} labels must be in [0, {num_classes}) (num_classes={num_classes}), got values in "
+                         f"[{labels.min()}, {labels.max()}]")
+
+
+def precision_recall_curves(predictions: Sequence, ground_truths: Sequence, num_classes: int,
+                            iou_threshold: float = 0.5, max_dets: int = 300, points: int = 1000) -> Dict[str, Any]:
+    """Per-class precision, recall and F1 against the confidence threshold, and COCO's interpolated
+    precision-recall curve, at one IoU threshold. Inputs as :func:`coco_evaluate` (one entry per image).
+
+    Returns a dict (C = ``num_classes``, P = ``points``):
+
+    * ``confidence`` [P]: thresholds 0 ... 1; ``precision``, ``recall``, ``f1`` [C, P] of the detections
+      scoring >= each threshold (precision is 1 above a class's top score, 0 for a class never detected);
+    * ``recall_levels`` [101] and ``pr_curve`` [C, 101]: COCO's interpolated precision at recall 0, 0.01, ... 1;
+      ``ap`` [C] its mean (AP at ``iou_threshold``; -1 for a class without GT); ``num_gt`` [C];
+    * ``best_confidence``: the threshold of the highest mean F1 over the classes that have GT, and there
+      ``precision_at_best`` / ``recall_at_best`` [C], ``mean_precision`` / ``mean_recall`` (ultralytics' P and R).
+    """
+    if len(predictions) != len(ground_truths):
+        raise ValueError(f"predictions and ground_truths must have one entry per image, got {len(predictions)} "
+                         f"and {len(ground_truths)}")
+    num_classes = int(num_classes)
+    scores = [[] for _ in range(num_classes)]
+    hits = [[] for _ in range(num_classes)]
+    num_gt = np.zeros(num_classes, np.int64)
+    for pred, gt in zip(predictions, ground_truths):
+        boxes, score, labels = _split_predictions(pred)
+        top = np.argsort(-score, kind="mergesort")[:max_dets]
+        boxes, score, labels = boxes[top], score[top], labels[top]
+        gt_boxes, gt_labels = _split_ground_truth(gt)
+        _check_labels(labels, num_classes, "prediction")
+        _check_labels(gt_labels, num_classes, "ground-truth")
+        tp = _true_positives(boxes, score, labels, gt_boxes, gt_labels, iou_threshold)
+        num_gt += np.bincount(gt_labels, minlength=num_classes)
+        for c in np.unique(labels):
+            scores[c].append(score[labels == c])
+            hits[c].append(tp[labels == c])
+    confidence = np.linspace(0.0, 1.0, points)
+    recall_levels = np.linspace(0.0, 1.0, 101)
+    precision = np.zeros((num_classes, points))
+    recall = np.zeros((num_classes, points))
+    pr_curve = np.zeros((num_classes, 101))
+    for c in range(num_classes):
+        if not scores[c]:
+            continue
+        s, t = np.concatenate(scores[c]), np.concatenate(hits[c])
+        order = np.argsort(-s, kind="mergesort")                   # COCOeval's order across images
+        s, t = s[order], t[order]
+        true_pos = np.cumsum(t)
+        rec = true_pos / max(num_gt[c], 1)                          # [D]
+        prec = true_pos / np.arange(1, len(t) + 1)                  # [D]
+        kept = np.searchsorted(-s, -confidence, side="right")       # [P] detections scoring >= threshold
+        precision[c] = np.where(kept > 0, prec[np.maximum(kept - 1, 0)], 1.0)
+        recall[c] = np.where(kept > 0, rec[np.maximum(kept - 1, 0)], 0.0)
+        envelope = np.maximum.accumulate(prec[::-1])[::-1]          # precision made non-increasing in recall
+        at = np.searchsorted(rec, recall_levels, side="left")
+        pr_curve[c] = np.where(at < len(rec), envelope[np.minimum(at, len(rec) - 1)], 0.0)
+    f1 = 2 * precision * recall / (precision + recall + 1e-16)
+    present = num_gt > 0
+    best = int(f1[present].mean(0).argmax()) if present.any() else 0
+    return {
+        "confidence": confidence, "precision": precision, "recall": recall, "f1": f1,
+        "recall_levels": recall_levels, "pr_curve": pr_curve, "num_gt": num_gt,
+        "ap": np.where(present, pr_curve.mean(1), -1.0),
+        "best_confidence": float(confidence[best]),
+        "precision_at_best": precision[:, best], "recall_at_best": recall[:, best],
+        "mean_precision": float(precision[present, best].mean()) if present.any() else 0.0,
+        "mean_recall": float(recall[present, best].mean()) if present.any() else 0.0,
+    }
+
+
+def confusion_matrix(predictions: Sequence, ground_truths: Sequence, num_classes: int,
+                     conf_threshold: float = 0.25, iou_threshold: float = 0.45) -> np.ndarray:
+    """Detection confusion matrix [C + 1, C + 1] of counts: row = predicted class, column = true class,
+    index C = background (row C: a GT nobody found; column C: a detection of nothing). Detections scoring
+    >= ``conf_threshold`` are paired one to one with GTs of any class, by descending IoU, among pairs with
+    IoU > ``iou_threshold`` (ultralytics' layout and thresholds)."""
+    num_classes = int(num_classes)
+    matrix = np.zeros((num_classes + 1, num_classes + 1), np.int64)
+    for pred, gt in zip(predictions, ground_truths):
+        boxes, score, labels = _split_predictions(pred)
+        keep = score >= conf_threshold
+        boxes, labels = boxes[keep], labels[keep]
+        gt_boxes, gt_labels = _split_ground_truth(gt)
+        _check_labels(labels, num_classes, "prediction")
+        _check_labels(gt_labels, num_classes, "ground-truth")
+        found, used = np.zeros(len(gt_labels), bool), np.zeros(len(labels), bool)
+        if len(gt_labels) and len(labels):
+            ious = _pairwise_iou_np(gt_boxes, boxes)               # [M, N]
+            g, d = np.nonzero(ious > iou_threshold)
+            for m, n in zip(*(x[np.argsort(-ious[g, d], kind="mergesort")] for x in (g, d))):
+                if not found[m] and not used[n]:
+                    found[m] = used[n] = True
+                    matrix[labels[n], gt_labels[m]] += 1
+        np.add.at(matrix, (num_classes, gt_labels[~found]), 1)
+        np.add.at(matrix, (labels[~used], num_classes), 1)
+    return matrix
+
+
+# --------------------------------------------------------------------------- the report of ``detassign val``
+
+
+def class_counts(ground_truths: Sequence, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(images [C]: how many images hold at least one GT of each class, instances [C]: GT boxes per class)."""
+    images = np.zeros(int(num_classes), np.int64)
+    instances = np.zeros(int(num_classes), np.int64)
+    for gt in ground_truths:
+        _, labels = _split_ground_truth(gt)
+        _check_labels(labels, int(num_classes), "ground-truth")
+        counts = np.bincount(labels, minlength=int(num_classes))
+        instances += counts
+        images += counts > 0
+    return images, instances
+
+
+@dataclass
+class DetectionReport:
+    """What ``detassign val`` prints and writes, for C classes.
+
+    metrics: :func:`coco_evaluate`'s dict (per-class entries keyed by class index);
+    curves: :func:`precision_recall_curves` at IoU 0.5; confusion: :func:`confusion_matrix` [C + 1, C + 1];
+    images / instances [C]: images holding each class and its GT boxes; num_images: images evaluated.
+    P and R are ultralytics' (at the confidence of the best mean F1); mAP50 and mAP50-95 are the evaluator's.
+    """
+
+    class_names: List[str]
+    metrics: Dict[str, Any]
+    curves: Dict[str, Any]
+    confusion: np.ndarray
+    images: np.ndarray
+    instances: np.ndarray
+    num_images: int
+
+    def rows(self) -> List[Dict[str, Any]]:
+        """The table: an ``all`` row, then one row per class that has GT (as ultralytics prints it)."""
+        rows = [{"class": "all", "images": int(self.num_images), "instances": int(self.instances.sum()),
+                 "precision": self.curves["mean_precision"], "recall": self.curves["mean_recall"],
+                 "map50": float(self.metrics["map50"]), "map": float(self.metrics["map"])}]
+        return rows + [row for row in self.class_rows().values() if row["instances"] > 0]
+
+    def class_rows(self) -> Dict[str, Dict[str, Any]]:
+        """Per class name: images, instances, precision, recall, map50, map (-1: no GT, COCO's 'undefined')."""
+        out = {}
+        for c, name in enumerate(self.class_names):
+            defined = self.instances[c] > 0
+            out[name] = {"class": name, "images": int(self.images[c]), "instances": int(self.instances[c]),
+                         "precision": float(self.curves["precision_at_best"][c]) if defined else -1.0,
+                         "recall": float(self.curves["recall_at_best"][c]) if defined else -1.0,
+                         "map50": float(self.metrics["ap50_per_class"].get(c, -1.0)),
+                         "map": float(self.metrics["ap_per_class"].get(c, -1.0))}
+        return out
+
+    def table(self) -> str:
+        """The rows as aligned text, ultralytics' columns."""
+        width = max([len("class")] + [len(r["class"]) for r in self.rows()])
+        lines = [f"{'class':>{width}} {'images':>8} {'instances':>10} {'P':>8} {'R':>8} {'mAP50':>8} {'mAP50-95':>9}"]
+        for r in self.rows():
+            lines.append(f"{r['class']:>{width}} {r['images']:>8} {r['instances']:>10} {r['precision']:>8.3f} "
+                         f"{r['recall']:>8.3f} {r['map50']:>8.3f} {r['map']:>9.3f}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready: the evaluator's scalar metrics (map, map50, map75, ..., mar_300), ``precision`` /
+        ``recall`` / ``confidence`` (ultralytics' P, R and the threshold they are read at), ``images``,
+        ``instances``, ``per_class`` {name: row}, ``ap_per_class`` / ``ap50_per_class`` {name: AP},
+        ``ap_per_iou`` {"0.5": AP, ...} and the ``confusion_matrix`` (rows predicted, columns true, last
+        background)."""
+        out = {k: float(v) for k, v in self.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        rows = self.class_rows()
+        out.update({"precision": self.curves["mean_precision"], "recall": self.curves["mean_recall"],
+                    "confidence": self.curves["best_confidence"], "images": int(self.num_images),
+                    "instances": int(self.instances.sum()), "backend": self.metrics.get("backend"),
+                    "per_class": rows,
+                    "ap_per_class": {n: r["map"] for n, r in rows.items()},
+                    "ap50_per_class": {n: r["map50"] for n, r in rows.items()},
+                    "ap_per_iou": {f"{k:g}": float(v) for k, v in self.metrics["ap_per_iou"].items()},
+                    "confusion_matrix": {"names": list(self.class_names) + ["background"],
+                                         "counts": self.confusion.tolist()}})
+        return out
+
+
+def evaluate_detections(predictions: Sequence, ground_truths: Sequence, class_names: Sequence[str],
+                        max_dets: int = 300, image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+                        conf_threshold: float = 0.25, iou_threshold: float = 0.45) -> DetectionReport:
+    """COCO mAP, per-class P / R / AP, the curves and the confusion matrix in one pass (inputs as
+    :func:`coco_evaluate`). ``conf_threshold`` / ``iou_threshold`` are the confusion matrix's."""
+    names = [str(n) for n in class_names]
+    metrics = coco_evaluate(predictions, ground_truths, max_dets=max_dets, image_sizes=image_sizes,
+                            class_names=names)
+    curves = precision_recall_curves(predictions, ground_truths, len(names), max_dets=max_dets)
+    matrix = confusion_matrix(predictions, ground_truths, len(names), conf_threshold, iou_threshold)
+    images, instances = class_counts(ground_truths, len(names))
+    return DetectionReport(names, metrics, curves, matrix, images, instances, len(ground_truths))
