@@ -8,7 +8,8 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 TORCH  := torch==2.13.0
 # Reference libraries: test oracles only, installed without their declared dependencies.
 ORACLES      := mmengine==0.10.7 mmcv-lite==2.1.0 mmdet==3.3.0 ultralytics==8.4.190
-ORACLE_DEPS  := addict yapf termcolor rich pyyaml packaging opencv-python-headless pillow matplotlib pycocotools shapely
+ORACLE_DEPS  := addict yapf termcolor rich pyyaml packaging opencv-python-headless pillow matplotlib pycocotools shapely \
+                terminaltables six
 PYTEST_ARGS  ?= -n 2
 # Idle OpenMP threads sleep instead of spinning: on a 2-core machine spinning threads of one process
 # starve the other xdist worker (and the demo's data loading).

@@ -5,7 +5,13 @@
 
 Names resolve lazily to classes (the library itself constructs objects directly; the
 registry exists because users' configs speak this language). ``type`` may also be a class.
-An ``mmdet.`` prefix is accepted so that mmdet configs work unchanged.
+An ``mmdet.`` or ``detassign.`` prefix is accepted so that mmdet configs work unchanged.
+
+A config dict means what it means in mmdetection: where one of our constructors defaults to
+another reference's behaviour, :data:`CONFIG_DEFAULTS` gives the mmdet default instead. Today that
+is ``TaskAlignedAssigner``: ``TaskAlignedAssigner()`` is ultralytics' TAL, while
+``build_assigner(dict(type="TaskAlignedAssigner", topk=13))`` (mmdet's TOOD config) is
+``preset="mmdet"``. Name a ``preset`` in the dict to choose another.
 """
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ import importlib
 import inspect
 from typing import Any, Dict, Mapping
 
-__all__ = ["ASSIGNERS", "MATCH_COSTS", "build_assigner", "build_match_cost", "available_assigners"]
+__all__ = ["ASSIGNERS", "MATCH_COSTS", "CONFIG_DEFAULTS", "build_assigner", "build_match_cost",
+           "available_assigners"]
 
 # name -> "module:attribute" under detassign.assigners
 ASSIGNERS: Dict[str, str] = {
@@ -35,6 +42,10 @@ ASSIGNERS: Dict[str, str] = {
     "RegionAssigner": "region:RegionAssigner",
     "CenterRegionAssigner": "center_region:CenterRegionAssigner",
     "PointAssigner": "point:PointAssigner",
+    "RotatedTaskAlignedAssigner": "rotated_task_aligned:RotatedTaskAlignedAssigner",
+    "RotatedATSSAssigner": "rotated_calculators:RotatedATSSAssigner",
+    "OneToManyHungarianAssigner": "one_to_many:OneToManyHungarianAssigner",
+    "Stage2Assigner": "stage2:Stage2Assigner",
 }
 
 MATCH_COSTS: Dict[str, str] = {
@@ -44,9 +55,17 @@ MATCH_COSTS: Dict[str, str] = {
 }
 
 
+# Arguments a config dict gets when it leaves them out (explicit keys win): the mmdet class of that name
+# is what an mmdet-style config means, and our constructor's default is another reference's preset.
+CONFIG_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "TaskAlignedAssigner": dict(preset="mmdet"),
+}
+
+
 def _resolve(table: Mapping[str, str], name: str, what: str):
-    if name.startswith("mmdet."):
-        name = name[len("mmdet."):]
+    for scope in ("mmdet.", "detassign."):
+        if name.startswith(scope):
+            name = name[len(scope):]
     if name not in table:
         raise ValueError(f"unknown {what} type {name!r}; accepted: {sorted(table)}")
     module, attr = table[name].split(":")
@@ -61,6 +80,9 @@ def _build(cfg: Mapping[str, Any], table: Mapping[str, str], what: str):
         raise ValueError(f"{what} config needs a 'type' key; accepted types: {sorted(table)}")
     kind = cfg.pop("type")
     cls = kind if inspect.isclass(kind) else _resolve(table, str(kind), what)
+    for name, defaults in CONFIG_DEFAULTS.items():
+        if name in table and cls is _resolve(table, name, what):
+            cfg = {**defaults, **cfg}
     params = inspect.signature(cls.__init__).parameters
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     accepted = [n for n, p in params.items() if n != "self" and p.kind not in
