@@ -348,6 +348,58 @@ def topk_dense(values: Tensor, k: int, stable: bool) -> Tensor:
     return greater | (equal & (torch.cumsum(equal, -1) <= need))
 
 
+def reference_topk(segment: Tensor, column: Tensor, values: Tensor, num_segments: int, num_columns: int, k: int,
+                   max_elems: int) -> Tensor:
+    """The entries ``torch.topk`` would keep, with the references' tie order, from sparse rows.
+
+    The rows are dense ``[num_segments, num_columns]`` with ``values`` at (segment, column) and 0
+    elsewhere (ultralytics' TAL metric rows). segment [P] long, column [P] long (distinct within a
+    segment), values [P] >= 0 and not NaN -> [P] bool: entry kept by ``torch.topk(row, k)``.
+
+    Where the top-k set is unique it is read off a stable rank, with no dense row. It is not unique
+    when the k-th largest value of the row is tied with more values than the slots left for it and
+    an entry is among them: usually a GT whose top-k reaches zero metrics while some of its
+    candidates have metric 0 (they tie with every non-candidate anchor). Only those rows are rebuilt
+    densely, in blocks of at most ``max_elems`` elements, and ranked by ``torch.topk`` itself: on the
+    same device, with the same values, the same choice as the reference (the CPU kernel ranks each
+    row on its own, so a block of rows gives the per-row result of the batched call; tested on CPU,
+    not yet on CUDA). One host sync (which rows) when any row is rebuilt.
+    """
+    device = segment.device
+    k = min(k, num_columns)
+    if segment.numel() == 0 or k == 0:
+        return torch.zeros_like(segment, dtype=torch.bool)
+    rank = rank_in_segments(segment, values, num_segments, nonnegative=True)
+    selected = rank < k
+    ones = torch.ones_like(segment)
+    count = torch.zeros(num_segments, dtype=torch.long, device=device).index_add_(0, segment, ones)
+    # k-th largest of the dense row: the k-th entry when the row has at least k, else one of its zeros
+    zero = values.new_zeros(())
+    kth = values.new_zeros(num_segments).scatter_reduce(0, segment, torch.where(rank == k - 1, values, zero), "amax")
+    kth_at = kth.index_select(0, segment)
+    greater = torch.zeros_like(count).index_add_(0, segment, (values > kth_at).long())
+    equal = torch.zeros_like(count).index_add_(0, segment, (values == kth_at).long())
+    # values tied at the k-th: the equal entries, plus every implicit zero of the row when the k-th is 0
+    tied = equal + torch.where(kth == 0, num_columns - count, torch.zeros_like(count))
+    rows = torch.nonzero((equal > 0) & (tied > k - greater)).squeeze(1)              # host sync
+    if rows.numel() == 0:
+        return selected
+    local = torch.full((num_segments,), -1, dtype=torch.long, device=device)
+    local[rows] = torch.arange(rows.numel(), device=device)
+    entry_row = local.index_select(0, segment)                                          # [P], -1 if unique
+    step = max(1, max_elems // max(num_columns, 1))
+    for lo in range(0, rows.numel(), step):
+        hi = min(rows.numel(), lo + step)
+        entries = torch.nonzero((entry_row >= lo) & (entry_row < hi)).squeeze(1)
+        r, c = entry_row.index_select(0, entries) - lo, column.index_select(0, entries)
+        dense = values.new_zeros(hi - lo, num_columns)
+        dense[r, c] = values.index_select(0, entries)
+        top = torch.topk(dense, k, dim=1).indices
+        kept = torch.zeros(dense.shape, dtype=torch.bool, device=device).scatter_(1, top, True)
+        selected[entries] = kept[r, c]
+    return selected
+
+
 # ----------------------------------------------------------------------------- conflicts & targets
 class AnchorAssignment(NamedTuple):
     fg: Tensor        # [B * A] bool
@@ -394,20 +446,23 @@ def resolve_conflicts(pairs: PairTable, B: int, A: int, M: int, conflict: str) -
     return AnchorAssignment(fg, gt, metric, overlap)
 
 
-def keep_topk2(assign: AnchorAssignment, B: int, A: int, M: int, topk2: int, stable: bool = True) -> AnchorAssignment:
+def keep_topk2(assign: AnchorAssignment, B: int, A: int, M: int, topk2: int, stable: bool = True,
+               max_elems: int = 1 << 26) -> AnchorAssignment:
     """After de-duplication keep each GT's best ``topk2`` anchors by metric (ultralytics ``topk2``);
     dropped anchors become negative. ``stable``: ties to the lowest anchor index (sparse); otherwise
-    ``torch.topk`` over dense ``[B, M, A]`` rows as ultralytics does (its memory, its tie order)."""
+    the choice of ``torch.topk`` over ultralytics' dense ``[B, M, A]`` rows (the metric on each GT's
+    positives, 0 elsewhere), rebuilding densely only the rows whose choice is tied
+    (:func:`reference_topk`, blocks of ``max_elems``)."""
     anchor_b = torch.div(torch.arange(B * A, device=assign.fg.device), A, rounding_mode="floor")
     segment = torch.where(assign.fg, anchor_b * M + assign.gt, torch.full_like(assign.gt, B * M))
     if stable:
         keep = rank_in_segments(segment, assign.metric, B * M + 1, nonnegative=True) < topk2
     else:
-        anchor = torch.arange(B * A, device=assign.fg.device) - anchor_b * A
-        dense = torch.zeros(B * M + 1, A, dtype=assign.metric.dtype, device=assign.fg.device)
-        dense[segment, anchor] = torch.where(assign.fg, assign.metric, torch.zeros_like(assign.metric))
-        chosen = topk_dense(dense[:-1], topk2, stable=False)
-        keep = torch.cat((chosen, chosen.new_zeros(1, A)))[segment, anchor]
+        pos = torch.nonzero(assign.fg).squeeze(1)
+        anchor = pos - anchor_b.index_select(0, pos) * A
+        keep = torch.zeros_like(assign.fg)
+        keep[pos] = reference_topk(segment.index_select(0, pos), anchor, assign.metric.index_select(0, pos), B * M,
+                                   A, topk2, max_elems)
     fg = assign.fg & keep
     zero = torch.zeros_like(assign.metric)
     return AnchorAssignment(fg, torch.where(fg, assign.gt, torch.zeros_like(assign.gt)),
