@@ -46,5 +46,7 @@ def test_two_process_ddp_keeps_ranks_in_sync(tmp_path):
     assert torch.equal(r0["ema"], r1["ema"])
     from detassign.yolo.train import load_checkpoint
 
-    ckpt = load_checkpoint(out / "last.pt")  # written by rank 0 only (one file, no per-rank copies)
-    assert ckpt["updates"] == 3 and sorted(p.name for p in out.iterdir()) == ["config.json", "last.pt"]
+    # written by rank 0 only (one file each, no per-rank copies); stopped mid-epoch 2, so no best.pt yet
+    ckpt = load_checkpoint(out / "weights" / "last.pt")
+    assert ckpt["updates"] == 3 and sorted(p.name for p in out.iterdir()) == ["config.json", "results.csv", "weights"]
+    assert sorted(p.name for p in (out / "weights").iterdir()) == ["last.pt"]

@@ -1,6 +1,5 @@
 """Training loop: learning on toy images, exact resume, determinism, atomic checkpoints, optimiser recipe."""
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from detassign.data import DetectionDataset, DetectionRecord, DetectionSet, Eval
 from detassign.yolo.train import (ModelEMA, TrainConfig, _set_lrs, build_optimizer, load_checkpoint, lr_factor,
                                   model_from_checkpoint, predict_dataset, resolve_assigner, save_checkpoint_atomic,
                                   train)
+from detassign.yolo.runs import read_results_csv
 
 
 @pytest.fixture(autouse=True)
@@ -98,18 +98,28 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     full = train(toy_config(tmp_path / "full", **kw))
     killed = train(toy_config(tmp_path / "part", max_steps=1, **kw))  # stops mid-epoch 0, after batch 2 of 3
     assert killed.steps == 1 and len(killed.history["step_loss"]) == 2
-    ck = load_checkpoint(tmp_path / "part" / "last.pt")
+    ck = load_checkpoint(tmp_path / "part" / "weights" / "last.pt")
     assert (ck["epoch"], ck["skip"], ck["updates"]) == (0, 2, 1)
     resumed = train(toy_config(tmp_path / "part", resume=True, **kw))
+    assert resumed.run_dir == str(tmp_path / "part")  # resume keeps writing into the run's own folder
     assert resumed.history["step_loss"] == full.history["step_loss"]
     assert resumed.history["lr"] == full.history["lr"] and resumed.steps == full.steps == 4
-    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
+    a, b = (load_checkpoint(tmp_path / run / "weights" / "last.pt") for run in ("full", "part"))
     for key in ("model",):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
     assert all(torch.equal(a["ema"]["model"][k], b["ema"]["model"][k]) for k in a["ema"]["model"])
     assert a["ema"]["updates"] == b["ema"]["updates"] == 4
-    model, names, _ = model_from_checkpoint(tmp_path / "part" / "last.pt")
+    model, names, _ = model_from_checkpoint(tmp_path / "part" / "weights" / "last.pt")
     assert names == ["square"] and not model.training
+    # results.csv of the resumed run equals the uninterrupted run's except for the wall-clock column
+    full_rows, part_rows = (read_results_csv(tmp_path / run / "results.csv") for run in ("full", "part"))
+    assert len(part_rows) == len(full_rows) == 2
+
+    def same(a, b):
+        return a == b or (math.isnan(a) and math.isnan(b))
+
+    clocks = ("epoch_time", "assign_time")  # wall-clock columns
+    assert all(same(p[k], f[k]) for p, f in zip(part_rows, full_rows) for k in f if k not in clocks)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -118,22 +128,24 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     real_save = torch.save
 
     def dying_save(obj, f, *a, **k):  # writes half a file, then the process "dies"
-        Path(f).write_bytes(b"partial")
+        f.write(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint_atomic({"v": 2}, path)
     monkeypatch.setattr(torch, "save", real_save)
-    assert load_checkpoint(path)["v"] == 1  # the old checkpoint is intact
+    assert torch.load(path, weights_only=True)["v"] == 1  # the old checkpoint is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left behind
 
 
 def test_train_writes_checkpoints_and_curves(tmp_path):
     cfg = toy_config(tmp_path, epochs=1, plots=True, val_set=toy_set(1, seed=3), val_img_size=64)
     result = train(cfg)
-    assert {"last.pt", "best.pt", "loss_curves.png", "config.json"} <= {p.name for p in tmp_path.iterdir()}
-    assert "map50" in result.metrics and result.best is not None
+    assert {"results.csv", "results.png", "PR_curve.png", "F1_curve.png", "confusion_matrix.png",
+            "config.json"} <= {p.name for p in tmp_path.iterdir()}
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["best.pt", "last.pt"]
+    assert "map50" in result.metrics and result.best == str(tmp_path / "weights" / "best.pt")
 
 
 def _groups(opt):

@@ -6,10 +6,13 @@ visible); train with random 256 px crops, flips and 90-degree turns; evaluate th
 held-out image at native resolution (1249 x 1035 padded to 1280 x 1056: the trees keep the pixel size
 they had in training, median about 40 px); print a table; write to ``--out``:
 
-* ``loss_curves.png`` (box / cls / DFL per step and per epoch, validation mAP),
+* the run files of :func:`detassign.yolo.train.train`: ``results.csv``, ``results.png`` (losses, P, R, mAP per
+  epoch), ``PR_curve.png``, ``F1_curve.png``, ``confusion_matrix.png``, ``weights/best.pt`` / ``last.pt``,
 * ``predictions.png`` (held-out image: GT thin blue, predictions scoring >= ``OVERLAY_CONF`` yellow),
 * ``assignment.png`` (a training tile: the positives of the trained model's TaskAlignedAssigner per level),
-* ``iou_variants.png``, ``metrics.json``, ``predictions.json`` (COCO results), and the checkpoints.
+* ``iou_variants.png``, ``metrics.json``, ``predictions.json`` (COCO results).
+
+A second demo into the same ``--out`` replaces the first (``exist_ok``): the folder is the demo's output.
 
 Recipe for a 2-core CPU (see ``DEMO_RECIPE``): YOLO11 "p" scale (width 0.125: 0.8 M parameters, a slimmer
 n), random 256 px crops, batch 8 with no gradient accumulation (49 tiles would give a single 64-image
@@ -112,7 +115,8 @@ def run_demo(out: str = "results/demo", epochs: Optional[int] = None, scale: Opt
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         print(f"CPU threads: {pick_threads(recipe['scale'], recipe['img_size'])} (measured; set DETASSIGN_THREADS "
               f"to choose)")
-    cfg = TrainConfig(**recipe, assigner=assigner, device=device, out_dir=str(out_dir), progress=progress)
+    cfg = TrainConfig(**recipe, assigner=assigner, device=device, out_dir=str(out_dir), exist_ok=True,
+                      progress=progress)
     t_train = time.time()
     result = train(cfg)
     train_seconds = time.time() - t_train
@@ -149,8 +153,8 @@ def run_demo(out: str = "results/demo", epochs: Optional[int] = None, scale: Opt
     for k, v in summary.items():
         print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) and k.startswith(("mAP", "recall")) else
               f"  {k:<{width}}  {v}")
-    print(f"\nwrote {out_dir}/: loss_curves.png predictions.png assignment.png iou_variants.png metrics.json "
-          f"predictions.json last.pt best.pt")
+    print(f"\nwrote {out_dir}/: predictions.png assignment.png iou_variants.png metrics.json predictions.json and "
+          f"the run files (results.csv, results.png, PR_curve.png, F1_curve.png, confusion_matrix.png, weights/)")
     return summary
 
 
