@@ -411,20 +411,21 @@ def _load_sets(cfg: TrainConfig) -> Tuple[DetectionSet, Optional[DetectionSet], 
         from ..data.neon import load_neon
 
         return (load_neon("train", cfg.tile, cfg.tile_overlap, cfg.min_visible), load_neon("val"), True)
-    options = dict(images=cfg.images, strict=cfg.strict)
-    train_set = read_dataset(cfg.data, cfg.data_format, cfg.class_names, split="train", **options)
+    # --images names the training split's folder; the val split's images are found by its own layout
+    train_set = read_dataset(cfg.data, cfg.data_format, cfg.class_names, split="train", images=cfg.images,
+                             strict=cfg.strict)
     val_set = None
     if cfg.val_data is not None:
-        val_set = read_dataset(cfg.val_data, cfg.data_format, train_set.class_names, split="val", **options)
+        val_set = read_dataset(cfg.val_data, cfg.data_format, train_set.class_names, split="val", strict=cfg.strict)
     else:
         try:
-            val_set = read_dataset(cfg.data, cfg.data_format, train_set.class_names, split="val", **options)
+            val_set = read_dataset(cfg.data, cfg.data_format, train_set.class_names, split="val", strict=cfg.strict)
         except DataError as err:  # no 'val' split in this layout: train without validation, and say why
             warnings.warn(f"no validation set ({err}); training without validation", stacklevel=2)
             val_set = None
         if val_set is not None and (val_set.split is None or train_set.split is None):
             val_set = None  # a layout without splits returns the training images again: never validate on them
-        return train_set, val_set, False
+    return train_set, val_set, False
 
 
 def _train_transform(cfg: TrainConfig):
