@@ -229,8 +229,8 @@ def test_bad_inputs():
         run(a, priors, pred, scores[:, None], gt, labels)
     with pytest.raises(ValueError, match="labels"):
         run(a, priors, pred, scores, gt, labels - 10)
-    with pytest.raises(TypeError, match="labels"):
-        run(a, priors, pred, scores, gt, labels.float())
+    with pytest.raises(ValueError, match="labels"):  # integral float labels are accepted, fractional ones not
+        run(a, priors, pred, scores, gt, labels.float() + 0.5)
     with pytest.raises(ValueError, match="bboxes"):
         run(a, priors, pred[:-1], scores, gt, labels)
     with pytest.raises(ValueError, match="pred_scores"):

@@ -333,7 +333,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="gt_instances.bboxes must be finite"):
         a.assign(pred, Instances(bboxes=torch.tensor([[0.0, 0, float("nan"), 20]]), labels=torch.tensor([0])),
                  meta, sizes, counts, scale, strides)
-    with pytest.raises(TypeError, match="gt_instances.labels"):
+    with pytest.raises(ValueError, match="gt_instances.labels"):  # fractional labels are refused, never truncated
         a.assign(pred, Instances(bboxes=gt.bboxes, labels=torch.tensor([0.5])), meta, sizes, counts, scale, strides)
     with pytest.raises(ValueError, match="gt_instances_ignore"):
         a.assign(pred, gt, meta, sizes, counts, scale, strides, gt_instances_ignore=Instances(bboxes=gt.bboxes))

@@ -117,7 +117,12 @@ def convert_boxes(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
 
 
 def box_area(boxes: Tensor) -> Tensor:
-    """[..., 4] xyxy -> [...] area from the raw corners (negative for inverted boxes)."""
+    """[..., 4] xyxy -> [...] area from the raw corners (negative for inverted boxes).
+
+    Integer and half inputs are upcast to float32 first, as the module promises (an int8 100 x 100 box
+    would wrap to 16, an fp16 300 x 300 box overflow to inf); float32 / float64 keep their dtype.
+    """
+    boxes = _as_float(boxes)
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
@@ -321,3 +326,8 @@ def pairwise_ciou(boxes1: Tensor, boxes2: Tensor, eps: float = ULTRALYTICS_EPS) 
 def _check_convention(convention: str) -> None:
     if convention not in ("mmdet", "ultralytics"):
         raise ValueError(f"convention must be 'mmdet' or 'ultralytics', got {convention!r}")
+
+
+# Oriented boxes live in detassign.rotated_boxes; re-exported here so one module holds every overlap.
+from .rotated_boxes import (aligned_probiou, aligned_rotated_iou, convert_rboxes, pairwise_probiou,  # noqa: E402,F401
+                            pairwise_rotated_iou, points_in_rboxes, rbbox_overlaps, regularize_rboxes)

@@ -13,28 +13,34 @@ def check_padded_gts(gt_labels: Tensor, gt_bboxes: Tensor, gt_mask: Optional[Ten
                      num_classes: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Validate padded GTs and normalise them.
 
-    gt_labels [B, M] or [B, M, 1] int, gt_bboxes [B, M, 4] xyxy, gt_mask [B, M] or [B, M, 1] (bool or
-    0/1; None = all valid) -> (labels [B, M] long, boxes [B, M, 4], mask [B, M] bool).
-    Padding rows may hold anything finite; only masked-in rows are checked for inverted boxes and labels.
+    gt_labels [B, M] or [B, M, 1] (integer, or float holding integral values), gt_bboxes [B, M, 4] xyxy
+    (or a box object with ``.tensor``), gt_mask [B, M] or [B, M, 1] (bool or 0/1; None = all valid) ->
+    (labels [B, M] long, boxes [B, M, 4], mask [B, M] bool). Padding rows may hold anything; only
+    masked-in rows are checked for inverted boxes and labels (``>= 0``, ``< num_classes`` when known,
+    integral).
     """
-    V.check_tensor("gt_bboxes", gt_bboxes, ("B", "M", 4), floating=True)
+    gt_bboxes = V.tensor_input("gt_bboxes", gt_bboxes, ("B", "M", 4), floating=True)
     B, M = gt_bboxes.shape[:2]
-    if gt_labels is None:
-        raise TypeError("gt_labels is required, got None")
+    gt_labels = V.as_tensor("gt_labels", gt_labels)
     if gt_labels.dim() == 3 and gt_labels.shape[-1] == 1:
         gt_labels = gt_labels[..., 0]
-    V.check_tensor("gt_labels", gt_labels, (B, M))
+    V.check_tensor("gt_labels", gt_labels, ("B", "M"))
     if gt_mask is None:
         gt_mask = torch.ones(B, M, dtype=torch.bool, device=gt_bboxes.device)
     else:
+        gt_mask = V.as_tensor("gt_mask", gt_mask)
         if gt_mask.dim() == 3 and gt_mask.shape[-1] == 1:
             gt_mask = gt_mask[..., 0]
-        V.check_tensor("gt_mask", gt_mask, (B, M))
-        gt_mask = gt_mask.bool()
+        V.check_tensor("gt_mask", gt_mask, ("B", "M"))
+    for symbol, dim in (("B", 0), ("M", 1)):
+        V.check_agree(symbol, [("gt_bboxes", gt_bboxes, dim), ("gt_labels", gt_labels, dim),
+                               ("gt_mask", gt_mask, dim)])
+    V.check_binary("gt_mask", gt_mask)
+    gt_mask = gt_mask.bool()
     V.check_same_device(gt_labels=gt_labels, gt_bboxes=gt_bboxes, gt_mask=gt_mask)
     V.check_boxes("gt_bboxes", gt_bboxes, gt_mask)
-    V.check_labels("gt_labels", gt_labels, num_classes, gt_mask)
-    return gt_labels.long(), gt_bboxes, gt_mask
+    labels = V.labels_input("gt_labels", gt_labels, (B, M), num_classes=num_classes, mask=gt_mask)
+    return labels, gt_bboxes, gt_mask
 
 
 def pad_gts(boxes_list, labels_list, device=None, dtype=torch.float32):

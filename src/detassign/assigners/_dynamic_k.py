@@ -17,7 +17,7 @@ Two implementations live here:
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -26,6 +26,7 @@ from .. import _validate as V
 from ..boxes import bbox_overlaps
 from ..structures import AssignResult, BatchAssignResult
 from ._batch import check_padded_gts
+from ._blocks import row_blocks
 
 IoUCalculator = Callable[[Tensor, Tensor], Tensor]
 
@@ -56,9 +57,7 @@ def resolve_iou_calculator(iou_calculator) -> IoUCalculator:
 
 
 def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return V.check_number(name, value, low=1, integer=True)
 
 
 def check_block_pairs(value) -> Optional[int]:
@@ -68,9 +67,7 @@ def check_block_pairs(value) -> Optional[int]:
 
 
 def check_non_negative(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    return float(value)
+    return float(V.check_number(name, value, low=0))
 
 
 # ----------------------------------------------------------------------------- input reading
@@ -80,35 +77,37 @@ def read_image_inputs(pred_instances, gt_instances, probabilities: bool):
 
     ``probabilities=True`` requires scores in [0, 1] (SimOTA); otherwise they are logits (DSL).
     """
-    priors = V.get_field(pred_instances, "priors", "pred_instances")
-    bboxes = V.get_field(pred_instances, "bboxes", "pred_instances")
-    scores = V.get_field(pred_instances, "scores", "pred_instances")
-    gt_bboxes = V.get_field(gt_instances, "bboxes", "gt_instances")
+    def read(owner, instances, field, shape):
+        return V.tensor_input(f"{owner}.{field}", V.get_field(instances, field, owner), shape, floating=True,
+                              empty_rows=True)
+
+    priors = read("pred_instances", pred_instances, "priors", ("A", 4))
+    bboxes = read("pred_instances", pred_instances, "bboxes", ("A", 4))
+    scores = read("pred_instances", pred_instances, "scores", ("A", "C"))
+    V.check_agree("A", [("pred_instances.priors", priors, 0), ("pred_instances.bboxes", bboxes, 0),
+                        ("pred_instances.scores", scores, 0)])
+    gt_bboxes = read("gt_instances", gt_instances, "bboxes", ("M", 4))   # mmdet HorizontalBoxes unwrapped
     gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
-    V.check_tensor("pred_instances.priors", priors, ("A", 4), floating=True)
-    num_priors = priors.shape[0]
-    V.check_tensor("pred_instances.bboxes", bboxes, (num_priors, 4), floating=True)
-    V.check_tensor("pred_instances.scores", scores, (num_priors, "C"), floating=True)
-    V.check_tensor("gt_instances.bboxes", gt_bboxes, ("M", 4), floating=True)
-    V.check_tensor("gt_instances.labels", gt_labels, (gt_bboxes.shape[0],), floating=False)
     V.check_same_device(priors=priors, bboxes=bboxes, scores=scores, gt_bboxes=gt_bboxes, gt_labels=gt_labels)
     _check_values("pred_instances.", priors, bboxes, scores, probabilities)
     V.check_boxes("gt_instances.bboxes", gt_bboxes)
-    V.check_labels("gt_instances.labels", gt_labels, scores.shape[-1])
-    return priors, bboxes, scores, gt_bboxes, gt_labels.long()
+    gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), num_classes=V.num_classes_of(scores),
+                               rows_like=("gt_instances.bboxes", gt_bboxes))
+    return priors, bboxes, scores, gt_bboxes, gt_labels
 
 
 def read_batch_inputs(pred_scores, pred_bboxes, priors, gt_labels, gt_bboxes, gt_mask, probabilities: bool):
     """Validate a padded batch -> (scores [B, A, C], bboxes [B, A, 4], priors [A, 4], labels [B, M] long
     (0 in padding rows), gt_bboxes [B, M, 4], gt_mask [B, M] bool)."""
-    V.check_tensor("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
-    B, A = pred_scores.shape[:2]
-    V.check_tensor("pred_bboxes", pred_bboxes, (B, A, 4), floating=True)
-    V.check_tensor("priors", priors, (A, 4), floating=True)
-    V.check_tensor("gt_bboxes", gt_bboxes, (B, "M", 4), floating=True)
+    pred_scores = V.tensor_input("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
+    pred_bboxes = V.tensor_input("pred_bboxes", pred_bboxes, ("B", "A", 4), floating=True)
+    priors = V.tensor_input("priors", priors, ("A", 4), floating=True)
+    gt_bboxes = V.tensor_input("gt_bboxes", gt_bboxes, ("B", "M", 4), floating=True)
+    V.check_agree("A", [("priors", priors, 0), ("pred_scores", pred_scores, 1), ("pred_bboxes", pred_bboxes, 1)])
+    V.check_agree("B", [("pred_scores", pred_scores, 0), ("pred_bboxes", pred_bboxes, 0), ("gt_bboxes", gt_bboxes, 0)])
     V.check_same_device(pred_scores=pred_scores, pred_bboxes=pred_bboxes, priors=priors, gt_bboxes=gt_bboxes)
     _check_values("", priors, pred_bboxes, pred_scores, probabilities)
-    labels, boxes, mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, pred_scores.shape[-1])
+    labels, boxes, mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, V.num_classes_of(pred_scores, 1))
     labels = torch.where(mask, labels, torch.zeros_like(labels))  # padding labels may be out of range
     return pred_scores, pred_bboxes, priors, labels, boxes, mask
 
@@ -216,34 +215,108 @@ def lowest_k_mask(cost: Tensor, ks: Tensor, kmax: int) -> Tensor:
     return below.logical_or_(equal.logical_and_(equal.cumsum(dim=-1, dtype=torch.int32) <= room))
 
 
-def resolve_multiple(matching: Tensor, cost: Tensor) -> Tuple[Tensor, Tensor]:
-    """matching [B, M, A'] bool, cost [B, M, A'] -> (fg [B, A'] bool, gt_index [B, A'] long).
+class MatchFold(NamedTuple):
+    """Per-candidate reductions over the GT axis of the blocks of GTs folded so far.
+
+    Each field has the shape of a cost block without its GT axis ([B, A'] or [A']).
+    """
+    count: Tensor       # number of GTs that selected the candidate
+    first_gt: Tensor    # first selecting GT (0 while none has)
+    first_iou: Tensor   # its IoU
+    min_cost: Tensor    # minimum cost over every GT (first GT on ties; NaN wins, as in torch.min)
+    min_gt: Tensor
+    min_iou: Tensor
+
+
+def fold_matching(fold: Optional[MatchFold], start: int, matching: Tensor, cost: Tensor,
+                  ious: Tensor) -> MatchFold:
+    """Fold one block of GTs ``start .. start + g`` into ``fold`` (None: the first block).
+
+    matching (bool / uint8), cost, ious: [B, g, A'] or [A', g], GT axis 1. Only reductions over GTs
+    leave the block, so no [M, A'] tensor is ever needed; the result equals that of one block.
+    """
+    count = matching.sum(dim=1)
+    first = matching.to(torch.uint8).argmax(dim=1)                          # first selecting GT of the block
+    first_iou = ious.gather(1, first.unsqueeze(1)).squeeze(1)
+    min_cost, min_gt = cost.min(dim=1)                                     # first minimum of the block
+    min_iou = ious.gather(1, min_gt.unsqueeze(1)).squeeze(1)
+    first, min_gt = first + start, min_gt + start
+    if fold is None:
+        return MatchFold(count, first, first_iou, min_cost, min_gt, min_iou)
+    fresh = (fold.count == 0) & (count > 0)
+    # an earlier block keeps ties, as the first index of a single reduction would
+    lower = (min_cost < fold.min_cost) | (min_cost.isnan() & ~fold.min_cost.isnan())
+    return MatchFold(fold.count + count,
+                     torch.where(fresh, first, fold.first_gt), torch.where(fresh, first_iou, fold.first_iou),
+                     torch.where(lower, min_cost, fold.min_cost), torch.where(lower, min_gt, fold.min_gt),
+                     torch.where(lower, min_iou, fold.min_iou))
+
+
+def resolve_multiple(fold: MatchFold) -> Tuple[Tensor, Tensor, Tensor]:
+    """-> (fg, gt_index (0-based, meaningful where fg), matched_ious), each [B, A'] or [A'].
 
     A prior chosen by one GT keeps it; one chosen by several goes to the minimum-cost GT over all GTs
-    (``argmin`` returns the first GT on ties, as ``torch.min`` does in mmdet).
+    (the first GT on ties, as ``torch.min`` in mmdet).
     """
-    count = matching.sum(dim=1)                                            # [B, A']
-    first = matching.to(torch.uint8).argmax(dim=1)                         # the only GT when count == 1
-    cheapest = cost.argmin(dim=1)
-    return count > 0, torch.where(count > 1, cheapest, first)
+    multi = fold.count > 1
+    return (fold.count > 0, torch.where(multi, fold.min_gt, fold.first_gt),
+            torch.where(multi, fold.min_iou, fold.first_iou))
+
+
+def match_block(cost: Tensor, ious: Tensor, gt_mask: Tensor, cand_mask: Tensor, topk: int) -> Tensor:
+    """Steps 1-2 on a block of GTs: cost, ious [B, g, A'], gt_mask [B, g], cand_mask [B, A'] ->
+    matching [B, g, A'] bool. Overwrites ``cost`` and ``ious`` in place (padding: +inf cost, 0 IoU)."""
+    padding = ~(gt_mask.unsqueeze(-1) & cand_mask.unsqueeze(1))            # [B, g, A']
+    ious.masked_fill_(padding, 0.0)
+    # Real +inf costs become the largest finite value so that padding (+inf) never ties with them.
+    cost.clamp_(max=torch.finfo(cost.dtype).max).masked_fill_(padding, float("inf"))
+    ks = dynamic_ks(ious, topk)                                            # [B, g]
+    return lowest_k_mask(cost, ks, topk).logical_and_(~padding)
 
 
 def dynamic_k_matching(cost: Tensor, ious: Tensor, gt_mask: Tensor, cand_mask: Tensor,
                        topk: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """Vectorised dynamic-k matching over a padded batch.
+    """Vectorised dynamic-k matching over a padded batch, all GTs in one block.
 
     cost [B, M, A'] (any finite or +inf value), ious [B, M, A'], gt_mask [B, M], cand_mask [B, A'] ->
     (fg [B, A'] bool, gt_index [B, A'] long (0-based, meaningful where fg), matched_ious [B, A']).
     Overwrites ``cost`` and ``ious`` in place (the callers' own temporaries).
     """
-    padding = ~(gt_mask.unsqueeze(-1) & cand_mask.unsqueeze(1))            # [B, M, A']
-    ious.masked_fill_(padding, 0.0)
-    # Real +inf costs become the largest finite value so that padding (+inf) never ties with them.
-    cost.clamp_(max=torch.finfo(cost.dtype).max).masked_fill_(padding, float("inf"))
-    ks = dynamic_ks(ious, topk)                                            # [B, M]
-    matching = lowest_k_mask(cost, ks, topk).logical_and_(~padding)        # [B, M, A']
-    fg, gt_index = resolve_multiple(matching, cost)
-    matched_ious = ious.gather(1, gt_index.unsqueeze(1)).squeeze(1)        # [B, A']
+    return blocked_dynamic_k_matching(lambda blk: (cost, ious), gt_mask, cand_mask, topk, None)
+
+
+def gt_blocks(gt_mask: Tensor, width: int, block_pairs: Optional[int]) -> List[slice]:
+    """Blocks of the M (padded) GTs with at most about ``block_pairs`` (GT, prior) pairs over the b images
+    of gt_mask [b, M] and ``width`` priors each (see :func:`._blocks.row_blocks`; None: one block)."""
+    b, M = gt_mask.shape
+    if block_pairs is None:
+        return [slice(0, M)]
+    return row_blocks(M, b * width, block_pairs)
+
+
+def candidates_any(test_fn, gt_mask: Tensor, num_priors: int, block_pairs: Optional[int]) -> Tensor:
+    """[b, A] bool: priors for which ``test_fn(gt_slice) -> [b, g, A] bool`` holds for some valid GT,
+    evaluated over blocks of GTs."""
+    valid = None
+    for blk in gt_blocks(gt_mask, num_priors, block_pairs):
+        hit = (test_fn(blk) & gt_mask[:, blk].unsqueeze(-1)).any(dim=1)     # [b, A]
+        valid = hit if valid is None else valid.logical_or_(hit)
+    return valid
+
+
+def blocked_dynamic_k_matching(pair_fn, gt_mask: Tensor, cand_mask: Tensor, topk: int,
+                               block_pairs: Optional[int]) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`dynamic_k_matching` over blocks of GTs: ``pair_fn(gt_slice) -> (cost, ious)``, each
+    [b, g, A'] and the caller's to overwrite. Same result as one block (every step is per GT row or a
+    reduction over GTs that :func:`fold_matching` carries across blocks); memory [b, g, A'] per block.
+    """
+    fold = None
+    for blk in gt_blocks(gt_mask, cand_mask.shape[1], block_pairs):
+        cost, ious = pair_fn(blk)
+        matching = match_block(cost, ious, gt_mask[:, blk], cand_mask, topk)
+        fold = fold_matching(fold, blk.start, matching, cost, ious)
+        del cost, ious, matching
+    fg, gt_index, matched_ious = resolve_multiple(fold)
     return fg & cand_mask, gt_index, matched_ious
 
 
@@ -302,22 +375,29 @@ def mmdet_dynamic_k_matching(cost: Tensor, ious: Tensor, topk: int) -> Tuple[Ten
     cost [A', M], ious [A', M] -> (fg [A'] bool, gt_index [P] long for the P foreground candidates in
     order, matched_ious [P]).
     """
-    num_cand, num_gt = cost.shape
-    matching = torch.zeros_like(cost, dtype=torch.uint8)
-    top = torch.topk(ious, min(topk, num_cand), dim=0).values             # [k, M]
-    ks = torch.clamp(top.sum(0).int(), min=1)
-    for m in range(num_gt):                                                # per-image reference path only
-        chosen = torch.topk(cost[:, m], k=int(ks[m]), largest=False).indices
-        matching[:, m][chosen] = 1
-    multi = matching.sum(1) > 1
-    if bool(multi.any()):
-        cheapest = torch.min(cost[multi, :], dim=1).indices
-        matching[multi, :] *= 0
-        matching[multi, cheapest] = 1
-    fg = matching.sum(1) > 0
-    gt_index = matching[fg, :].argmax(1)
-    matched_ious = (matching * ious).sum(1)[fg]
-    return fg, gt_index, matched_ious
+    return mmdet_dynamic_k_blocks([(0, cost, ious)], topk)
+
+
+def mmdet_dynamic_k_blocks(blocks: Iterable[Tuple[int, Tensor, Tensor]], topk: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`mmdet_dynamic_k_matching` over blocks of GTs: ``blocks`` yields (first GT index, cost
+    [A', g], ious [A', g]) in GT order. Each GT's k and its ``torch.topk`` read only its own column,
+    and the cheapest GT of a prior chosen twice is a minimum over GTs carried by :func:`fold_matching`,
+    so the result is that of the whole [A', M] matrices (mmdet's ``sum(1)`` of the single matched IoU
+    is that IoU) while only one block lives at a time.
+    """
+    fold = None
+    for start, cost, ious in blocks:
+        num_cand = cost.shape[0]
+        top = torch.topk(ious, min(topk, num_cand), dim=0).values         # [k, g]
+        ks = torch.clamp(top.sum(0).int(), min=1).tolist()
+        matching = torch.zeros_like(cost, dtype=torch.uint8)
+        for m, k in enumerate(ks):                                         # per-image reference path only
+            chosen = torch.topk(cost[:, m], k=k, largest=False).indices
+            matching[:, m][chosen] = 1
+        fold = fold_matching(fold, start, matching, cost, ious)
+        del cost, ious, matching
+    fg, gt_index, matched_ious = resolve_multiple(fold)
+    return fg, gt_index[fg], matched_ious[fg]
 
 
 def mmdet_result(num_gt: int, num_priors: int, valid: Tensor, fg: Tensor, gt_index: Tensor,

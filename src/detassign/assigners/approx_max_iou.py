@@ -41,14 +41,20 @@ class ApproxMaxIoUAssigner(MaxIoUAssigner):
 
     def _read_priors(self, pred_instances) -> Tuple[Tensor, dict]:
         squares = box_tensor("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"))
-        approxs = V.get_field(pred_instances, "approxs", "pred_instances")
-        V.check_tensor("pred_instances.approxs", approxs, (squares.shape[0], "P", 4))
+        approxs = V.tensor_input("pred_instances.approxs", V.get_field(pred_instances, "approxs", "pred_instances"),
+                                 ("N", "P", 4), empty_rows=True)
+        V.check_agree("N", [("pred_instances.priors", squares, 0), ("pred_instances.approxs", approxs, 0)])
+        if squares.shape[0] == 0:   # no squares: P is irrelevant (an empty tensor of any rank)
+            approxs = approxs.new_zeros((0, 1, 4))
         if approxs.shape[1] == 0:
             raise ValueError(f"pred_instances.approxs must have shape [N, P, 4] with P >= 1, got "
                              f"{tuple(approxs.shape)}")
         V.check_same_device(priors=squares, approxs=approxs)
         V.check_boxes("pred_instances.approxs", approxs)
         return squares, {"approxs": approxs}
+
+    def _row_elements(self, num_priors: int, extra: dict) -> int:
+        return num_priors * extra["approxs"].shape[1]        # a GT's row of the [g, N * P] approx IoUs
 
     def _overlaps(self, gt_boxes: Tensor, priors: Tensor, extra: dict) -> Tensor:
         return approx_overlaps(calculator_boxes(gt_boxes, self.iou_calculator),

@@ -59,6 +59,7 @@ from torch import Tensor
 
 from .. import _validate as V
 from ..boxes import aligned_iou, box_centers, pairwise_iof
+from ..rotated_boxes import is_rotated_calculator
 from ..structures import AssignResult, BatchAssignResult
 from ._batch import check_padded_gts
 from ._prior_lattice import cpu_boxes_valid, detect_lattice, searchsorted
@@ -345,20 +346,15 @@ class ATSSAssigner(BaseAssigner):
     def __init__(self, topk: int = 9, alpha: Optional[float] = None, iou_calculator: Optional[dict] = None,
                  ignore_iof_thr: float = -1, threshold_compare: str = "ge",
                  grid_window: Optional[bool] = None) -> None:
-        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-            raise ValueError(f"topk must be a positive int, got {topk!r}")
-        if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"alpha must be None or in [0, 1], got {alpha!r}")
-        if threshold_compare not in THRESHOLD_COMPARES:
-            raise ValueError(f"threshold_compare must be one of {THRESHOLD_COMPARES}, got {threshold_compare!r}")
-        self.topk = topk
+        self.topk = V.check_number("topk", topk, low=1, integer=True)
+        alpha = V.check_number("alpha", alpha, low=0.0, high=1.0, allow_none=True)
         self.alpha = None if alpha is None else float(alpha)
-        self.iou_calculator = check_iou_calculator(iou_calculator)
-        self.ignore_iof_thr = float(ignore_iof_thr)
-        self.threshold_compare = threshold_compare
-        if grid_window is not None and not isinstance(grid_window, bool):
-            raise ValueError(f"grid_window must be None (auto: on CPU), True or False, got {grid_window!r}")
-        self.grid_window = grid_window
+        # mmrotate's RBboxOverlaps2D: rotated boxes [..., 5] xywhr (see .rotated_calculators)
+        rotated = is_rotated_calculator(iou_calculator)
+        self.iou_calculator = dict(iou_calculator) if rotated else check_iou_calculator(iou_calculator)
+        self.ignore_iof_thr = float(V.check_number("ignore_iof_thr", ignore_iof_thr, finite=False))
+        self.threshold_compare = V.check_choice("threshold_compare", threshold_compare, THRESHOLD_COMPARES)
+        self.grid_window = V.check_flag("grid_window", grid_window, allow_none=True)  # None: auto (on CPU)
 
     # ---------------------------------------------------------------- per image
     @torch.no_grad()
@@ -370,29 +366,36 @@ class ATSSAssigner(BaseAssigner):
         logits and ``.bboxes`` [A, 4]. gt_instances.bboxes [M, 4], .labels [M].
         gt_instances_ignore.bboxes [G, 4] (optional). Returns gt_inds, labels, max_overlaps [A].
         """
-        priors = V.get_field(pred_instances, "priors", "pred_instances")
-        V.check_tensor("pred_instances.priors", priors, ("A", None), floating=True)
+        if is_rotated_calculator(self.iou_calculator):
+            from .rotated_calculators import rotated_atss_assign
+            return rotated_atss_assign(self, pred_instances, num_level_priors, gt_instances, gt_instances_ignore)
+        priors = V.tensor_input("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
+                                ("A", None), floating=True, empty_rows=True)
+        if priors.shape[0] == 0 and priors.shape[1] < 4:
+            priors = priors.new_zeros((0, 4))
         if priors.shape[1] < 4:
             raise ValueError(f"pred_instances.priors must have shape [A, 4] xyxy, got {tuple(priors.shape)}")
         priors = priors[:, :4]
-        gt_bboxes = V.get_field(gt_instances, "bboxes", "gt_instances")
-        V.check_tensor("gt_instances.bboxes", gt_bboxes, ("M", 4), floating=True)
-        gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
-        V.check_tensor("gt_instances.labels", gt_labels, (gt_bboxes.shape[0],), floating=False)
+        gt_bboxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"),
+                                   ("M", 4), floating=True, empty_rows=True)
         scores = bboxes = None
         if self.alpha is not None:
-            scores = V.get_field(pred_instances, "scores", "pred_instances")
-            bboxes = V.get_field(pred_instances, "bboxes", "pred_instances")
-            V.check_tensor("pred_instances.scores", scores, (priors.shape[0], "C"), floating=True)
-            V.check_tensor("pred_instances.bboxes", bboxes, (priors.shape[0], 4), floating=True)
+            scores = V.tensor_input("pred_instances.scores", V.get_field(pred_instances, "scores", "pred_instances"),
+                                    ("A", "C"), floating=True, empty_rows=True)
+            bboxes = V.tensor_input("pred_instances.bboxes", V.get_field(pred_instances, "bboxes", "pred_instances"),
+                                    ("A", 4), floating=True, empty_rows=True)
+            V.check_agree("A", [("pred_instances.priors", priors, 0), ("pred_instances.scores", scores, 0),
+                                ("pred_instances.bboxes", bboxes, 0)])
+        gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
         levels = _check_levels(num_level_priors, priors.shape[0])
-        V.check_same_device(priors=priors, gt_bboxes=gt_bboxes, gt_labels=gt_labels, scores=scores)
+        V.check_same_device(priors=priors, gt_bboxes=gt_bboxes, gt_labels=gt_labels, scores=scores, bboxes=bboxes)
+        gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",),
+                                   rows_like=("gt_instances.bboxes", gt_bboxes),
+                                   num_classes=None if scores is None else V.num_classes_of(scores))
         V.check_boxes("pred_instances.priors", priors)
         V.check_boxes("gt_instances.bboxes", gt_bboxes)
         V.check_finite("pred_instances.scores", scores)
         V.check_finite("pred_instances.bboxes", bboxes)
-        if scores is not None:
-            V.check_labels("gt_instances.labels", gt_labels, scores.shape[1])
 
         dtype = compute_dtype(priors, gt_bboxes, scores, bboxes)
         num_gts, num_priors = gt_bboxes.shape[0], priors.shape[0]
@@ -415,8 +418,9 @@ class ATSSAssigner(BaseAssigner):
         """[1, A] bool: priors whose largest IoF with an ignore box exceeds ``ignore_iof_thr``."""
         if self.ignore_iof_thr <= 0 or gt_instances_ignore is None:
             return None
-        ignore = V.get_field(gt_instances_ignore, "bboxes", "gt_instances_ignore")
-        V.check_tensor("gt_instances_ignore.bboxes", ignore, ("G", 4), floating=True)
+        ignore = V.tensor_input("gt_instances_ignore.bboxes",
+                                V.get_field(gt_instances_ignore, "bboxes", "gt_instances_ignore"), ("G", 4),
+                                floating=True, empty_rows=True)
         V.check_boxes("gt_instances_ignore.bboxes", ignore)
         if ignore.shape[0] == 0:
             return None
@@ -436,19 +440,25 @@ class ATSSAssigner(BaseAssigner):
         Returns BatchAssignResult(num_gts [B], gt_inds [B, A] (1-based into M), labels, max_overlaps).
         Images without valid GT are all negative with max_overlaps 0, as the per-image call.
         """
-        V.check_tensor("priors", priors, ("A", 4), floating=True)
+        if is_rotated_calculator(self.iou_calculator):
+            from .rotated_calculators import rotated_atss_assign_batch
+            return rotated_atss_assign_batch(self, priors, num_level_priors, gt_labels, gt_bboxes, gt_mask,
+                                             pred_scores, pred_bboxes)
+        priors = V.tensor_input("priors", priors, ("A", 4), floating=True)
         num_priors = priors.shape[0]
         levels = _check_levels(num_level_priors, num_priors)
         num_classes = None
         if self.alpha is not None:
-            V.check_tensor("pred_scores", pred_scores, ("B", num_priors, "C"), floating=True)
-            V.check_tensor("pred_bboxes", pred_bboxes, ("B", num_priors, 4), floating=True)
-            num_classes = pred_scores.shape[-1]
+            pred_scores = V.tensor_input("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
+            pred_bboxes = V.tensor_input("pred_bboxes", pred_bboxes, ("B", "A", 4), floating=True)
+            V.check_agree("A", [("priors", priors, 0), ("pred_scores", pred_scores, 1),
+                                ("pred_bboxes", pred_bboxes, 1)])
+            num_classes = V.num_classes_of(pred_scores, 1)
         gt_labels, gt_bboxes, gt_mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, num_classes)
         B, M = gt_mask.shape
-        if self.alpha is not None and (pred_scores.shape[0] != B or pred_bboxes.shape[0] != B):
-            raise ValueError(f"pred_scores and pred_bboxes must have batch size {B} (from gt_bboxes), got "
-                             f"{pred_scores.shape[0]} and {pred_bboxes.shape[0]}")
+        if self.alpha is not None:
+            V.check_agree("B", [("gt_bboxes", gt_bboxes, 0), ("pred_scores", pred_scores, 0),
+                                ("pred_bboxes", pred_bboxes, 0)])
         V.check_same_device(priors=priors, gt_bboxes=gt_bboxes, pred_scores=pred_scores, pred_bboxes=pred_bboxes)
         if not cpu_boxes_valid(priors):
             V.check_boxes("priors", priors)

@@ -47,10 +47,11 @@ from torch import Tensor
 from .. import _validate as V
 from ..structures import BatchAssignResult
 from ._batch import check_padded_gts
+from ._blocks import row_blocks
 from ._prior_lattice import (LatticeSlot, cpu_boxes_valid, detect_lattice, enumerate_rectangles,
                              lattice_rectangles)
-from .max_iou import (MaxIoUAssigner, NegThr, assign_overlaps_dense, box_tensor, calculator_boxes,
-                      ignored_priors, negative_mask, normalize_neg_iou_thr, overlap_matrix)
+from .max_iou import (MaxIoUAssigner, NegThr, assign_overlap_blocks, assign_overlaps_dense, box_tensor,
+                      calculator_boxes, ignored_priors, negative_mask, normalize_neg_iou_thr, overlap_matrix)
 
 __all__ = ["BatchMaxIoUAssigner", "pair_iou", "assign_pairs_sparse"]
 
@@ -247,23 +248,35 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
                          ignore_iof_thr=ignore_iof_thr, ignore_wrt_candidates=ignore_wrt_candidates,
                          match_low_quality=match_low_quality, gpu_assign_thr=gpu_assign_thr,
                          iou_calculator=iou_calculator, low_quality_mode=low_quality_mode)
-        if chunk_elements is not None and (isinstance(chunk_elements, bool) or int(chunk_elements) < 1):
-            raise ValueError(f"chunk_elements must be None or a positive integer, got {chunk_elements!r}")
-        self.chunk_elements = None if chunk_elements is None else int(chunk_elements)
-        if sparse is not None and not isinstance(sparse, bool):
-            raise ValueError(f"sparse must be None (auto: on CPU), True or False, got {sparse!r}")
-        self.sparse = sparse
+        self.chunk_elements = V.check_number("chunk_elements", chunk_elements, low=1, integer=True, allow_none=True)
+        self.sparse = V.check_flag("sparse", sparse, allow_none=True)  # None: auto (on CPU)
 
     def _assign_chunk(self, priors: Tensor, gt_boxes: Tensor, gt_mask: Tensor, ignore_boxes: Optional[Tensor],
                       ignore_mask: Optional[Tensor]):
-        """priors [b, A, 4], gt_boxes [b, M, 4], gt_mask [b, M] -> (gt_inds, max_overlaps) [b, A]."""
-        overlaps = overlap_matrix(calculator_boxes(gt_boxes, self.iou_calculator),
-                                calculator_boxes(priors, self.iou_calculator))            # [b, M, A]
+        """priors [b, A, 4], gt_boxes [b, M, 4], gt_mask [b, M] -> (gt_inds, max_overlaps) [b, A].
+
+        The [b, M, A] overlaps are made and reduced a block of GTs at a time (at most about the chunk size
+        each), so a single image whose M * A exceeds the chunk size is bounded too; same result.
+        """
+        gts, grid = calculator_boxes(gt_boxes, self.iou_calculator), calculator_boxes(priors, self.iou_calculator)
+        ignored = None
         if ignore_boxes is not None:
             ignored = ignored_priors(priors, ignore_boxes, self.ignore_iof_thr, self.ignore_wrt_candidates,
                                      ignore_mask)                                         # [b, A]
-            overlaps.masked_fill_(ignored[:, None, :], -1.0)
-        return assign_overlaps_dense(overlaps, gt_mask, **self._thresholds())
+        b, M = gt_mask.shape
+        A = priors.shape[-2]
+        if M == 0 or A == 0:
+            return assign_overlaps_dense(overlap_matrix(gts, grid), gt_mask, **self._thresholds())
+
+        def blocks():
+            for blk in row_blocks(M, b * A, self._chunk_budget(priors.device), multiple=1):   # IoU: arithmetic
+                overlaps = overlap_matrix(gts[:, blk], grid)                              # [b, g, A]
+                if ignored is not None:
+                    overlaps.masked_fill_(ignored[:, None, :], -1.0)
+                yield blk.start, overlaps
+                del overlaps
+
+        return assign_overlap_blocks(blocks(), gt_mask, **self._thresholds())
 
     def _assign_sparse(self, priors: Tensor, gt_boxes: Tensor, gt_mask: Tensor, ignore_boxes: Optional[Tensor],
                        ignore_mask: Optional[Tensor], gt_labels: Optional[Tensor]):
@@ -337,11 +350,14 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
     def _sparse_enabled(self, device: torch.device) -> bool:
         return self.sparse if self.sparse is not None else device.type == "cpu"
 
+    def _chunk_budget(self, device: torch.device) -> int:
+        """Elements of one [b, g, A] overlap chunk."""
+        if self.chunk_elements is not None:
+            return self.chunk_elements
+        return CPU_CHUNK if device.type == "cpu" else ACCELERATOR_CHUNK
+
     def _chunk_size(self, B: int, M: int, A: int, device: torch.device) -> int:
-        budget = self.chunk_elements
-        if budget is None:
-            budget = CPU_CHUNK if device.type == "cpu" else ACCELERATOR_CHUNK
-        return max(1, min(B, budget // max(1, M * A)))
+        return max(1, min(B, self._chunk_budget(device) // max(1, M * A)))
 
     @torch.no_grad()
     def assign_batch(self, priors: Tensor, gt_bboxes: Tensor, gt_mask: Optional[Tensor] = None,
@@ -356,7 +372,8 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
         """
         gt_bboxes = box_tensor("gt_bboxes", gt_bboxes, ("B", "M"))
         B, M = gt_bboxes.shape[:2]
-        priors = box_tensor("priors", priors, ("A",) if priors is not None and priors.dim() == 2 else (B, "A"))
+        priors = V.as_tensor("priors", priors)
+        priors = box_tensor("priors", priors, ("A",) if priors.dim() == 2 else (B, "A"))
         shared = priors.dim() == 2
         has_labels = gt_labels is not None
         labels_in = gt_labels if has_labels else torch.zeros(B, M, dtype=torch.long, device=gt_bboxes.device)
@@ -408,7 +425,8 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
         boxes = box_tensor("gt_bboxes_ignore", gt_bboxes_ignore, (B, "K"))
         if ignore_mask is None:
             ignore_mask = torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
-        V.check_tensor("ignore_mask", ignore_mask, (B, boxes.shape[1]))
+        ignore_mask = V.tensor_input("ignore_mask", ignore_mask, (B, boxes.shape[1]))
+        V.check_binary("ignore_mask", ignore_mask)
         ignore_mask = ignore_mask.bool()
         V.check_boxes("gt_bboxes_ignore", boxes, ignore_mask)
         return boxes, ignore_mask

@@ -32,7 +32,6 @@ order; see tests/test_center_region.py), with these conventions:
 """
 from __future__ import annotations
 
-from numbers import Real
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -112,19 +111,20 @@ def positive_labels(gt_inds: Tensor, gt_labels: Tensor) -> Tensor:
 
 def _read_inputs(pred_instances, gt_instances, gt_instances_ignore):
     """Checked (priors [A, 4], gt boxes [M, 4], gt labels [M], ignore boxes [K, 4] or None)."""
-    priors = V.check_tensor("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
-                            ("A", 4))
-    gt_boxes = V.check_tensor("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M", 4))
-    gt_labels = V.check_tensor("gt_instances.labels", V.get_field(gt_instances, "labels", "gt_instances"),
-                               (gt_boxes.shape[0],), floating=False)
-    ignore_boxes = V.get_field(gt_instances_ignore, "bboxes", "gt_instances_ignore", required=False)
-    if ignore_boxes is not None:
-        V.check_tensor("gt_instances_ignore.bboxes", ignore_boxes, ("K", 4))
-    V.check_same_device(priors=priors, gt_bboxes=gt_boxes, gt_labels=gt_labels, ignore_bboxes=ignore_boxes)
+    priors = V.tensor_input("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
+                            ("A", 4), empty_rows=True)
+    gt_boxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M", 4),
+                              empty_rows=True)
+    gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
+    ignore_boxes = V.tensor_input("gt_instances_ignore.bboxes",
+                                  V.get_field(gt_instances_ignore, "bboxes", "gt_instances_ignore", required=False),
+                                  ("K", 4), allow_none=True, empty_rows=True)
+    V.check_same_device(priors=priors, gt_bboxes=gt_boxes, ignore_bboxes=ignore_boxes, gt_labels=gt_labels)
+    gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), rows_like=("gt_instances.bboxes", gt_boxes))
     V.check_finite("pred_instances.priors", priors)
     V.check_boxes("gt_instances.bboxes", gt_boxes)
     V.check_boxes("gt_instances_ignore.bboxes", ignore_boxes)
-    return priors, gt_boxes, gt_labels.long(), ignore_boxes
+    return priors, gt_boxes, gt_labels, ignore_boxes
 
 
 def _iof_function(iou_calculator) -> Callable[[Tensor, Tensor], Tensor]:
@@ -162,17 +162,12 @@ class CenterRegionAssigner(BaseAssigner):
     def __init__(self, pos_scale: float, neg_scale: float, min_pos_iof: float = 1e-2,
                  ignore_gt_scale: float = 0.5, foreground_dominate: bool = False,
                  iou_calculator: Optional[dict] = None) -> None:
-        for name, value in (("pos_scale", pos_scale), ("neg_scale", neg_scale), ("ignore_gt_scale", ignore_gt_scale)):
-            if not isinstance(value, Real) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        if not isinstance(min_pos_iof, Real) or min_pos_iof != min_pos_iof:
-            raise ValueError(f"min_pos_iof must be a number, got {min_pos_iof!r}")
         _check_iou_calculator(iou_calculator)
-        self.pos_scale = pos_scale
-        self.neg_scale = neg_scale
-        self.min_pos_iof = min_pos_iof
-        self.ignore_gt_scale = ignore_gt_scale
-        self.foreground_dominate = bool(foreground_dominate)
+        self.pos_scale = V.check_number("pos_scale", pos_scale, low=0)
+        self.neg_scale = V.check_number("neg_scale", neg_scale, low=0)
+        self.min_pos_iof = V.check_number("min_pos_iof", min_pos_iof, finite=False)
+        self.ignore_gt_scale = V.check_number("ignore_gt_scale", ignore_gt_scale, low=0)
+        self.foreground_dominate = V.check_flag("foreground_dominate", foreground_dominate)
         self.iou_calculator = dict(type="BboxOverlaps2D") if iou_calculator is None else iou_calculator
 
     @torch.no_grad()

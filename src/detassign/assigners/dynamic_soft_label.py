@@ -34,8 +34,8 @@ Two computations:
 
 Half-precision logits: like mmdet, the sigmoid is taken in the logits' dtype and the BCE in float32
 (mmdet's float32 soft label promotes it). Differences from mmdet: ``gt_instances_ignore`` is accepted
-and ignored (as in mmdet); mmdet's ``BaseBoxes`` GTs are not supported (plain xyxy tensors are);
-float16 boxes are compared in float32.
+and ignored (as in mmdet); float16 boxes are compared in float32. mmdet's ``HorizontalBoxes`` GTs
+(any box object with a ``.tensor``) are read through their tensor.
 """
 from __future__ import annotations
 
@@ -45,8 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _validate as V
+from ..rotated_boxes import is_rotated_calculator
 from ..structures import AssignResult, BatchAssignResult
 from . import _dynamic_k as DK
+from ._blocks import cat_row_blocks, row_blocks
 from .base import BaseAssigner, empty_assign_result
 
 __all__ = ["DynamicSoftLabelAssigner", "center_of_mass"]
@@ -60,10 +63,14 @@ def center_of_mass(masks: Tensor, eps: float = EPS) -> Tensor:
     _, h, w = masks.shape
     rows = torch.arange(h, device=masks.device)[:, None]
     cols = torch.arange(w, device=masks.device)
-    total = masks.sum(dim=(1, 2)).float().clamp(min=eps)
-    cy = (masks * rows).sum(dim=(1, 2)) / total
-    cx = (masks * cols).sum(dim=(1, 2)) / total
-    return torch.stack((cx, cy), dim=1)
+    parts = []
+    for blk in row_blocks(masks.shape[0], h * w):    # (masks * rows) is [g, H, W] (int64 for bool masks)
+        m = masks[blk]
+        total = m.sum(dim=(1, 2)).float().clamp(min=eps)
+        cy = (m * rows).sum(dim=(1, 2)) / total
+        cx = (m * cols).sum(dim=(1, 2)) / total
+        parts.append(torch.stack((cx, cy), dim=1))
+    return torch.cat(parts)
 
 
 def centers_inside(priors: Tensor, gt_bboxes: Tensor) -> Tensor:
@@ -114,9 +121,13 @@ def negative_terms(logits: Tensor) -> Tensor:
     return terms.mul_(sig.mul_(sig))
 
 
-def decomposed_cls_cost(logits: Tensor, gt_labels: Tensor, ious: Tensor) -> Tensor:
+def decomposed_cls_cost(logits: Tensor, gt_labels: Tensor, ious: Tensor,
+                        class_sums: Optional[Tensor] = None) -> Tensor:
     """Same cost without a C axis per pair: logits [B, A', C], gt_labels [B, M], ious [B, M, A']
-    -> [B, M, A'] float32: ``BCE(x_g, IoU) * (IoU - sigmoid(x_g))^2 - T0(x_g) + sum_c T0(x_c)``."""
+    -> [B, M, A'] float32: ``BCE(x_g, IoU) * (IoU - sigmoid(x_g))^2 - T0(x_g) + sum_c T0(x_c)``.
+
+    class_sums [B, 1, A']: ``sum_c T0(x_c)`` when already computed (it does not depend on the GTs).
+    """
     x_gt = DK.gt_class_rows(logits, gt_labels)                                 # [B, M, A'] logits dtype
     soft = ious.float()
     gap = soft - x_gt.sigmoid().float()
@@ -125,7 +136,9 @@ def decomposed_cls_cost(logits: Tensor, gt_labels: Tensor, ious: Tensor) -> Tens
     del gap
     cost -= negative_terms(x_gt)
     del x_gt
-    cost += negative_terms(logits).sum(dim=-1).unsqueeze(1)                  # [B, 1, A'] over classes
+    if class_sums is None:
+        class_sums = negative_terms(logits).sum(dim=-1).unsqueeze(1)         # [B, 1, A'] over classes
+    cost += class_sums
     return cost
 
 
@@ -148,9 +161,11 @@ class DynamicSoftLabelAssigner(BaseAssigner):
         self.topk = DK.check_positive_int("topk", topk)
         self.iou_weight = DK.check_non_negative("iou_weight", iou_weight)
         self.iou_calculator = iou_calculator
-        self.exact = bool(exact)
+        self.exact = V.check_flag("exact", exact)
         self.block_pairs = DK.check_block_pairs(block_pairs)
-        self._iou = DK.resolve_iou_calculator(iou_calculator)
+        # mmrotate's RBboxOverlaps2D: rotated boxes [..., 5] xywhr (see .rotated_calculators)
+        self._rotated = is_rotated_calculator(iou_calculator)
+        self._iou = None if self._rotated else DK.resolve_iou_calculator(iou_calculator)
 
     # ------------------------------------------------------------------ per image
     @torch.no_grad()
@@ -158,25 +173,43 @@ class DynamicSoftLabelAssigner(BaseAssigner):
         """One image: pred ``priors`` [A, 4] points, ``bboxes`` [A, 4], ``scores`` [A, C] logits;
         gt ``bboxes`` [M, 4], ``labels`` [M] (optional ``masks`` [M, H, W]). If M == 0 or no prior centre
         is inside a GT: all negative."""
+        if self._rotated:
+            from .rotated_calculators import rotated_dsl_assign
+            return rotated_dsl_assign(self, pred_instances, gt_instances)
         priors, bboxes, scores, gt_bboxes, gt_labels = DK.read_image_inputs(pred_instances, gt_instances, False)
-        masks = getattr(gt_instances, "masks", None)
+        masks = V.tensor_input("gt_instances.masks", getattr(gt_instances, "masks", None),
+                               (gt_bboxes.shape[0], None, None), allow_none=True)
         if not self.exact and masks is None:
             batch = self.assign_batch(scores[None], bboxes[None], priors, gt_labels[None], gt_bboxes[None])
             return batch[0]
         num_gt, num_priors = gt_bboxes.shape[0], priors.shape[0]
         if num_gt == 0 or num_priors == 0:
             return empty_assign_result(num_gt, num_priors, priors.device, 0.0, DK.result_dtype(bboxes))
-        valid = centers_inside(priors, gt_bboxes).any(dim=0)                    # [A]
+        valid = torch.zeros(num_priors, dtype=torch.bool, device=priors.device)        # [A]
+        for blk in row_blocks(num_gt, num_priors):
+            valid |= centers_inside(priors, gt_bboxes[blk]).any(dim=0)
         if not bool(valid.any()):
             return empty_assign_result(num_gt, num_priors, priors.device, 0.0, DK.result_dtype(bboxes))
         centers = center_of_mass(masks) if masks is not None else box_center_points(gt_bboxes)
-        cand_priors = priors[valid]
-        center_cost = exact_soft_center_prior(cand_priors[:, :2], cand_priors[:, 2], centers,
-                                              self.soft_center_radius)                  # [A', M]
-        ious = self._iou(bboxes[valid], gt_bboxes)                                      # [A', M]
-        iou_cost = -torch.log(ious + EPS) * self.iou_weight
-        cost = exact_cls_cost(scores[valid], gt_labels, ious) + iou_cost + center_cost
-        fg, gt_index, matched = DK.mmdet_dynamic_k_matching(cost, ious, self.topk)
+        cand_priors, cand_boxes, cand_logits = priors[valid], bboxes[valid], scores[valid]
+
+        num_cand, num_classes = cand_logits.shape
+
+        def blocks():   # mmdet's [A', M] costs, a block of GTs at a time
+            for blk in row_blocks(num_gt, num_cand):
+                center_cost = exact_soft_center_prior(cand_priors[:, :2], cand_priors[:, 2], centers[blk],
+                                                      self.soft_center_radius)          # [A', g]
+                ious = self._iou(cand_boxes, gt_bboxes[blk])                            # [A', g]
+                iou_cost = -torch.log(ious + EPS) * self.iou_weight
+                cls_cost = cat_row_blocks(  # mmdet's [A', g, C] one-hot temporaries, in blocks of priors
+                    lambda rows: exact_cls_cost(cand_logits[rows], gt_labels[blk], ious[rows]), num_cand,
+                    ious.shape[1] * num_classes)
+                cost = cls_cost + iou_cost + center_cost
+                del cls_cost, center_cost, iou_cost
+                yield blk.start, cost, ious
+                del cost, ious
+
+        fg, gt_index, matched = DK.mmdet_dynamic_k_blocks(blocks(), self.topk)
         return DK.mmdet_result(num_gt, num_priors, valid, fg, gt_index, matched, gt_labels, -INF)
 
     # ------------------------------------------------------------------ batched
@@ -190,6 +223,9 @@ class DynamicSoftLabelAssigner(BaseAssigner):
         gt_labels [B, M], gt_bboxes [B, M, 4] xyxy, gt_mask [B, M] (None: all valid) ->
         BatchAssignResult(gt_inds [B, A] 1-based into the padded M, labels [B, A], max_overlaps [B, A]).
         """
+        if self._rotated:
+            from .rotated_calculators import rotated_dsl_assign_batch
+            return rotated_dsl_assign_batch(self, pred_scores, pred_bboxes, priors, gt_labels, gt_bboxes, gt_mask)
         scores, bboxes, priors, labels, gt_bboxes, gt_mask = DK.read_batch_inputs(
             pred_scores, pred_bboxes, priors, gt_labels, gt_bboxes, gt_mask, probabilities=False)
         return DK.run_blocks(self._assign_block, scores, bboxes, priors, labels, gt_bboxes, gt_mask,
@@ -199,16 +235,25 @@ class DynamicSoftLabelAssigner(BaseAssigner):
                       gt_mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """The vectorised algorithm on a block of b images -> (gt_inds, labels, max_overlaps), each [b, A]."""
         num_priors = priors.shape[0]
-        inside = centers_inside(priors, gt_bboxes) & gt_mask.unsqueeze(-1)             # [b, M, A]
-        index, cand_mask = DK.compact_candidates(inside.any(dim=1))                     # [b, A']
-        del inside
+        valid = DK.candidates_any(lambda blk: centers_inside(priors, gt_bboxes[:, blk]), gt_mask, num_priors,
+                                  self.block_pairs)                                     # [b, A]
+        index, cand_mask = DK.compact_candidates(valid)                                 # [b, A']
         if index.shape[1] == 0:
             return DK.empty_block(gt_mask, num_priors)
         cand_priors = DK.gather_priors(priors, index)                                   # [b, A', 4]
-        ious = DK.batched_ious(self._iou, gt_bboxes, DK.gather_priors(bboxes, index))   # [b, M, A']
-        cost = decomposed_cls_cost(DK.gather_priors(scores, index), labels, ious)        # [b, M, A']
-        cost += ious.add(EPS).log_().neg_().mul_(self.iou_weight)                       # -log(IoU + eps) * w
-        cost += soft_center_prior(cand_priors[..., :2], cand_priors[..., 2], box_center_points(gt_bboxes),
-                                  self.soft_center_radius)
-        fg, gt_index, matched = DK.dynamic_k_matching(cost, ious, gt_mask, cand_mask, self.topk)
+        cand_boxes = DK.gather_priors(bboxes, index)                                    # [b, A', 4]
+        cand_logits = DK.gather_priors(scores, index)                                   # [b, A', C]
+        class_sums = negative_terms(cand_logits).sum(dim=-1).unsqueeze(1)               # [b, 1, A']
+        centers = box_center_points(gt_bboxes)                                          # [b, M, 2]
+
+        def pair_costs(blk: slice) -> Tuple[Tensor, Tensor]:                            # [b, g, A'] each
+            ious = DK.batched_ious(self._iou, gt_bboxes[:, blk], cand_boxes)
+            cost = decomposed_cls_cost(cand_logits, labels[:, blk], ious, class_sums)
+            cost += ious.add(EPS).log_().neg_().mul_(self.iou_weight)                   # -log(IoU + eps) * w
+            cost += soft_center_prior(cand_priors[..., :2], cand_priors[..., 2], centers[:, blk],
+                                      self.soft_center_radius)
+            return cost, ious
+
+        fg, gt_index, matched = DK.blocked_dynamic_k_matching(pair_costs, gt_mask, cand_mask, self.topk,
+                                                              self.block_pairs)
         return DK.scatter_to_priors(fg, gt_index, matched, index, labels, num_priors, cand_mask.any(dim=1), -INF)

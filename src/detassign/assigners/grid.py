@@ -67,23 +67,26 @@ class GridAssigner(BaseAssigner):
 
     def __init__(self, pos_iou_thr: float, neg_iou_thr: NegThr, min_pos_iou: float = 0.0,
                  gt_max_assign_all: bool = True, iou_calculator: dict = dict(type="BboxOverlaps2D")) -> None:
-        self.pos_iou_thr = float(pos_iou_thr)
+        self.pos_iou_thr = float(V.check_number("pos_iou_thr", pos_iou_thr, finite=False))
         self.neg_iou_thr = normalize_neg_iou_thr(neg_iou_thr)
-        self.min_pos_iou = float(min_pos_iou)
-        self.gt_max_assign_all = bool(gt_max_assign_all)
+        self.min_pos_iou = float(V.check_number("min_pos_iou", min_pos_iou, finite=False))
+        self.gt_max_assign_all = V.check_flag("gt_max_assign_all", gt_max_assign_all)
         self.iou_calculator = check_iou_calculator(iou_calculator)
 
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, gt_instances_ignore=None, **kwargs) -> AssignResult:
         """Assign every prior of one image: gt_inds [A] (1-based, 0 negative, -1 ignore)."""
         priors = box_tensor("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"))
-        flags = V.get_field(pred_instances, "responsible_flags", "pred_instances")
-        V.check_tensor("pred_instances.responsible_flags", flags, (priors.shape[0],))
+        flags = V.tensor_input("pred_instances.responsible_flags",
+                               V.get_field(pred_instances, "responsible_flags", "pred_instances"), ("A",),
+                               empty_rows=True)
+        V.check_agree("A", [("pred_instances.priors", priors, 0), ("pred_instances.responsible_flags", flags, 0)])
         gt_boxes = box_tensor("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M",))
         gt_labels = V.get_field(gt_instances, "labels", "gt_instances", required=False)
-        if gt_labels is not None:
-            V.check_tensor("gt_instances.labels", gt_labels, (gt_boxes.shape[0],))
         V.check_same_device(priors=priors, responsible_flags=flags, gt_bboxes=gt_boxes, gt_labels=gt_labels)
+        gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), allow_none=True,
+                                   rows_like=("gt_instances.bboxes", gt_boxes))
+        V.check_binary("pred_instances.responsible_flags", flags)
         V.check_boxes("pred_instances.priors", priors)
         V.check_boxes("gt_instances.bboxes", gt_boxes)
 

@@ -13,15 +13,24 @@ Choices:
     * ``max_overlaps`` is None, as in mmdet (a cost is not an overlap). The summed cost of each
       query's pair is available as the extra ``match_cost`` ([Q]; +inf for unmatched queries).
     * Costs are computed in float32 even for float16 / bfloat16 inputs (see ``match_costs``).
-    * A NaN / Inf cost on a valid (query, GT) pair raises ``ValueError`` naming the image and
-      the cost term ("BBoxL1Cost produced 3 NaN values for image 2"), where scipy would only
-      say "cost matrix is infeasible". This check always runs (scipy would fail anyway).
+    * A NaN / Inf cost on a valid (query, GT) pair raises ``ValueError`` naming the image, the
+      cost term and the prediction input that holds the NaN ("BBoxL1Cost produced 3 NaN values for
+      image 2; ... non-finite inputs: pred_bboxes (1 NaN value)"), where scipy would only say "cost
+      matrix is infeasible". This check always runs (scipy would fail anyway).
+    * Inputs are checked before any cost is built (:func:`.match_costs.check_cost_inputs`): shapes,
+      devices, inverted GT boxes, labels in [0, C) when a cost indexes the scores by class, and Inf
+      scores (a focal cost of an Inf logit is finite, so nothing else would notice).
 
 Batched path (:meth:`HungarianAssigner.assign_batch`): the costs of the whole padded batch are
 built by one vectorised call per cost term ([B, Q, M]), copied to the host in one transfer,
 and scipy solves each image's valid [Q, M_i] block. ``pred_bboxes`` there are normalised
 (cx, cy, w, h) in [0, 1] (the DETR head's output); they are converted to xyxy pixels with
 ``img_shapes`` exactly as mmdet's DETR head does before calling the assigner.
+
+Dense scenes (B * Q * M above ``COST_BLOCK`` elements, per image or batched): the costs are built a
+block of GTs at a time straight into scipy's float64 host matrix, so no [B, Q, M] cost term lives
+whole; the box and class costs are the same bits either way (mask costs go through matrix products,
+which may round differently per block).
 """
 from __future__ import annotations
 
@@ -37,8 +46,9 @@ from ..boxes import cxcywh_to_xyxy
 from ..registry import build_match_cost
 from ..structures import AssignResult, BatchAssignResult, Instances
 from ._batch import check_padded_gts
+from ._blocks import row_blocks
 from .base import BaseAssigner
-from .match_costs import BaseMatchCost, _f32, _meta_shape, _Unsqueezed, img_shapes_tensor
+from .match_costs import BaseMatchCost, _f32, _meta_shape, _Unsqueezed, check_cost_inputs, img_shapes_tensor
 
 __all__ = ["HungarianAssigner", "build_match_costs", "sum_costs", "solve_batch", "matched_costs"]
 
@@ -80,8 +90,9 @@ def _describe_bad(values: Tensor) -> str:
 
 
 def _raise_non_finite(cost_np: np.ndarray, valid: np.ndarray, terms: Sequence[Tensor], names: Sequence[str],
-                      image_names: Sequence[str]) -> None:
-    """Name the first image and cost term with NaN / Inf on a valid (query, GT) pair. Error path only."""
+                      image_names: Sequence[str], inputs: Optional[Mapping[str, Tensor]] = None) -> None:
+    """Name the first image and cost term with NaN / Inf on a valid (query, GT) pair, and the prediction
+    inputs ([B, Q, ...] each, by argument name) that hold NaN / Inf in that image. Error path only."""
     for b in range(cost_np.shape[0]):
         cols = np.flatnonzero(valid[b])
         if np.isfinite(cost_np[b][:, cols]).all():
@@ -95,12 +106,17 @@ def _raise_non_finite(cost_np: np.ndarray, valid: np.ndarray, terms: Sequence[Te
         if not culprits:
             culprits.append(f"the sum of the cost terms ({', '.join(names)}) produced "
                             f"{_describe_bad(torch.from_numpy(cost_np[b][:, cols]))}")
+        bad_inputs = [f"{name} ({_describe_bad(x[b].detach().float().cpu())})" for name, x in (inputs or {}).items()
+                      if isinstance(x, Tensor) and x.is_floating_point() and x.shape[0] > b
+                      and not bool(torch.isfinite(x[b]).all())]
+        hint = (f"non-finite inputs: {', '.join(bad_inputs)}" if bad_inputs else
+                "check the predictions for NaN / Inf, e.g. NaN logits under AMP")
         raise ValueError(f"{'; '.join(culprits)} for {image_names[b]}; the Hungarian matching needs finite "
-                         f"costs (check the predictions for NaN / Inf, e.g. NaN logits under AMP)")
+                         f"costs ({hint})")
 
 
 def solve_batch(cost: Tensor, gt_mask: Tensor, terms: Sequence[Tensor] = (), names: Sequence[str] = (),
-                image_names: Optional[Sequence[str]] = None) -> Tensor:
+                image_names: Optional[Sequence[str]] = None, inputs: Optional[Mapping[str, Tensor]] = None) -> Tensor:
     """Minimum-cost one-to-one matching per image.
 
     cost [B, Q, M], gt_mask [B, M] bool -> gt_inds [B, Q] long on cost's device (1-based index into
@@ -114,7 +130,7 @@ def solve_batch(cost: Tensor, gt_mask: Tensor, terms: Sequence[Tensor] = (), nam
     if not np.isfinite(cost_np[np.broadcast_to(valid[:, None, :], cost_np.shape)]).all():
         if image_names is None:
             image_names = [f"image {b}" for b in range(B)]
-        _raise_non_finite(cost_np, valid, terms, names, image_names)
+        _raise_non_finite(cost_np, valid, terms, names, image_names, inputs)
     gt_inds = np.zeros((B, Q), dtype=np.int64)
     for b in range(B):
         cols = np.flatnonzero(valid[b])
@@ -124,6 +140,63 @@ def solve_batch(cost: Tensor, gt_mask: Tensor, terms: Sequence[Tensor] = (), nam
         rows, matched = linear_sum_assignment(block)
         gt_inds[b, rows] = cols[matched] + 1
     return torch.from_numpy(gt_inds).to(cost.device)
+
+
+# Elements of one [B, Q, g] block of a cost term. Larger than the other assigners' blocks: class costs
+# are recomputed over [B, Q, C] for every block.
+COST_BLOCK = 2 ** 22
+
+
+class _GTColumns:
+    """View of padded GT instances restricted to the GTs ``cols`` (axis 1 of every [B, M, ...] field)."""
+
+    def __init__(self, instances, cols: slice) -> None:
+        self._instances, self._cols = instances, cols
+
+    def __getattr__(self, name: str):
+        value = getattr(object.__getattribute__(self, "_instances"), name, None)
+        return value[:, object.__getattribute__(self, "_cols")] if isinstance(value, Tensor) and value.dim() > 1 \
+            else value
+
+
+def solve_costs(match_costs: Sequence[BaseMatchCost], pred, gt, gt_mask: Tensor, img_shapes, names: Sequence[str],
+                image_names: Optional[Sequence[str]] = None,
+                inputs: Optional[Mapping[str, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+    """Costs, matching and matched costs of a padded batch: pred / gt instances with a leading B, gt_mask
+    [B, M] -> (gt_inds [B, Q] as :func:`solve_batch`, match_cost [B, Q] as :func:`matched_costs`).
+
+    Up to ``COST_BLOCK`` elements this is ``solve_batch(sum_costs(...))``. Beyond, the summed costs
+    of each block of GTs go to one float64 host matrix [B, Q, M] (what scipy solves in; the float32
+    values convert exactly), and a non-finite cost is reported from the whole matrices (error path).
+    """
+    B, M = gt_mask.shape
+    Q = next(iter(inputs.values())).shape[1] if inputs else 1
+    blocks = row_blocks(M, B * Q, COST_BLOCK)
+    if len(blocks) == 1:
+        cost, terms = sum_costs(match_costs, pred, gt, img_shapes)
+        gt_inds = solve_batch(cost, gt_mask.to(cost.device), terms, names, image_names, inputs)
+        return gt_inds, matched_costs(cost, gt_inds)
+    valid = gt_mask.cpu().numpy()
+    host, dtype, device = None, None, None
+    for blk in blocks:
+        cost, _ = sum_costs(match_costs, pred, _GTColumns(gt, blk), img_shapes)               # [B, Q, g]
+        part = cost.detach().cpu().numpy()
+        if not np.isfinite(part[np.broadcast_to(valid[:, None, blk], part.shape)]).all():
+            cost, terms = sum_costs(match_costs, pred, gt, img_shapes)
+            solve_batch(cost, gt_mask.to(cost.device), terms, names, image_names, inputs)   # raises
+        if host is None:
+            host, dtype, device = np.empty((B, Q, M), dtype=np.float64), cost.dtype, cost.device
+        host[:, :, blk] = part
+        del cost, part
+    gt_inds = np.zeros((B, Q), dtype=np.int64)
+    for b in range(B):
+        cols = np.flatnonzero(valid[b])
+        if len(cols) and Q:
+            rows, matched = linear_sum_assignment(host[b] if len(cols) == M else host[b][:, cols])
+            gt_inds[b, rows] = cols[matched] + 1
+    picked = np.take_along_axis(host, np.clip(gt_inds - 1, 0, None)[..., None], axis=2)[..., 0]
+    match_cost = torch.from_numpy(np.where(gt_inds > 0, picked, np.inf)).to(device=device, dtype=dtype)
+    return torch.from_numpy(gt_inds).to(device), match_cost
 
 
 def matched_costs(cost: Tensor, gt_inds: Tensor) -> Tensor:
@@ -140,6 +213,16 @@ def _labels(gt_inds: Tensor, gt_labels: Tensor) -> Tensor:
         return torch.full_like(gt_inds, -1)
     picked = torch.gather(gt_labels.long(), 1, (gt_inds - 1).clamp(min=0))
     return torch.where(gt_inds > 0, picked, torch.full_like(picked, -1))
+
+
+def _pred_inputs(pred_instances, batched: bool) -> dict:
+    """The prediction fields the costs read, by argument name, with a leading batch dimension."""
+    fields = {}
+    for field in ("scores", "bboxes", "masks"):
+        value = getattr(pred_instances, field, None)
+        if isinstance(value, Tensor):
+            fields[f"pred_instances.{field}"] = value if batched else value[None]
+    return fields
 
 
 def _image_name(img_meta) -> str:
@@ -171,6 +254,10 @@ class HungarianAssigner(BaseAssigner):
     def cost_names(self) -> List[str]:
         return [type(cost).__name__ for cost in self.match_costs]
 
+    def _reads_class_labels(self) -> bool:
+        """Whether a cost indexes the scores by GT label (labels must then lie in [0, C))."""
+        return any(getattr(cost, "reads_class_labels", False) for cost in self.match_costs)
+
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, img_meta: Optional[Mapping] = None, **kwargs) -> AssignResult:
         """Match one image's predictions to its GTs (mmdet signature; extra kwargs are ignored).
@@ -181,9 +268,13 @@ class HungarianAssigner(BaseAssigner):
         Returns AssignResult: gt_inds [Q] (1-based, 0 background), labels [Q] (-1 background),
         max_overlaps None, extra ``match_cost`` [Q] (+inf for background).
         """
-        gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
-        V.check_tensor("gt_instances.labels", gt_labels, ("M",), floating=False)
-        num_gts, num_preds = len(gt_labels), len(pred_instances)
+        V.get_field(gt_instances, "labels", "gt_instances")
+        # shapes, devices, label range and boxes of every field the costs read, before any indexing
+        checked = check_cost_inputs(self.match_costs, pred_instances, gt_instances)
+        num_preds = checked.num_preds if checked.num_preds is not None else len(pred_instances)
+        pred_instances, gt_instances = checked.pred, checked.gt
+        gt_labels = gt_instances.labels
+        num_gts = gt_labels.shape[0]
         device = gt_labels.device
         if num_gts == 0 or num_preds == 0:
             fill = 0 if num_gts == 0 else -1  # mmdet: background without GTs
@@ -192,12 +283,13 @@ class HungarianAssigner(BaseAssigner):
             result.set_extra_property("match_cost", torch.full((num_preds,), float("inf"), device=device))
             return result
         shape = _meta_shape(img_meta)
-        cost, terms = sum_costs(self.match_costs, _Unsqueezed(pred_instances), _Unsqueezed(gt_instances),
-                                None if shape is None else [shape])
-        gt_mask = torch.ones(1, num_gts, dtype=torch.bool, device=cost.device)
-        gt_inds = solve_batch(cost, gt_mask, terms, self.cost_names, [_image_name(img_meta)]).to(device)
+        gt_mask = torch.ones(1, num_gts, dtype=torch.bool, device=device)
+        gt_inds, match_cost = solve_costs(self.match_costs, _Unsqueezed(pred_instances), _Unsqueezed(gt_instances),
+                                          gt_mask, None if shape is None else [shape], self.cost_names,
+                                          [_image_name(img_meta)], _pred_inputs(pred_instances, batched=False))
+        gt_inds = gt_inds.to(device)
         result = AssignResult(num_gts, gt_inds[0], None, _labels(gt_inds, gt_labels[None])[0])
-        result.set_extra_property("match_cost", matched_costs(cost, gt_inds.to(cost.device))[0])
+        result.set_extra_property("match_cost", match_cost[0])
         return result
 
     @torch.no_grad()
@@ -210,20 +302,27 @@ class HungarianAssigner(BaseAssigner):
         gt_mask [B, M] bool (None: all valid); img_shapes [B, 2] (h, w) for BBoxL1Cost.
         Returns BatchAssignResult(num_gts [B], gt_inds [B, Q], None, labels [B, Q], match_cost [B, Q]).
         """
-        gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
-        V.check_tensor("gt_labels", gt_labels, ("B", "M"), floating=False)
+        gt_labels = V.tensor_input("gt_instances.labels", V.get_field(gt_instances, "labels", "gt_instances"),
+                                   ("B", "M"))
         B, M = gt_labels.shape
         if gt_mask is None:
             gt_mask = torch.ones(B, M, dtype=torch.bool, device=gt_labels.device)
-        V.check_tensor("gt_mask", gt_mask, (B, M))
-        gt_mask = gt_mask.bool()
+        gt_mask = V.tensor_input("gt_mask", gt_mask, ("B", "M"))   # B, M agreement: check_cost_inputs
+        checked = check_cost_inputs(self.match_costs, pred_instances, gt_instances, batched=True, gt_mask=gt_mask)
+        return self._match_batch(checked.pred, checked.gt, checked.gt_mask, img_shapes,
+                                 _pred_inputs(checked.pred, batched=True))
+
+    def _match_batch(self, pred_instances, gt_instances, gt_mask: Tensor, img_shapes,
+                     inputs: Mapping[str, Tensor]) -> BatchAssignResult:
+        """Checked batched instances -> result; ``inputs`` name the predictions in a NaN / Inf error."""
+        gt_labels = gt_instances.labels
         # padded rows may hold any label; point them at class 0 so gathers stay in range
         safe_labels = torch.where(gt_mask, gt_labels.long(), torch.zeros_like(gt_labels, dtype=torch.long))
         gt = _WithLabels(gt_instances, safe_labels)
-        cost, terms = sum_costs(self.match_costs, pred_instances, gt, img_shapes)
-        gt_inds = solve_batch(cost, gt_mask.to(cost.device), terms, self.cost_names)
-        return BatchAssignResult(gt_mask.sum(dim=1), gt_inds, None, _labels(gt_inds, safe_labels.to(cost.device)),
-                                 match_cost=matched_costs(cost, gt_inds))
+        gt_inds, match_cost = solve_costs(self.match_costs, pred_instances, gt, gt_mask, img_shapes, self.cost_names,
+                                          inputs=inputs)
+        return BatchAssignResult(gt_mask.sum(dim=1), gt_inds, None, _labels(gt_inds, safe_labels.to(gt_inds.device)),
+                                 match_cost=match_cost)
 
     @torch.no_grad()
     def assign_batch(self, pred_scores: Tensor, pred_bboxes: Tensor, gt_labels: Tensor, gt_bboxes: Tensor,
@@ -236,12 +335,16 @@ class HungarianAssigner(BaseAssigner):
         Predictions are scaled to xyxy pixels (``cxcywh_to_xyxy(b) * [w, h, w, h]``, as mmdet's
         DETRHead does) and matched; equals ``assign`` on each image's valid GTs.
         """
-        V.check_tensor("pred_scores", pred_scores, ("B", "Q", "C"), floating=True)
+        pred_scores = V.tensor_input("pred_scores", pred_scores, ("B", "Q", "C"), floating=True)
+        pred_bboxes = V.tensor_input("pred_bboxes", pred_bboxes, ("B", "Q", 4), floating=True)
+        V.check_agree("Q", [("pred_scores", pred_scores, 1), ("pred_bboxes", pred_bboxes, 1)])
         B, Q = pred_scores.shape[:2]
-        V.check_tensor("pred_bboxes", pred_bboxes, (B, Q, 4), floating=True)
-        gt_labels, gt_bboxes, gt_mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask)
-        V.check_tensor("gt_bboxes", gt_bboxes, (B, "M", 4))
+        classes = V.num_classes_of(pred_scores, 1) if self._reads_class_labels() else None
+        gt_labels, gt_bboxes, gt_mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, classes)
+        V.check_agree("B", [("pred_scores", pred_scores, 0), ("pred_bboxes", pred_bboxes, 0),
+                            ("gt_bboxes", gt_bboxes, 0)])
         V.check_same_device(pred_scores=pred_scores, pred_bboxes=pred_bboxes, gt_bboxes=gt_bboxes)
+        V.check_not_inf("pred_scores", pred_scores)
         shapes = img_shapes_tensor(img_shapes, B, pred_bboxes.device)
         h, w = shapes.unbind(-1)
         factor = torch.stack((w, h, w, h), dim=-1)[:, None, :]  # [B, 1, 4]
@@ -250,7 +353,9 @@ class HungarianAssigner(BaseAssigner):
         pred_xyxy = cxcywh_to_xyxy(pred_bboxes) * factor.to(pred_bboxes.dtype)
         pred = Instances(scores=pred_scores, bboxes=pred_xyxy)
         gt = Instances(labels=gt_labels, bboxes=gt_bboxes)
-        return self.assign_instances_batch(pred, gt, gt_mask, shapes)
+        checked = check_cost_inputs(self.match_costs, pred, gt, batched=True, gt_mask=gt_mask)
+        return self._match_batch(checked.pred, checked.gt, gt_mask, shapes,
+                                 {"pred_scores": pred_scores, "pred_bboxes": pred_bboxes})
 
 
 class _WithLabels:

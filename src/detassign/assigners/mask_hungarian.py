@@ -25,7 +25,7 @@ from torch import Tensor
 from .. import _validate as V
 from ..structures import BatchAssignResult, Instances
 from .hungarian import HungarianAssigner
-from .match_costs import BaseMatchCost
+from .match_costs import BaseMatchCost, check_cost_inputs
 
 __all__ = ["MaskHungarianAssigner"]
 
@@ -61,16 +61,30 @@ class MaskHungarianAssigner(HungarianAssigner):
         [B, M] (None: all valid). Returns BatchAssignResult(num_gts, gt_inds [B, Q], None, labels
         [B, Q], match_cost [B, Q]), equal to ``assign`` on each image's valid GTs.
         """
-        V.check_tensor("pred_scores", pred_scores, ("B", "Q", "C"), floating=True)
-        B, Q = pred_scores.shape[:2]
-        if pred_masks.dim() < 3 or tuple(pred_masks.shape[:2]) != (B, Q):
-            raise ValueError(f"pred_masks must have shape [B, Q, ...] with B={B}, Q={Q}, "
-                             f"got {tuple(pred_masks.shape)}")
-        V.check_tensor("gt_labels", gt_labels, (B, "M"), floating=False)
-        M = gt_labels.shape[1]
-        if gt_masks.dim() < 3 or tuple(gt_masks.shape[:2]) != (B, M):
-            raise ValueError(f"gt_masks must have shape [B, M, ...] with B={B}, M={M}, "
-                             f"got {tuple(gt_masks.shape)}")
+        pred_scores = V.tensor_input("pred_scores", pred_scores, ("B", "Q", "C"), floating=True)
+        pred_masks, gt_masks = V.as_tensor("pred_masks", pred_masks), V.as_tensor("gt_masks", gt_masks)
+        for name, masks, axis in (("pred_masks", pred_masks, "Q"), ("gt_masks", gt_masks, "M")):
+            if masks.dim() < 3:
+                raise ValueError(f"{name} must have shape [B, {axis}, ...] (pixels or sampled points), got "
+                                 f"{tuple(masks.shape)}")
+        gt_labels = V.as_tensor("gt_labels", gt_labels)
+        V.check_tensor("gt_labels", gt_labels, ("B", "M"))
+        V.check_agree("Q", [("pred_scores", pred_scores, 1), ("pred_masks", pred_masks, 1)])
+        V.check_agree("M", [("gt_labels", gt_labels, 1), ("gt_masks", gt_masks, 1)])
+        V.check_agree("B", [("pred_scores", pred_scores, 0), ("pred_masks", pred_masks, 0),
+                            ("gt_labels", gt_labels, 0), ("gt_masks", gt_masks, 0)])
+        B, M = gt_labels.shape
+        if gt_mask is None:
+            gt_mask = torch.ones(B, M, dtype=torch.bool, device=gt_labels.device)
+        gt_mask = V.tensor_input("gt_mask", gt_mask, (B, M))
+        V.check_same_device(pred_scores=pred_scores, pred_masks=pred_masks, gt_labels=gt_labels, gt_masks=gt_masks,
+                            gt_mask=gt_mask)
+        V.check_binary("gt_mask", gt_mask)
+        gt_mask = gt_mask.bool()
+        gt_labels = V.labels_input("gt_labels", gt_labels, (B, M), mask=gt_mask,
+                                   num_classes=V.num_classes_of(pred_scores, 1) if self._reads_class_labels() else None)
         pred = Instances(scores=pred_scores, masks=pred_masks)
-        gt = Instances(labels=gt_labels, masks=gt_masks)
-        return self.assign_instances_batch(pred, gt, gt_mask)
+        checked = check_cost_inputs(self.match_costs, pred, Instances(labels=gt_labels, masks=gt_masks),
+                                    batched=True, gt_mask=gt_mask)
+        return self._match_batch(checked.pred, checked.gt, gt_mask, None,
+                                 {"pred_scores": pred_scores, "pred_masks": pred_masks})

@@ -36,12 +36,14 @@ inputs upcast to float32. ``CrossEntropyLossCost(use_sigmoid=False)`` is rejecte
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Optional, Sequence, Union
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _validate as V
 from ..boxes import pairwise_giou, pairwise_iou, xyxy_to_cxcywh
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "dice_cost",
     "mask_cross_entropy_cost",
     "img_shapes_tensor",
+    "check_cost_inputs",
 ]
 
 
@@ -194,12 +197,19 @@ def img_shapes_tensor(img_shapes, batch: int, device) -> Tensor:
     if img_shapes is None:
         raise ValueError("img_shapes (h, w) per image is required by BBoxL1Cost (it normalises boxes by the "
                          "image size); pass img_meta=dict(img_shape=(h, w)) or img_shapes=[B, 2]")
-    shapes = torch.as_tensor(img_shapes, dtype=torch.float32, device=device)
+    try:
+        shapes = torch.as_tensor(img_shapes, dtype=torch.float32, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"img_shapes must be (h, w) numbers per image, got {img_shapes!r}") from None
     if shapes.dim() == 1:
         shapes = shapes[None, :2].expand(batch, 2)
     if shapes.dim() != 2 or shapes.shape[0] != batch or shapes.shape[1] < 2:
         raise ValueError(f"img_shapes must have shape [B, 2] (h, w) with B={batch}, got {tuple(shapes.shape)}")
-    return shapes[:, :2]
+    shapes = shapes[:, :2]
+    # a zero or NaN size turns every L1 cost into Inf / NaN
+    if V.value_checks_enabled() and shapes.numel() and not bool((torch.isfinite(shapes) & (shapes > 0)).all()):
+        raise ValueError(f"img_shapes must be positive, finite (h, w), got {shapes.tolist()}")
+    return shapes
 
 
 def _field(instances, name: str, owner: str, cost: str) -> Tensor:
@@ -216,12 +226,125 @@ def _meta_shape(img_meta) -> Optional[Sequence[float]]:
     return None if shape is None else tuple(shape)[:2]
 
 
+# ------------------------------------------------------------------------------- input checks
+# field -> (shape after the leading [B] and Q / M axes (None: masks, any trailing shape), floating)
+_PRED_FIELDS = {"scores": (("C",), True), "bboxes": ((4,), True), "masks": (None, True)}
+_GT_FIELDS = {"bboxes": ((4,), True), "masks": (None, None), "positive_maps": (("T",), None)}
+
+
+class CostInputs(NamedTuple):
+    """Checked views of the instances (fields normalised) and the number of predictions / GTs."""
+    pred: Any
+    gt: Any
+    num_preds: Optional[int]
+    num_gts: Optional[int]
+    gt_mask: Optional[Tensor] = None   # bool
+
+
+class _Fields:
+    """A view of an instances object in which some fields are replaced by checked tensors."""
+
+    def __init__(self, instances, fields: Dict[str, Tensor]) -> None:
+        self._instances = instances
+        self._fields = fields
+
+    def __getattr__(self, name: str):
+        fields = object.__getattribute__(self, "_fields")
+        if name in fields:
+            return fields[name]
+        return getattr(object.__getattribute__(self, "_instances"), name, None)
+
+
+def _read_fields(owner: str, instances, table, lead: tuple, axis: str, batched: bool) -> Dict[str, Tensor]:
+    out = {}
+    for field, (trail, floating) in table.items():
+        value = getattr(instances, field, None) if instances is not None else None
+        if value is None:
+            continue
+        name = f"{owner}.{field}"
+        if trail is None:                       # masks: [lead, Q / M, ...], any trailing shape
+            x = V.as_tensor(name, value)
+            if x.dim() < len(lead) + 2 and not (not batched and x.numel() == 0):
+                raise ValueError(f"{name} must have shape [{', '.join(lead + (axis,))}, ...] (pixels or sampled "
+                                 f"points per instance), got {tuple(x.shape)}")
+            if x.dim() < len(lead) + 2:         # an empty tensor of any rank: no masks
+                x = x.new_zeros((0, 0))
+        else:
+            x = V.tensor_input(name, value, lead + (axis,) + trail, floating=floating, empty_rows=not batched)
+        out[field] = x
+    return out
+
+
+def check_cost_inputs(match_costs: Sequence[Any], pred_instances, gt_instances, *, batched: bool = False,
+                      gt_mask: Optional[Tensor] = None, finite: bool = False) -> CostInputs:
+    """Validate the fields the costs read before anything is indexed; the one check of every Hungarian path.
+
+    Per image: pred ``scores`` [Q, C], ``bboxes`` [Q, 4], ``masks`` [Q, ...]; gt ``labels`` [M],
+    ``bboxes`` [M, 4] (x1 <= x2, y1 <= y2), ``masks`` [M, ...], ``positive_maps`` [M, T]. Batched: the
+    same with a leading B; gt_mask [B, M] excludes padding from the value checks. Absent fields are
+    left to the cost that needs them. Q, M, B (and T between scores and positive maps) must agree
+    across fields, all on one device; masks hold the same number of pixels / points. Labels must be
+    integral and >= 0, and < C when a cost indexes the scores by class (``reads_class_labels``:
+    ClassificationCost, FocalLossCost). Inf scores are refused (a focal cost of an Inf logit is finite,
+    so nothing downstream would notice). ``finite=True`` (a cost called on its own) refuses NaN / Inf
+    predictions too; the Hungarian assigners instead report NaN per cost term, naming the input.
+    """
+    lead = ("B",) if batched else ()
+    pred = _read_fields("pred_instances", pred_instances, _PRED_FIELDS, lead, "Q", batched)
+    gt = _read_fields("gt_instances", gt_instances, _GT_FIELDS, lead, "M", batched)
+    labels = getattr(gt_instances, "labels", None) if gt_instances is not None else None
+    if labels is not None:
+        gt["labels"] = V.tensor_input("gt_instances.labels", labels, lead + ("M",), empty_rows=not batched)
+    n = len(lead)
+    preds = [(f"pred_instances.{k}", v, n) for k, v in pred.items() if v.dim() > n]
+    gts = [(f"gt_instances.{k}", v, n) for k, v in gt.items() if v.dim() > n]
+    if gt_mask is not None:
+        gts.append(("gt_mask", gt_mask, n))
+    num_preds = V.check_agree("Q", preds) if preds else None
+    num_gts = V.check_agree("M", gts) if gts else None
+    if batched:
+        V.check_agree("B", [(name, v, 0) for name, v, _ in preds + gts])
+    if "masks" in pred and "masks" in gt and pred["masks"].numel() and gt["masks"].numel():
+        pixels = [int(np.prod(x.shape[n + 1:])) for x in (pred["masks"], gt["masks"])]
+        if pixels[0] != pixels[1]:
+            raise ValueError(f"pred_instances.masks and gt_instances.masks must hold the same number of pixels / "
+                             f"points per instance, got {tuple(pred['masks'].shape)} and {tuple(gt['masks'].shape)}")
+    if "scores" in pred and "positive_maps" in gt:
+        V.check_agree("T (tokens)", [("pred_instances.scores", pred["scores"], -1),
+                                     ("gt_instances.positive_maps", gt["positive_maps"], -1)])
+    token_mask = getattr(gt_instances, "text_token_mask", None) if gt_instances is not None else None
+    if token_mask is not None:
+        gt["text_token_mask"] = V.as_tensor("gt_instances.text_token_mask", token_mask)
+    V.check_same_device(gt_mask=gt_mask, **{f"pred_{k}": v for k, v in pred.items()},
+                        **{f"gt_{k}": v for k, v in gt.items()})
+    if gt_mask is not None:
+        V.check_binary("gt_mask", gt_mask)
+        gt_mask = gt_mask.bool()
+    if "labels" in gt:
+        reads = any(getattr(cost, "reads_class_labels", False) for cost in match_costs)
+        classes = V.num_classes_of(pred["scores"], n) if reads and "scores" in pred else None
+        gt["labels"] = V.labels_input("gt_instances.labels", gt["labels"], tuple(gt["labels"].shape),
+                                      num_classes=classes, mask=gt_mask)
+    V.check_boxes("gt_instances.bboxes", gt.get("bboxes"), gt_mask)
+    V.check_not_inf("pred_instances.scores", pred.get("scores"))
+    if finite:
+        for field, x in pred.items():
+            V.check_finite(f"pred_instances.{field}", x)
+    return CostInputs(_Fields(pred_instances, pred), _Fields(gt_instances, gt), num_preds, num_gts, gt_mask)
+
+
 # ------------------------------------------------------------------------------- cost objects
 class BaseMatchCost(ABC):
-    """A weighted pairwise cost between Q predictions and M GTs (mmdet call convention)."""
+    """A weighted pairwise cost between Q predictions and M GTs (mmdet call convention).
+
+    ``reads_class_labels``: the cost indexes the scores' class axis by ``gt.labels``, so labels must be
+    in ``[0, C)`` (checked before any indexing, so an out-of-range label never reaches a CUDA assert).
+    """
+
+    reads_class_labels = False
 
     def __init__(self, weight: Union[float, int] = 1.0) -> None:
-        self.weight = weight
+        self.weight = V.check_number("weight", weight, low=0)
 
     def batched(self, pred_instances, gt_instances, img_shapes=None) -> Tensor:
         """Weighted cost [B, Q, M] from fields with a leading batch dimension."""
@@ -233,14 +356,20 @@ class BaseMatchCost(ABC):
 
     def __call__(self, pred_instances, gt_instances, img_meta=None, **kwargs) -> Tensor:
         """Weighted cost [Q, M] for one image; ``img_meta['img_shape']`` is (h, w). Extra kwargs are ignored."""
-        pred = _Unsqueezed(pred_instances)
-        gt = _Unsqueezed(gt_instances)
-        shape = _meta_shape(img_meta)
-        return self.batched(pred, gt, None if shape is None else [shape])[0]
+        checked = check_cost_inputs([self], pred_instances, gt_instances, finite=True)
+        return per_image_cost(self, checked.pred, checked.gt, img_meta)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
+
+
+def per_image_cost(cost: BaseMatchCost, pred_instances, gt_instances, img_meta=None) -> Tensor:
+    """Weighted cost [Q, M] of one image from inputs the caller has already checked."""
+    if not callable(getattr(cost, "batched", None)):   # a plain mmdet-style callable
+        return cost(pred_instances, gt_instances, img_meta)
+    shape = _meta_shape(img_meta)
+    return cost.batched(_Unsqueezed(pred_instances), _Unsqueezed(gt_instances), None if shape is None else [shape])[0]
 
 
 class _Unsqueezed:
@@ -256,6 +385,8 @@ class _Unsqueezed:
 
 class ClassificationCost(BaseMatchCost):
     """-softmax probability of the GT class (DETR). Reads ``pred.scores`` logits, ``gt.labels``."""
+
+    reads_class_labels = True
 
     def __init__(self, weight: Union[float, int] = 1.0) -> None:
         super().__init__(weight)
@@ -278,10 +409,14 @@ class FocalLossCost(BaseMatchCost):
     def __init__(self, alpha: Union[float, int] = 0.25, gamma: Union[float, int] = 2, eps: float = 1e-12,
                  binary_input: bool = False, weight: Union[float, int] = 1.0) -> None:
         super().__init__(weight)
-        self.alpha = alpha
-        self.gamma = gamma
-        self.eps = eps
-        self.binary_input = binary_input
+        self.alpha = V.check_number("alpha", alpha, low=0, high=1)
+        self.gamma = V.check_number("gamma", gamma, low=0)
+        self.eps = V.check_number("eps", eps, low=0)
+        self.binary_input = V.check_flag("binary_input", binary_input)
+
+    @property
+    def reads_class_labels(self) -> bool:
+        return not self.binary_input
 
     def compute(self, pred_instances, gt_instances, img_shapes=None) -> Tensor:
         name = type(self).__name__
@@ -300,6 +435,8 @@ class BinaryFocalLossCost(FocalLossCost):
     ([M, T], rows identical, as mmdet stores it; batched also [B, T]); only tokens whose mask is
     set are summed (mmdet selects those columns, which is the same sum).
     """
+
+    reads_class_labels = False
 
     def compute(self, pred_instances, gt_instances, img_shapes=None) -> Tensor:
         name = type(self).__name__
@@ -324,7 +461,7 @@ class BBoxL1Cost(BaseMatchCost):
     """
 
     def __init__(self, box_format: str = "xyxy", weight: Union[float, int] = 1.0) -> None:
-        if box_format not in ("xyxy", "xywh"):
+        if not isinstance(box_format, str) or box_format not in ("xyxy", "xywh"):
             raise ValueError(f"box_format must be 'xyxy' or 'xywh' (centre cx, cy, w, h), got {box_format!r}")
         super().__init__(weight)
         self.box_format = box_format
@@ -339,8 +476,7 @@ class IoUCost(BaseMatchCost):
     """-IoU or -GIoU of xyxy ``pred.bboxes`` and ``gt.bboxes`` (``iou_mode`` 'iou' | 'giou')."""
 
     def __init__(self, iou_mode: str = "giou", weight: Union[float, int] = 1.0) -> None:
-        if iou_mode not in ("iou", "giou"):
-            raise ValueError(f"iou_mode must be 'iou' or 'giou', got {iou_mode!r}")
+        V.check_choice("iou_mode", iou_mode, ("iou", "giou"))
         super().__init__(weight)
         self.iou_mode = iou_mode
 
@@ -360,9 +496,9 @@ class DiceCost(BaseMatchCost):
     def __init__(self, pred_act: bool = False, eps: float = 1e-3, naive_dice: bool = True,
                  weight: Union[float, int] = 1.0) -> None:
         super().__init__(weight)
-        self.pred_act = pred_act
-        self.eps = eps
-        self.naive_dice = naive_dice
+        self.pred_act = V.check_flag("pred_act", pred_act)
+        self.eps = V.check_number("eps", eps, low=0)
+        self.naive_dice = V.check_flag("naive_dice", naive_dice)
 
     def compute(self, pred_instances, gt_instances, img_shapes=None) -> Tensor:
         return dice_cost(_field(pred_instances, "masks", "pred_instances", "DiceCost"),
@@ -374,7 +510,7 @@ class CrossEntropyLossCost(BaseMatchCost):
     """Mean pixel-wise sigmoid cross-entropy of ``pred.masks`` logits against binary ``gt.masks``."""
 
     def __init__(self, use_sigmoid: bool = True, weight: Union[float, int] = 1.0) -> None:
-        if not use_sigmoid:
+        if not V.check_flag("use_sigmoid", use_sigmoid):
             raise ValueError("CrossEntropyLossCost supports use_sigmoid=True only (binary masks); "
                              "mmdet 3.3.0 has no softmax variant either")
         super().__init__(weight)

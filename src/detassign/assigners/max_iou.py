@@ -43,14 +43,17 @@ mmdet's order, so with the same seed the result is mmdet's.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+import numbers
+from typing import Iterable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .. import _validate as V
 from ..boxes import pairwise_iof, pairwise_iou
+from ..rotated_boxes import is_rotated_calculator
 from ..structures import AssignResult
+from ._blocks import row_blocks
 from .base import BaseAssigner, labels_from_gt_inds
 
 __all__ = ["MaxIoUAssigner", "assign_wrt_overlaps", "assign_overlaps_dense", "LOW_QUALITY_MODES",
@@ -62,20 +65,23 @@ NegThr = Union[float, Tuple[float, float]]
 
 # ----------------------------------------------------------------------------- configuration
 def normalize_neg_iou_thr(neg_iou_thr) -> NegThr:
-    """A number -> float, a 2-sequence -> (lo, hi) tuple of floats; anything else raises."""
-    if isinstance(neg_iou_thr, bool):
-        raise TypeError(f"neg_iou_thr must be a float or a (lo, hi) pair, got {neg_iou_thr!r}")
-    if isinstance(neg_iou_thr, (int, float)):
-        return float(neg_iou_thr)
+    """A number -> float, a 2-sequence -> (lo, hi) tuple of floats with lo <= hi; anything else raises.
+
+    NaN is refused: ``iou < nan`` is never true, so every negative would silently become "ignore".
+    """
     if isinstance(neg_iou_thr, (tuple, list)) and len(neg_iou_thr) == 2:
-        return float(neg_iou_thr[0]), float(neg_iou_thr[1])
-    raise TypeError(f"neg_iou_thr must be a float or a (lo, hi) pair, got {neg_iou_thr!r}")
+        lo = float(V.check_number("neg_iou_thr[0]", neg_iou_thr[0], finite=False))
+        hi = float(V.check_number("neg_iou_thr[1]", neg_iou_thr[1], finite=False))
+        if lo > hi:
+            raise ValueError(f"neg_iou_thr must be a number or a (lo, hi) pair with lo <= hi, got {neg_iou_thr!r}")
+        return lo, hi
+    if isinstance(neg_iou_thr, bool) or not isinstance(neg_iou_thr, numbers.Real):
+        raise V.ParameterTypeError(f"neg_iou_thr must be a number or a (lo, hi) pair, got {neg_iou_thr!r}")
+    return float(V.check_number("neg_iou_thr", neg_iou_thr, finite=False))
 
 
 def check_low_quality_mode(mode: str) -> str:
-    if mode not in LOW_QUALITY_MODES:
-        raise ValueError(f"low_quality_mode must be one of {LOW_QUALITY_MODES}, got {mode!r}")
-    return mode
+    return V.check_choice("low_quality_mode", mode, LOW_QUALITY_MODES)
 
 
 def check_iou_calculator(cfg) -> dict:
@@ -87,15 +93,19 @@ def check_iou_calculator(cfg) -> dict:
         raise ValueError(f"iou_calculator accepts the keys type, scale, dtype; got unknown {sorted(unknown)}")
     if cfg.get("dtype") not in (None, "fp16"):
         raise ValueError(f"iou_calculator dtype must be None or 'fp16', got {cfg.get('dtype')!r}")
+    V.check_number("iou_calculator scale", cfg.get("scale", 1.0), low=0, low_open=True)
     return dict(cfg)
 
 
 # ----------------------------------------------------------------------------- inputs
 def box_tensor(name: str, boxes, lead: Tuple = ("N",)) -> Tensor:
-    """mmdet boxes ``[..., N, 4]`` or ``[..., N, 5]`` (score column dropped); BaseBoxes unwrapped."""
-    if boxes is not None and not isinstance(boxes, Tensor) and isinstance(getattr(boxes, "tensor", None), Tensor):
-        boxes = boxes.tensor
-    V.check_tensor(name, boxes, tuple(lead) + (None,))
+    """mmdet boxes ``[..., N, 4]`` or ``[..., N, 5]`` (score column dropped); BaseBoxes unwrapped.
+
+    Per image (one leading dimension) an empty tensor of any dtype or rank is zero boxes [0, 4].
+    """
+    boxes = V.tensor_input(name, boxes, tuple(lead) + (None,), empty_rows=len(lead) == 1)
+    if len(lead) == 1 and boxes.shape[0] == 0 and boxes.shape[1] not in (4, 5):   # no boxes, any rank
+        boxes = boxes.new_zeros((0, 4), dtype=boxes.dtype if boxes.is_floating_point() else torch.float32)
     if boxes.shape[-1] not in (4, 5):
         raise ValueError(f"{name} must have shape [{', '.join(map(str, lead))}, 4] xyxy (or 5 columns with a "
                          f"score), got {tuple(boxes.shape)}")
@@ -153,6 +163,10 @@ def check_perm_cfg(cfg) -> Optional[dict]:
         return None
     if not isinstance(cfg, dict) or set(cfg) - {"iou_thr", "perm_range"}:
         raise ValueError(f"perm_repeat_gt_cfg must be None or dict(iou_thr=..., perm_range=...), got {cfg!r}")
+    if "iou_thr" in cfg:
+        V.check_number("perm_repeat_gt_cfg['iou_thr']", cfg["iou_thr"])
+    if "perm_range" in cfg:
+        V.check_number("perm_repeat_gt_cfg['perm_range']", cfg["perm_range"], low=0, high=1, high_open=True)
     return dict(cfg)
 
 
@@ -208,20 +222,42 @@ def last_gt_wins(hits: Tensor) -> Tensor:
     return torch.where(hits, index, torch.zeros((), dtype=torch.int32, device=hits.device)).amax(dim=-2).long()
 
 
-def low_quality_matches(gt_inds: Tensor, argmax_overlaps: Tensor, overlaps: Tensor, gt_mask: Optional[Tensor],
-                        min_pos_iou: float, gt_max_assign_all: bool, mode: str) -> Tensor:
-    """Step 4. gt_inds [..., A], argmax_overlaps [..., A], overlaps [..., M, A] -> new gt_inds [..., A]."""
-    gt_max, gt_argmax = overlaps.max(dim=-1)                          # [..., M]
+def low_quality_claims(overlaps: Tensor, gt_mask: Optional[Tensor], min_pos_iou: float, gt_max_assign_all: bool,
+                       mode: str) -> Tensor:
+    """Step 4 for a block of GTs. overlaps [..., g, A], gt_mask [..., g] -> [..., A] long: with ``mode="argmax"``
+    1 where some GT of the block claims the prior, else the 1-based (within the block) index of the last
+    claiming GT, 0 if none."""
+    gt_max, gt_argmax = overlaps.max(dim=-1)                          # [..., g] best prior of each GT
     eligible = gt_max >= min_pos_iou
     if gt_mask is not None:
         eligible = eligible & gt_mask
     if mode != "mmdet":
         eligible = eligible & (gt_max > 0)
     hits = best_prior_hits(overlaps, gt_max, gt_argmax, eligible, gt_max_assign_all)
-    if mode == "argmax":
-        return torch.where(hits.any(dim=-2), argmax_overlaps + 1, gt_inds)
-    winner = last_gt_wins(hits)
-    return torch.where(winner > 0, winner, gt_inds)
+    return hits.any(dim=-2).long() if mode == "argmax" else last_gt_wins(hits)
+
+
+def low_quality_matches(gt_inds: Tensor, argmax_overlaps: Tensor, overlaps: Tensor, gt_mask: Optional[Tensor],
+                        min_pos_iou: float, gt_max_assign_all: bool, mode: str) -> Tensor:
+    """Step 4. gt_inds [..., A], argmax_overlaps [..., A], overlaps [..., M, A] -> new gt_inds [..., A]."""
+    claims = low_quality_claims(overlaps, gt_mask, min_pos_iou, gt_max_assign_all, mode)
+    return apply_claims(gt_inds, argmax_overlaps, claims, mode)
+
+
+def apply_claims(gt_inds: Tensor, argmax_overlaps: Tensor, claims: Tensor, mode: str) -> Tensor:
+    """Overwrite gt_inds [..., A] with the low-quality claims [..., A] of :func:`low_quality_claims`."""
+    if mode == "argmax":   # a claimed prior becomes positive but keeps its own argmax GT
+        return torch.where(claims > 0, argmax_overlaps + 1, gt_inds)
+    return torch.where(claims > 0, claims, gt_inds)
+
+
+def fold_max(best: Optional[Tuple[Tensor, Tensor]], value: Tensor, index: Tensor) -> Tuple[Tensor, Tensor]:
+    """Fold a block's ``max(dim)`` (value, global index) into the running one: an earlier block keeps
+    ties and NaN wins, as in a single ``max(dim)`` over all blocks."""
+    if best is None:
+        return value, index
+    take = (value > best[0]) | (value.isnan() & ~best[0].isnan())
+    return torch.where(take, value, best[0]), torch.where(take, index, best[1])
 
 
 def assign_overlaps_dense(overlaps: Tensor, gt_mask: Optional[Tensor] = None, *, pos_iou_thr: float,
@@ -232,20 +268,47 @@ def assign_overlaps_dense(overlaps: Tensor, gt_mask: Optional[Tensor] = None, *,
     ``overlaps`` is modified in place where ``gt_mask`` is False (padded rows are set to -inf so they
     never win a maximum). Images without a valid GT are all negative with ``max_overlaps`` 0.
     """
-    neg_iou_thr = normalize_neg_iou_thr(neg_iou_thr)
     *lead, M, A = overlaps.shape
     if M == 0 or A == 0:
+        normalize_neg_iou_thr(neg_iou_thr)
         zeros = torch.zeros((*lead, A), dtype=torch.long, device=overlaps.device)
         return zeros, overlaps.new_zeros((*lead, A))
-    if gt_mask is not None:
-        overlaps.masked_fill_(~gt_mask[..., None], float("-inf"))
-    max_overlaps, argmax_overlaps = overlaps.max(dim=-2)             # [..., A]
+    return assign_overlap_blocks([(0, overlaps)], gt_mask, pos_iou_thr=pos_iou_thr, neg_iou_thr=neg_iou_thr,
+                                 min_pos_iou=min_pos_iou, gt_max_assign_all=gt_max_assign_all,
+                                 match_low_quality=match_low_quality, low_quality_mode=low_quality_mode)
+
+
+def assign_overlap_blocks(blocks: Iterable[Tuple[int, Tensor]], gt_mask: Optional[Tensor] = None, *,
+                          pos_iou_thr: float, neg_iou_thr: NegThr, min_pos_iou: float = 0.0,
+                          gt_max_assign_all: bool = True, match_low_quality: bool = True,
+                          low_quality_mode: str = "mmdet") -> Tuple[Tensor, Tensor]:
+    """:func:`assign_overlaps_dense` over blocks of GTs, so that [..., M, A] never lives whole.
+
+    ``blocks`` yields (first GT index, overlaps [..., g, A]) in GT order, at least one block with g, A > 0;
+    each block is modified in place. gt_mask [..., M] covers all GTs. Per prior only the running best
+    IoU and its first GT cross blocks; step 4 only reads each GT's own row and "the last claiming GT
+    wins" is a running maximum; so the result is that of one block.
+    """
+    neg_iou_thr = normalize_neg_iou_thr(neg_iou_thr)
+    best, claims = None, None
+    for start, overlaps in blocks:
+        mask = None if gt_mask is None else gt_mask[..., start:start + overlaps.shape[-2]]
+        if mask is not None:
+            overlaps.masked_fill_(~mask[..., None], float("-inf"))
+        value, index = overlaps.max(dim=-2)                          # [..., A] first GT on ties
+        best = fold_max(best, value, index + start)
+        if match_low_quality:
+            claim = low_quality_claims(overlaps, mask, min_pos_iou, gt_max_assign_all, low_quality_mode)
+            if low_quality_mode != "argmax":
+                claim = torch.where(claim > 0, claim + start, claim)  # global 1-based GT index
+            claims = claim if claims is None else torch.where(claim > 0, claim, claims)   # later GTs win
+        del overlaps
+    max_overlaps, argmax_overlaps = best
     gt_inds = torch.full_like(argmax_overlaps, -1)
     gt_inds = torch.where(negative_mask(max_overlaps, neg_iou_thr), torch.zeros_like(gt_inds), gt_inds)
     gt_inds = torch.where(max_overlaps >= pos_iou_thr, argmax_overlaps + 1, gt_inds)
     if match_low_quality:
-        gt_inds = low_quality_matches(gt_inds, argmax_overlaps, overlaps, gt_mask, min_pos_iou,
-                                      gt_max_assign_all, low_quality_mode)
+        gt_inds = apply_claims(gt_inds, argmax_overlaps, claims, low_quality_mode)
     if gt_mask is not None:
         has_gt = gt_mask.any(dim=-1, keepdim=True)                    # [..., 1]
         gt_inds = torch.where(has_gt, gt_inds, torch.zeros_like(gt_inds))
@@ -263,10 +326,10 @@ def assign_wrt_overlaps(overlaps: Tensor, gt_labels: Optional[Tensor] = None, *,
     (None when ``gt_labels`` is None). Example: overlaps [[0.6, 0.3, 0.0]], pos 0.5, neg 0.4 ->
     gt_inds [1, 0, 0]; with match_low_quality nothing changes (prior 0 is already GT 0's best).
     """
-    V.check_tensor("overlaps", overlaps, ("M", "A"), floating=True)
+    overlaps = V.tensor_input("overlaps", overlaps, ("M", "A"), floating=True)
+    V.check_finite("overlaps", overlaps)
     check_low_quality_mode(low_quality_mode)
-    if gt_labels is not None:
-        V.check_tensor("gt_labels", gt_labels, (overlaps.shape[0],))
+    gt_labels = V.labels_input("gt_labels", gt_labels, ("M",), allow_none=True, rows_like=("overlaps", overlaps))
     gt_inds, max_overlaps = assign_overlaps_dense(
         overlaps.clone(), pos_iou_thr=pos_iou_thr, neg_iou_thr=neg_iou_thr, min_pos_iou=min_pos_iou,
         gt_max_assign_all=gt_max_assign_all, match_low_quality=match_low_quality,
@@ -288,15 +351,18 @@ class MaxIoUAssigner(BaseAssigner):
                  match_low_quality: bool = True, gpu_assign_thr: float = -1,
                  iou_calculator: dict = dict(type="BboxOverlaps2D"), perm_repeat_gt_cfg: Optional[dict] = None,
                  low_quality_mode: str = "mmdet") -> None:
-        self.pos_iou_thr = float(pos_iou_thr)
+        # NaN thresholds make every comparison false (silently no negatives / positives): refused
+        self.pos_iou_thr = float(V.check_number("pos_iou_thr", pos_iou_thr, finite=False))
         self.neg_iou_thr = normalize_neg_iou_thr(neg_iou_thr)
-        self.min_pos_iou = float(min_pos_iou)
-        self.gt_max_assign_all = bool(gt_max_assign_all)
-        self.ignore_iof_thr = float(ignore_iof_thr)
-        self.ignore_wrt_candidates = bool(ignore_wrt_candidates)
-        self.match_low_quality = bool(match_low_quality)
-        self.gpu_assign_thr = gpu_assign_thr
-        self.iou_calculator = check_iou_calculator(iou_calculator)
+        self.min_pos_iou = float(V.check_number("min_pos_iou", min_pos_iou, finite=False))
+        self.gt_max_assign_all = V.check_flag("gt_max_assign_all", gt_max_assign_all)
+        self.ignore_iof_thr = float(V.check_number("ignore_iof_thr", ignore_iof_thr, finite=False))
+        self.ignore_wrt_candidates = V.check_flag("ignore_wrt_candidates", ignore_wrt_candidates)
+        self.match_low_quality = V.check_flag("match_low_quality", match_low_quality)
+        self.gpu_assign_thr = V.check_number("gpu_assign_thr", gpu_assign_thr, finite=False)
+        # mmrotate's RBboxOverlaps2D: rotated boxes [..., 5] xywhr (see .rotated_calculators)
+        rotated = is_rotated_calculator(iou_calculator)
+        self.iou_calculator = dict(iou_calculator) if rotated else check_iou_calculator(iou_calculator)
         self.perm_repeat_gt_cfg = check_perm_cfg(perm_repeat_gt_cfg)
         self.low_quality_mode = check_low_quality_mode(low_quality_mode)
 
@@ -329,17 +395,20 @@ class MaxIoUAssigner(BaseAssigner):
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, gt_instances_ignore=None, **kwargs) -> AssignResult:
         """Assign every prior of one image: gt_inds [A] (1-based, 0 negative, -1 ignore)."""
+        if is_rotated_calculator(self.iou_calculator):
+            from .rotated_calculators import rotated_max_iou_assign
+            return rotated_max_iou_assign(self, pred_instances, gt_instances, gt_instances_ignore)
         priors, extra = self._read_priors(pred_instances)
         gt_boxes = box_tensor("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M",))
         gt_labels = V.get_field(gt_instances, "labels", "gt_instances", required=False)
-        if gt_labels is not None:
-            V.check_tensor("gt_instances.labels", gt_labels, (gt_boxes.shape[0],))
         ignore_boxes = None
         if gt_instances_ignore is not None:
             ignore_boxes = getattr(gt_instances_ignore, "bboxes", None)
             if ignore_boxes is not None:
                 ignore_boxes = box_tensor("gt_instances_ignore.bboxes", ignore_boxes, ("K",))
         V.check_same_device(priors=priors, gt_bboxes=gt_boxes, gt_labels=gt_labels, gt_bboxes_ignore=ignore_boxes)
+        gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), allow_none=True,
+                                   rows_like=("gt_instances.bboxes", gt_boxes))
         V.check_boxes("pred_instances.priors", priors)
         V.check_boxes("gt_instances.bboxes", gt_boxes)
         V.check_boxes("gt_instances_ignore.bboxes", ignore_boxes)
@@ -352,12 +421,30 @@ class MaxIoUAssigner(BaseAssigner):
             gt_labels = None if gt_labels is None else gt_labels.cpu()
         if self.perm_repeat_gt_cfg is not None and priors.numel() > 0:
             gt_boxes = perm_repeated_gts(gt_boxes, **self.perm_repeat_gt_cfg)
-        overlaps = self._overlaps(gt_boxes, priors, extra)                               # [M, A]
+        ignored = None
         if self._ignore_enabled(ignore_boxes, priors):
-            ignored = ignored_priors(priors, ignore_boxes, self.ignore_iof_thr, self.ignore_wrt_candidates)
-            overlaps = overlaps.masked_fill(ignored[None, :], -1.0)
-        result = self.assign_wrt_overlaps(overlaps, gt_labels)
-        return _to_device(result, device)
+            ignored = ignored_priors(priors, ignore_boxes, self.ignore_iof_thr, self.ignore_wrt_candidates)  # [A]
+        num_gts, num_priors = gt_boxes.shape[0], priors.shape[0]
+        if num_gts == 0 or num_priors == 0:
+            result = self.assign_wrt_overlaps(self._overlaps(gt_boxes, priors, extra), gt_labels)
+            return _to_device(result, device)
+
+        def blocks():   # the [M, A] overlaps a block of GTs at a time
+            for blk in row_blocks(num_gts, self._row_elements(num_priors, extra), multiple=1):  # IoU: arithmetic
+                overlaps = self._overlaps(gt_boxes[blk], priors, extra)                  # [g, A]
+                V.check_finite("overlaps", overlaps)
+                if ignored is not None:
+                    overlaps.masked_fill_(ignored[None, :], -1.0)
+                yield blk.start, overlaps
+                del overlaps
+
+        gt_inds, max_overlaps = assign_overlap_blocks(blocks(), **self._thresholds())
+        labels = None if gt_labels is None else labels_from_gt_inds(gt_inds, gt_labels.to(gt_inds.device))
+        return _to_device(AssignResult(num_gts, gt_inds, max_overlaps, labels), device)
+
+    def _row_elements(self, num_priors: int, extra: dict) -> int:
+        """Elements of one GT's row of the overlap computation (bounds the blocks of GTs)."""
+        return num_priors
 
 
 def _to_device(result: AssignResult, device: torch.device) -> AssignResult:

@@ -35,6 +35,7 @@ from torch import Tensor
 from .. import _validate as V
 from ..boxes import pairwise_iof, pairwise_iou
 from ..structures import AssignResult
+from ._blocks import row_blocks
 from .base import BaseAssigner
 from .topk_hungarian import _check_iou_calculator
 
@@ -46,11 +47,25 @@ def _all_boxes(gt_bboxes: Tensor, gt_labels: Tensor, gt_instances_ignore):
     labels = gt_labels.long() + 1
     if gt_instances_ignore is None:
         return gt_bboxes, labels
-    ignore_boxes = V.get_field(gt_instances_ignore, "bboxes", "gt_instances_ignore")
-    V.check_tensor("gt_instances_ignore.bboxes", ignore_boxes, ("I", 4), floating=True)
+    ignore_boxes = V.tensor_input("gt_instances_ignore.bboxes",
+                                  V.get_field(gt_instances_ignore, "bboxes", "gt_instances_ignore"), ("I", 4),
+                                  floating=True, empty_rows=True)
+    V.check_same_device(gt_bboxes=gt_bboxes, gt_bboxes_ignore=ignore_boxes)
+    V.check_boxes("gt_instances_ignore.bboxes", ignore_boxes)
     ignore_labels = getattr(gt_instances_ignore, "labels", None)
     if ignore_labels is None:
         ignore_labels = torch.full((len(ignore_boxes),), -1, dtype=torch.long, device=ignore_boxes.device)
+    else:
+        # mmdet's quirk, kept: -1 marks an ignore box, other labels make it act as a GT (module docstring)
+        ignore_labels = V.tensor_input("gt_instances_ignore.labels", ignore_labels, (ignore_boxes.shape[0],),
+                                       empty_rows=True)
+        V.check_same_device(gt_bboxes_ignore=ignore_boxes, gt_labels_ignore=ignore_labels)
+        bad = ignore_labels < -1
+        if ignore_labels.is_floating_point():
+            bad = bad | ~torch.isfinite(ignore_labels) | (ignore_labels != ignore_labels.round())
+        if V.value_checks_enabled() and bool(bad.any()):
+            raise ValueError(f"gt_instances_ignore.labels must be -1 (ignore) or integral class indices >= 0, got "
+                             f"{ignore_labels[bad][0].item()}")
     boxes = torch.cat([gt_bboxes, ignore_boxes.to(gt_bboxes.dtype)], dim=0)
     return boxes, torch.cat([labels, ignore_labels.long()], dim=0)
 
@@ -61,7 +76,8 @@ def top_overlaps(overlaps: Tensor, k: int):
     Uses the same descending ``sort`` as mmdet so ties resolve identically.
     """
     values, indices = overlaps.sort(descending=True, dim=1)
-    values, indices = values[:, :k], indices[:, :k]
+    # copies, so that the [R, G] sorted tensors are not kept alive by views of their first k columns
+    values, indices = values[:, :k].contiguous(), indices[:, :k].contiguous()
     missing = k - values.shape[1]
     if missing > 0:
         values = torch.cat([values, values.new_zeros(values.shape[0], missing)], dim=1)
@@ -84,20 +100,19 @@ class MultiInstanceAssigner(BaseAssigner):
                  min_pos_iou: float = 0.0, gt_max_assign_all: bool = True, ignore_iof_thr: float = -1,
                  ignore_wrt_candidates: bool = True, match_low_quality: bool = True, gpu_assign_thr: float = -1,
                  iou_calculator: Mapping = dict(type="BboxOverlaps2D")) -> None:
-        if int(num_instance) < 1:
-            raise ValueError(f"num_instance must be >= 1, got {num_instance}")
-        if not isinstance(neg_iou_thr, (int, float)):
+        self.num_instance = V.check_number("num_instance", num_instance, low=1, integer=True)
+        if isinstance(neg_iou_thr, (tuple, list)):
             raise ValueError(f"neg_iou_thr must be a number for MultiInstanceAssigner, got {neg_iou_thr!r}")
         _check_iou_calculator(iou_calculator)
-        self.num_instance = int(num_instance)
-        self.pos_iou_thr = pos_iou_thr
-        self.neg_iou_thr = neg_iou_thr
-        self.min_pos_iou = min_pos_iou
-        self.gt_max_assign_all = gt_max_assign_all
-        self.ignore_iof_thr = ignore_iof_thr
-        self.ignore_wrt_candidates = ignore_wrt_candidates
-        self.match_low_quality = match_low_quality
-        self.gpu_assign_thr = gpu_assign_thr
+        self.pos_iou_thr = V.check_number("pos_iou_thr", pos_iou_thr, finite=False)
+        self.neg_iou_thr = V.check_number("neg_iou_thr", neg_iou_thr, finite=False)
+        # accepted for config compatibility (no effect, as in mmdet), still type-checked
+        self.min_pos_iou = V.check_number("min_pos_iou", min_pos_iou, finite=False)
+        self.gt_max_assign_all = V.check_flag("gt_max_assign_all", gt_max_assign_all)
+        self.ignore_iof_thr = V.check_number("ignore_iof_thr", ignore_iof_thr, finite=False)
+        self.ignore_wrt_candidates = V.check_flag("ignore_wrt_candidates", ignore_wrt_candidates)
+        self.match_low_quality = V.check_flag("match_low_quality", match_low_quality)
+        self.gpu_assign_thr = V.check_number("gpu_assign_thr", gpu_assign_thr, finite=False)
         self.iou_calculator = iou_calculator
 
     @torch.no_grad()
@@ -108,26 +123,39 @@ class MultiInstanceAssigner(BaseAssigner):
         Returns AssignResult(num_gts=M+I, gt_inds [N+M+I, k] 0-based, max_overlaps [N+M+I, k],
         labels [N+M+I, k] in {1, 0, -1}).
         """
-        priors = V.get_field(pred_instances, "priors", "pred_instances")
-        V.check_tensor("pred_instances.priors", priors, ("N", 4), floating=True)
-        gt_bboxes = V.get_field(gt_instances, "bboxes", "gt_instances")
-        V.check_tensor("gt_instances.bboxes", gt_bboxes, ("M", 4), floating=True)
+        priors = V.tensor_input("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
+                                ("N", 4), floating=True, empty_rows=True)
+        gt_bboxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"),
+                                   ("M", 4), floating=True, empty_rows=True)
         gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
-        V.check_tensor("gt_instances.labels", gt_labels, (gt_bboxes.shape[0],), floating=False)
+        V.check_same_device(priors=priors, gt_bboxes=gt_bboxes, gt_labels=gt_labels)
+        gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",),
+                                   rows_like=("gt_instances.bboxes", gt_bboxes))
+        # NaN / Inf proposals would sort to arbitrary slots: refused
+        V.check_finite("pred_instances.priors", priors)
         V.check_boxes("gt_instances.bboxes", gt_bboxes)
         boxes, box_labels = _all_boxes(gt_bboxes, gt_labels, gt_instances_ignore)
         proposals = torch.cat([priors, boxes.to(priors.dtype)], dim=0)  # [N+M+I, 4]
         is_ignore = box_labels.eq(-1)[None, :]                          # [1, M+I]
-        iou = pairwise_iou(proposals, boxes) * ~is_ignore
-        iof = pairwise_iof(proposals, boxes) * is_ignore
-        k = self.num_instance
-        iou_top, iou_idx = top_overlaps(iou, k)
-        iof_top, iof_idx = top_overlaps(iof, k)
-        use_ignore = (iou_top < self.pos_iou_thr) & (iof_top > iou_top)
-        overlaps = torch.where(use_ignore, iof_top, iou_top)
-        gt_inds = torch.where(use_ignore, iof_idx, iou_idx)
+        slots = [self._top_slots(proposals[blk], boxes, is_ignore)      # a block of rows at a time
+                 for blk in row_blocks(proposals.shape[0], boxes.shape[0], multiple=1)]
+        overlaps, gt_inds = (torch.cat(parts) for parts in zip(*slots))
         labels = self._slot_labels(overlaps, gt_inds, box_labels)
         return AssignResult(len(boxes), gt_inds, overlaps, labels)
+
+    def _top_slots(self, proposals: Tensor, boxes: Tensor, is_ignore: Tensor):
+        """Steps 2-4 for a block of rows: proposals [R, 4], boxes [G, 4], is_ignore [1, G] -> (overlaps,
+        0-based box index), each [R, k]. Each row is sorted on its own, so blocks change nothing."""
+        k = self.num_instance
+        iou = pairwise_iou(proposals, boxes) * ~is_ignore
+        iou_top, iou_idx = top_overlaps(iou, k)
+        if not bool(is_ignore.any()):   # step 4 cannot fire: iof is 0 everywhere and IoU >= 0
+            return iou_top, iou_idx
+        del iou
+        iof = pairwise_iof(proposals, boxes) * is_ignore
+        iof_top, iof_idx = top_overlaps(iof, k)
+        use_ignore = (iou_top < self.pos_iou_thr) & (iof_top > iou_top)
+        return torch.where(use_ignore, iof_top, iou_top), torch.where(use_ignore, iof_idx, iou_idx)
 
     def _slot_labels(self, overlaps: Tensor, gt_inds: Tensor, box_labels: Tensor) -> Tensor:
         """[R, k] overlaps and 0-based indices -> labels: 1 fg, 0 bg, else the box's raw label."""

@@ -80,12 +80,8 @@ class PointAssigner(BaseAssigner):
     """
 
     def __init__(self, scale: float = 4, pos_num: int = 3) -> None:
-        if isinstance(pos_num, bool) or not isinstance(pos_num, int) or pos_num < 1:
-            raise ValueError(f"pos_num must be a positive int, got {pos_num!r}")
-        if not float(scale) > 0:
-            raise ValueError(f"scale must be > 0, got {scale!r}")
-        self.scale = scale
-        self.pos_num = pos_num
+        self.pos_num = V.check_number("pos_num", pos_num, low=1, integer=True)
+        self.scale = V.check_number("scale", scale, low=0, low_open=True)
 
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, gt_instances_ignore=None, **kwargs) -> AssignResult:
@@ -93,13 +89,14 @@ class PointAssigner(BaseAssigner):
 
         pred_instances.priors [A, 3] (x, y, stride > 0); gt_instances.bboxes [M, 4] xyxy, .labels [M].
         """
-        points = V.get_field(pred_instances, "priors", "pred_instances")
-        V.check_tensor("pred_instances.priors", points, ("A", 3), floating=True)
-        gt_bboxes = V.get_field(gt_instances, "bboxes", "gt_instances")
-        V.check_tensor("gt_instances.bboxes", gt_bboxes, ("M", 4), floating=True)
+        points = V.tensor_input("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
+                                ("A", 3), floating=True, empty_rows=True)
+        gt_bboxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"),
+                                   ("M", 4), floating=True, empty_rows=True)
         gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
-        V.check_tensor("gt_instances.labels", gt_labels, (gt_bboxes.shape[0],), floating=False)
         V.check_same_device(priors=points, gt_bboxes=gt_bboxes, gt_labels=gt_labels)
+        gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",),
+                                   rows_like=("gt_instances.bboxes", gt_bboxes))
         V.check_finite("pred_instances.priors", points)
         V.check_boxes("gt_instances.bboxes", gt_bboxes)
         if V.value_checks_enabled() and points.numel() and bool((points[:, 2] <= 0).any()):

@@ -37,7 +37,6 @@ Differences from mmdet 3.3.0 (everything else is bit-for-bit; see tests/test_reg
 """
 from __future__ import annotations
 
-from numbers import Real
 from typing import List, Mapping, Sequence, Tuple
 
 import torch
@@ -127,20 +126,25 @@ def inside_image(anchors: Tensor, valid_flags: Tensor, img_shape: Sequence[int],
 
 def _read_inputs(pred_instances, gt_instances, gt_instances_ignore) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Checked (priors [A, 4], valid_flags [A] bool, gt boxes [M, 4], gt labels [M])."""
-    anchors = V.check_tensor("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
-                             ("A", 4))
-    gt_boxes = V.check_tensor("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M", 4))
-    gt_labels = V.check_tensor("gt_instances.labels", V.get_field(gt_instances, "labels", "gt_instances"),
-                               (gt_boxes.shape[0],), floating=False)
+    anchors = V.tensor_input("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
+                             ("A", 4), empty_rows=True)
+    gt_boxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M", 4),
+                              empty_rows=True)
+    gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
     valid_flags = V.get_field(pred_instances, "valid_flags", "pred_instances", required=False)
     if valid_flags is None:
         valid_flags = torch.ones(anchors.shape[0], dtype=torch.bool, device=anchors.device)
-    V.check_tensor("pred_instances.valid_flags", valid_flags, (anchors.shape[0],))
+    valid_flags = V.tensor_input("pred_instances.valid_flags", valid_flags, ("A",), empty_rows=True)
+    V.check_agree("A", [("pred_instances.priors", anchors, 0), ("pred_instances.valid_flags", valid_flags, 0)])
     ignore_boxes = V.get_field(gt_instances_ignore, "bboxes", "gt_instances_ignore", required=False)
+    if ignore_boxes is not None:
+        ignore_boxes = V.as_tensor("gt_instances_ignore.bboxes", ignore_boxes)
     if ignore_boxes is not None and ignore_boxes.numel() > 0:
         raise ValueError("gt_instances_ignore: RegionAssigner has no ignore-box rule (mmdet raises too); "
                          f"pass None, got {ignore_boxes.shape[0]} box(es)")
-    V.check_same_device(priors=anchors, gt_bboxes=gt_boxes, gt_labels=gt_labels, valid_flags=valid_flags)
+    V.check_same_device(priors=anchors, gt_bboxes=gt_boxes, valid_flags=valid_flags, gt_labels=gt_labels)
+    gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), rows_like=("gt_instances.bboxes", gt_boxes))
+    V.check_binary("pred_instances.valid_flags", valid_flags)
     V.check_finite("pred_instances.priors", anchors)
     V.check_boxes("gt_instances.bboxes", gt_boxes)
     return anchors, valid_flags.bool(), gt_boxes, gt_labels
@@ -165,11 +169,8 @@ def _check_levels(num_anchors: int, featmap_sizes, num_level_anchors, anchor_sca
     if any(n < 0 for n in counts) or sum(counts) != num_anchors:
         raise ValueError(f"num_level_anchors must be non-negative and sum to the number of priors "
                          f"({num_anchors}), got {counts}")
-    strides = list(anchor_strides)
-    if not all(isinstance(s, Real) and s > 0 for s in strides):
-        raise ValueError(f"anchor_strides must be positive numbers (one per level), got {strides!r}")
-    if not isinstance(anchor_scale, Real) or anchor_scale <= 0:
-        raise ValueError(f"anchor_scale must be a positive number, got {anchor_scale!r}")
+    strides = [V.check_number(f"anchor_strides[{i}]", s, low=0, low_open=True) for i, s in enumerate(anchor_strides)]
+    V.check_number("anchor_scale", anchor_scale, low=0, low_open=True)
     return sizes, counts, strides
 
 
@@ -192,12 +193,9 @@ class RegionAssigner(BaseAssigner):
     """
 
     def __init__(self, center_ratio: float = 0.2, ignore_ratio: float = 0.5, mmdet_labels: bool = False) -> None:
-        for name, value in (("center_ratio", center_ratio), ("ignore_ratio", ignore_ratio)):
-            if not isinstance(value, Real) or not 0 <= value <= 1:
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-        self.center_ratio = center_ratio
-        self.ignore_ratio = ignore_ratio
-        self.mmdet_labels = bool(mmdet_labels)
+        self.center_ratio = V.check_number("center_ratio", center_ratio, low=0, high=1)
+        self.ignore_ratio = V.check_number("ignore_ratio", ignore_ratio, low=0, high=1)
+        self.mmdet_labels = V.check_flag("mmdet_labels", mmdet_labels)
 
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, img_meta: dict, featmap_sizes: List[Tuple[int, int]],
@@ -220,6 +218,7 @@ class RegionAssigner(BaseAssigner):
         sizes, counts, strides = _check_levels(num_anchors, featmap_sizes, num_level_anchors, anchor_scale,
                                                anchor_strides)
         img_shape = _check_img_shape(img_meta)
+        V.check_number("allowed_border", allowed_border, finite=False)
 
         if num_gts == 0 or num_anchors == 0:
             gt_inds = torch.zeros(num_anchors, dtype=torch.long, device=anchors.device)

@@ -49,8 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _validate as V
 from ..structures import AssignResult, BatchAssignResult
 from . import _dynamic_k as DK
+from ._blocks import cat_row_blocks, row_blocks
 from .base import BaseAssigner, empty_assign_result
 
 __all__ = ["SimOTAAssigner", "CANDIDATE_MODES", "candidate_regions", "candidate_rules"]
@@ -100,19 +102,24 @@ def exact_cls_cost(scores: Tensor, gt_labels: Tensor) -> Tensor:
     return bce.sum(-1).to(scores.dtype)
 
 
-def decomposed_cls_cost(scores: Tensor, gt_labels: Tensor) -> Tensor:
-    """Same class cost without a C axis per pair: scores [B, A', C] (a copy this function overwrites),
-    gt_labels [B, M] -> [B, M, A'] float32, or the score dtype when narrower.
+def negative_sums(scores: Tensor) -> Tensor:
+    """scores [B, A', C] probabilities -> [B, 1, A'] float32 ``sum_c BCE(p_c, 0)`` (log clamped at -100)."""
+    return DK.bce_negative_(scores.to(torch.float32, copy=True)).sum(dim=-1).unsqueeze(1)
+
+
+def decomposed_cls_cost(scores: Tensor, gt_labels: Tensor, all_negative: Optional[Tensor] = None) -> Tensor:
+    """Same class cost without a C axis per pair: scores [B, A', C], gt_labels [B, M] -> [B, M, A']
+    float32, or the score dtype when narrower.
 
     ``sum_c BCE(p_c, [c == g]) = BCE(p_g, 1) - BCE(p_g, 0) + sum_c BCE(p_c, 0)`` in float32 (logs
     clamped at -100 as in BCE), then rounded to the score dtype as mmdet rounds its cost.
+    ``all_negative`` [B, 1, A']: :func:`negative_sums` of the scores when already computed.
     """
     p_gt = DK.gt_class_rows(scores, gt_labels).float()                          # [B, M, A']
     cost = DK.bce_negative_(p_gt.clone()).neg_()                                 # -BCE(p_g, 0)
     cost += p_gt.log_().clamp_(min=-100.0).neg_()                                # +BCE(p_g, 1)
     del p_gt
-    all_negative = DK.bce_negative_(scores.float()).sum(dim=-1)                  # [B, A'] over classes
-    cost += all_negative.unsqueeze(1)
+    cost += negative_sums(scores) if all_negative is None else all_negative     # [B, 1, A'] over classes
     if scores.dtype != cost.dtype:
         cost = cost.to(scores.dtype)
     return cost
@@ -151,15 +158,14 @@ class SimOTAAssigner(BaseAssigner):
     def __init__(self, center_radius: float = 2.5, candidate_topk: int = 10, iou_weight: float = 3.0,
                  cls_weight: float = 1.0, iou_calculator=None, candidate_mode: str = "box_or_center",
                  exact: bool = True, block_pairs: Optional[int] = 2 ** 21) -> None:
-        if candidate_mode not in CANDIDATE_MODES:
-            raise ValueError(f"candidate_mode must be one of {CANDIDATE_MODES}, got {candidate_mode!r}")
+        V.check_choice("candidate_mode", candidate_mode, CANDIDATE_MODES)
         self.center_radius = DK.check_non_negative("center_radius", center_radius)
         self.candidate_topk = DK.check_positive_int("candidate_topk", candidate_topk)
         self.iou_weight = DK.check_non_negative("iou_weight", iou_weight)
         self.cls_weight = DK.check_non_negative("cls_weight", cls_weight)
         self.iou_calculator = iou_calculator
         self.candidate_mode = candidate_mode
-        self.exact = bool(exact)
+        self.exact = V.check_flag("exact", exact)
         self.block_pairs = DK.check_block_pairs(block_pairs)
         self._iou = DK.resolve_iou_calculator(iou_calculator)
 
@@ -182,16 +188,33 @@ class SimOTAAssigner(BaseAssigner):
         num_gt, num_priors = gt_bboxes.shape[0], priors.shape[0]
         if num_gt == 0 or num_priors == 0:
             return empty_assign_result(num_gt, num_priors, priors.device, 0.0, DK.result_dtype(bboxes))
-        in_box, in_center = candidate_regions(priors, gt_bboxes, self.center_radius)   # [M, A]
-        candidate, unpenalised = candidate_rules(in_box, in_center, self.candidate_mode)
-        valid = candidate.any(dim=0)                                                    # [A]
+        valid = torch.zeros(num_priors, dtype=torch.bool, device=priors.device)        # [A]
+        for blk in row_blocks(num_gt, num_priors):
+            valid |= self._rules(priors, gt_bboxes[blk])[0].any(dim=0)
         if not bool(valid.any()):
             return empty_assign_result(num_gt, num_priors, priors.device, 0.0, DK.result_dtype(bboxes))
-        ious = self._iou(bboxes[valid], gt_bboxes)                                      # [A', M]
-        cls_cost = exact_cls_cost(scores[valid], gt_labels)                             # [A', M]
-        cost = total_cost(cls_cost, ious, unpenalised[:, valid].t(), self.cls_weight, self.iou_weight)
-        fg, gt_index, matched = DK.mmdet_dynamic_k_matching(cost, ious, self.candidate_topk)
+        cand_priors, cand_boxes, cand_scores = priors[valid], bboxes[valid], scores[valid]
+
+        num_cand, num_classes = cand_scores.shape
+
+        def blocks():   # mmdet's [A', M] costs, a block of GTs at a time
+            for blk in row_blocks(num_gt, num_cand):
+                unpenalised = self._rules(cand_priors, gt_bboxes[blk])[1].t()          # [A', g]
+                ious = self._iou(cand_boxes, gt_bboxes[blk])                            # [A', g]
+                cls_cost = cat_row_blocks(  # mmdet's [A', g, C] one-hot temporaries, in blocks of priors
+                    lambda rows: exact_cls_cost(cand_scores[rows], gt_labels[blk]), num_cand,
+                    ious.shape[1] * num_classes)                                         # [A', g]
+                cost = total_cost(cls_cost, ious, unpenalised, self.cls_weight, self.iou_weight)
+                del cls_cost, unpenalised
+                yield blk.start, cost, ious
+                del cost, ious
+
+        fg, gt_index, matched = DK.mmdet_dynamic_k_blocks(blocks(), self.candidate_topk)
         return DK.mmdet_result(num_gt, num_priors, valid, fg, gt_index, matched, gt_labels, -INF)
+
+    def _rules(self, priors: Tensor, gt_bboxes: Tensor) -> Tuple[Tensor, Tensor]:
+        """priors [A, 4], gt_bboxes [..., g, 4] -> (candidate, unpenalised), each [..., g, A] bool."""
+        return candidate_rules(*candidate_regions(priors, gt_bboxes, self.center_radius), self.candidate_mode)
 
     # ------------------------------------------------------------------ batched
     @torch.no_grad()
@@ -213,18 +236,22 @@ class SimOTAAssigner(BaseAssigner):
                       gt_mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """The vectorised algorithm on a block of b images -> (gt_inds, labels, max_overlaps), each [b, A]."""
         num_priors = priors.shape[0]
-        in_box, in_center = candidate_regions(priors, gt_bboxes, self.center_radius)   # [b, M, A]
-        candidate, unpenalised = candidate_rules(in_box, in_center, self.candidate_mode)
-        del in_box, in_center
-        valid = (candidate & gt_mask.unsqueeze(-1)).any(dim=1)                          # [b, A]
-        del candidate
+        valid = DK.candidates_any(lambda blk: self._rules(priors, gt_bboxes[:, blk])[0], gt_mask, num_priors,
+                                  self.block_pairs)                                     # [b, A]
         index, cand_mask = DK.compact_candidates(valid)                                 # [b, A']
         if index.shape[1] == 0:
             return DK.empty_block(gt_mask, num_priors)
-        unpenalised = unpenalised.gather(2, index.unsqueeze(1).expand(-1, gt_bboxes.shape[1], -1))
-        ious = DK.batched_ious(self._iou, gt_bboxes, DK.gather_priors(bboxes, index))   # [b, M, A']
-        cls_cost = decomposed_cls_cost(DK.gather_priors(scores, index), labels)         # [b, M, A']
-        cost = batched_cost(cls_cost, ious, unpenalised, self.cls_weight, self.iou_weight)
-        del cls_cost, unpenalised
-        fg, gt_index, matched = DK.dynamic_k_matching(cost, ious, gt_mask, cand_mask, self.candidate_topk)
+        cand_boxes = DK.gather_priors(bboxes, index)                                    # [b, A', 4]
+        cand_scores = DK.gather_priors(scores, index)                                   # [b, A', C]
+        all_negative = negative_sums(cand_scores)                                       # [b, 1, A']
+
+        def pair_costs(blk: slice) -> Tuple[Tensor, Tensor]:                            # [b, g, A'] each
+            gts = gt_bboxes[:, blk]
+            unpenalised = self._rules(priors, gts)[1].gather(2, index.unsqueeze(1).expand(-1, gts.shape[1], -1))
+            ious = DK.batched_ious(self._iou, gts, cand_boxes)
+            cls_cost = decomposed_cls_cost(cand_scores, labels[:, blk], all_negative)
+            return batched_cost(cls_cost, ious, unpenalised, self.cls_weight, self.iou_weight), ious
+
+        fg, gt_index, matched = DK.blocked_dynamic_k_matching(pair_costs, gt_mask, cand_mask,
+                                                              self.candidate_topk, self.block_pairs)
         return DK.scatter_to_priors(fg, gt_index, matched, index, labels, num_priors, cand_mask.any(dim=1), -INF)

@@ -30,7 +30,8 @@ neg_overlap                0.0                         -1e8 (mmdet's ``-INF`` se
 =========================  ==========================  ==========================
 
 .. [#loss] ``v8DetectionLoss`` builds the assigner with topk 10, alpha 0.5, beta 6.0:
-   ``preset="ultralytics_loss"``.
+   ``preset="ultralytics_loss"``. YOLO26's end-to-end loss builds two: ``preset="yolo26_one2many"``
+   (topk 10) and ``"yolo26_one2one"`` (topk 7, ``topk2=1``); see :mod:`detassign.assigners.yolo26`.
 
 ``max_overlaps`` holds the assigned pair's overlap for positives and ``neg_overlap`` for the others
 (mmdet returns -1e8 for non-positives; it returns 0 everywhere when an image has no GT or no prior,
@@ -47,16 +48,22 @@ lowest anchor index among the candidates; this is what every path computes (spar
 dense, blocked). In ultralytics
 the top-k runs over the whole dense row, where non-candidates are 0, so which zero-metric
 candidates it keeps is unspecified (often none on CPU): results agree exactly whenever every GT has
-at least k candidates with t > 0 or no zero-metric candidate. ``tie_break="torch"`` runs the dense
-path with ``torch.topk`` on the same rows as the reference, reproducing its choice on the same device
-(with ``topk2`` it also builds ultralytics' dense ``[B, M, A]`` metric for the second top-k).
-Unlike the references, fewer than ``topk`` anchors (A < k) is not an error.
+at least k candidates with t > 0 or no zero-metric candidate. ``tie_break="torch"`` reproduces the
+reference's choice on the same device: the sparse path ranks every GT's candidate pairs, and only the
+GT rows whose top-k is tied (the k-th value of the dense row, often 0, is shared by more anchors than
+slots left, one of them a candidate) are rebuilt as dense ``[A]`` rows and ranked by ``torch.topk``
+itself (:func:`_tal_ops.reference_topk`; the CPU kernel ranks each row on its own, so a subset of rows
+gives the batched call's per-row result, tested; on CUDA this is not verified yet). The same holds for
+``topk2``. In the benchmark's crowded batch (B=16, M=200) 214 of 2,349 GT rows are rebuilt. On the dense
+and blocked paths ``"torch"`` runs ``torch.topk`` on every dense row, as the reference. Under
+``candidate_stage="after_topk"`` (mmdet) ``"torch"`` takes the dense path. Unlike the references,
+fewer than ``topk`` anchors (A < k) is not an error.
 
-Paths (``method``; all give the same result with ``tie_break="index"``, tested against each other).
+Paths (``method``; all give the same result for a given ``tie_break``, tested against each other).
 ``"auto"`` picks ``"sparse"`` wherever it applies (``candidate_stage="before_topk"``, on every device:
 it is the fastest and leanest path, but building its candidate list reads sizes on the host, a sync on
 CUDA), else ``"blocked"`` on accelerators and, on CPU, ``"window"`` (``"after_topk"`` with
-``require_positive_metric``) or ``"dense"`` (otherwise, and for ``tie_break="torch"``). Pass
+``require_positive_metric``) or ``"dense"`` (otherwise, and for ``tie_break="torch"`` there). Pass
 ``method="blocked"`` for an assign path with no host synchronisation (CUDA graphs, async pipelines).
 
 * ``"sparse"`` never builds ``[B, M, A]`` tensors: when ``anchor_points`` are the concatenated
@@ -96,7 +103,7 @@ value checks (``detassign.set_value_checks``) also sync. The blocked path has no
 from __future__ import annotations
 
 import bisect
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -120,6 +127,10 @@ TAL_PRESETS = {
                   require_positive_metric=True, overlap="iou", conflict="selected_gts", neg_overlap=-1e8),
 }
 TAL_PRESETS["ultralytics_loss"] = dict(TAL_PRESETS["ultralytics"], topk=10, alpha=0.5)
+# YOLO26 end-to-end heads (ultralytics 8.4.190 E2ELoss, see detassign.assigners.yolo26): one-to-many
+# v8DetectionLoss(tal_topk=10), one-to-one v8DetectionLoss(tal_topk=7, tal_topk2=1); small GTs widened as above
+TAL_PRESETS["yolo26_one2many"] = dict(TAL_PRESETS["ultralytics"], topk=10, alpha=0.5)
+TAL_PRESETS["yolo26_one2one"] = dict(TAL_PRESETS["ultralytics"], topk=7, alpha=0.5, topk2=1)
 
 _CHOICES = dict(candidate_test=("strict", "inclusive"), candidate_stage=("before_topk", "after_topk"),
                 overlap=("ciou", "iou"), conflict=("all_gts", "selected_gts"), tie_break=("index", "torch"),
@@ -138,13 +149,20 @@ def _fast_ok(x: Tensor, lo: float, hi: float) -> bool:
     return bool(torch.isfinite(low) & torch.isfinite(high) & (low >= lo) & (high <= hi))
 
 
-def _check_values(pred_scores: Tensor, pred_bboxes: Tensor, anchor_points: Tensor) -> None:
+def _check_values(pred_scores: Tensor, pred_bboxes: Tensor, anchor_points: Tensor,
+                  names: Tuple[str, str, str] = ("pred_scores", "pred_bboxes", "anchor_points")) -> None:
     """Probabilities in [0, 1], finite boxes and points; the detailed checks run only on failure."""
     if not _fast_ok(pred_scores, 0.0, 1.0):
-        V.check_range("pred_scores", pred_scores, 0.0, 1.0)
-    for name, x in (("pred_bboxes", pred_bboxes), ("anchor_points", anchor_points)):
+        V.check_range(names[0], pred_scores, 0.0, 1.0)
+    for name, x in zip(names[1:], (pred_bboxes, anchor_points)):
         if not _fast_ok(x, float("-inf"), float("inf")):
             V.check_finite(name, x)
+
+
+def _check_exponents(alpha, beta) -> None:
+    """TOOD's metric s ** alpha * u ** beta needs finite alpha, beta >= 0."""
+    V.check_number("alpha", alpha, low=0)
+    V.check_number("beta", beta, low=0)
 
 
 class TaskAlignedAssigner(BaseAssigner):
@@ -188,37 +206,39 @@ class TaskAlignedAssigner(BaseAssigner):
         cfg.update({k: v for k, v in given.items() if v is not None})
         cfg["method"] = method
         self.preset = preset
-        self.num_classes = num_classes
+        self.num_classes = V.check_number("num_classes", num_classes, low=1, integer=True, allow_none=True)
+        max_chunk_mib = V.check_number("max_chunk_mib", max_chunk_mib, low=0, low_open=True, allow_none=True)
         self.max_chunk_mib = None if max_chunk_mib is None else float(max_chunk_mib)
         for key, value in cfg.items():
             setattr(self, key, value)
-        self.strides = tuple(float(s) for s in self.strides) if self.strides else ()
+        if self.strides is not None and not isinstance(self.strides, (list, tuple)):
+            raise V.ParameterTypeError(f"strides must be a list of positive numbers, got {self.strides!r}")
+        self.strides = tuple(float(V.check_number(f"strides[{i}]", s, low=0, low_open=True))
+                             for i, s in enumerate(self.strides or ()))
         self._check_config()
 
     def _check_config(self) -> None:
         for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not isinstance(self.topk, int) or self.topk < 1:
-            raise ValueError(f"topk must be an int >= 1, got {self.topk!r}")
-        if self.topk2 is not None and (not isinstance(self.topk2, int) or self.topk2 < 1):
-            raise ValueError(f"topk2 must be None or an int >= 1, got {self.topk2!r}")
-        if self.inside_eps < 0 or self.eps < 0:
-            raise ValueError(f"inside_eps and eps must be >= 0, got {self.inside_eps} and {self.eps}")
+            V.check_choice(name, getattr(self, name), allowed)
+        self.topk = V.check_number("topk", self.topk, low=1, integer=True)
+        self.topk2 = V.check_number("topk2", self.topk2, low=1, integer=True, allow_none=True)
+        # a NaN or negative exponent gives NaN / Inf metrics (0 ** -1), never an error downstream
+        _check_exponents(self.alpha, self.beta)
+        V.check_number("inside_eps", self.inside_eps, low=0)
+        V.check_number("eps", self.eps, low=0)
+        V.check_number("neg_overlap", self.neg_overlap)
+        self.widen_small_gt = V.check_flag("widen_small_gt", self.widen_small_gt)
+        self.require_positive_metric = V.check_flag("require_positive_metric", self.require_positive_metric)
         if self.widen_small_gt and not self.strides:
             raise ValueError("widen_small_gt=True needs strides (the side is widened to strides[1])")
-        if any(s <= 0 for s in self.strides):
-            raise ValueError(f"strides must be positive, got {self.strides}")
-        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
-            raise ValueError(f"num_classes must be None or an int >= 1, got {self.num_classes!r}")
         if self.method == "sparse" and not self._sparse_ok():
-            raise ValueError("method='sparse' needs candidate_stage='before_topk' and tie_break='index'")
+            raise ValueError("method='sparse' needs candidate_stage='before_topk'")
         if self.method == "window" and not self._window_ok():
             raise ValueError("method='window' needs candidate_stage='after_topk', require_positive_metric=True "
                              "and tie_break='index'")
 
     def _sparse_ok(self) -> bool:
-        return self.candidate_stage == "before_topk" and self.tie_break == "index"
+        return self.candidate_stage == "before_topk"
 
     def _window_ok(self) -> bool:
         return self.candidate_stage == "after_topk" and self.require_positive_metric and self.tie_break == "index"
@@ -261,23 +281,37 @@ class TaskAlignedAssigner(BaseAssigner):
         gt_instances: ``bboxes`` [M, 4] xyxy, ``labels`` [M]. Returns an AssignResult with extras
         ``assign_metrics`` [A], ``target_scores`` [A, C] and ``target_boxes`` [A, 4].
         """
-        priors = V.get_field(pred_instances, "priors", "pred_instances")
-        bboxes = V.get_field(pred_instances, "bboxes", "pred_instances")
-        scores = V.get_field(pred_instances, "scores", "pred_instances")
-        gt_boxes = V.get_field(gt_instances, "bboxes", "gt_instances")
-        gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
-        V.check_tensor("pred_instances.priors", priors, ("A", None), floating=True)
+        priors = V.tensor_input("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
+                                ("A", None), floating=True, empty_rows=True)
+        if priors.shape == (0, 0):
+            priors = priors.new_zeros((0, 2))
         if priors.shape[1] < 4 and priors.shape[1] != 2:
             raise ValueError(f"pred_instances.priors must be [A, 4] boxes or [A, 2] points, got {tuple(priors.shape)}")
-        V.check_tensor("pred_instances.bboxes", bboxes, (priors.shape[0], 4), floating=True)
-        V.check_tensor("pred_instances.scores", scores, (priors.shape[0], "C"), floating=True)
-        V.check_tensor("gt_instances.bboxes", gt_boxes, ("M", 4), floating=True)
-        V.check_tensor("gt_instances.labels", gt_labels, (gt_boxes.shape[0],))
-        V.check_finite("pred_instances.priors", priors)
+        bboxes = V.tensor_input("pred_instances.bboxes", V.get_field(pred_instances, "bboxes", "pred_instances"),
+                                ("A", 4), floating=True, empty_rows=True)
+        scores = V.tensor_input("pred_instances.scores", V.get_field(pred_instances, "scores", "pred_instances"),
+                                ("A", "C"), floating=True, empty_rows=True)
+        V.check_agree("A", [("pred_instances.priors", priors, 0), ("pred_instances.bboxes", bboxes, 0),
+                            ("pred_instances.scores", scores, 0)])
+        gt_boxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"),
+                                  ("M", 4), floating=True, empty_rows=True)
+        gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
+        V.check_same_device(priors=priors, bboxes=bboxes, scores=scores, gt_bboxes=gt_boxes, gt_labels=gt_labels)
+        gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), num_classes=V.num_classes_of(scores),
+                                   rows_like=("gt_instances.bboxes", gt_boxes))
+        if V.value_checks_enabled():   # named as the caller passed them (assign_batch checks again, quickly)
+            _check_values(scores, bboxes, priors,
+                          ("pred_instances.scores", "pred_instances.bboxes", "pred_instances.priors"))
+        V.check_boxes("gt_instances.bboxes", gt_boxes)
         points = priors if priors.shape[1] == 2 else box_centers(priors[:, :4])
+        num_gts = gt_boxes.shape[0]
+        if priors.shape[0] == 0:   # no priors, nothing to assign (empty scores need not even say C)
+            gt_boxes, gt_labels = gt_boxes[:0], gt_labels[:0]
         batch = self.assign_batch(scores[None], bboxes[None], points, gt_labels[None], gt_boxes[None], None,
                                   alpha=alpha, beta=beta)
-        return batch[0]
+        result = batch[0]
+        result.num_gts = num_gts
+        return result
 
     # ------------------------------------------------------------------ batched (ultralytics interface)
     @torch.no_grad()
@@ -296,8 +330,10 @@ class TaskAlignedAssigner(BaseAssigner):
         """
         scores, pred, points, labels, gts, mask = self._check_batch(pred_scores, pred_bboxes, anchor_points,
                                                                     gt_labels, gt_bboxes, gt_mask)
+        gt_bboxes = V.as_tensor("gt_bboxes", gt_bboxes)   # mmdet HorizontalBoxes: its tensor
         alpha = self.alpha if alpha is None else alpha
         beta = self.beta if beta is None else beta
+        _check_exponents(alpha, beta)
         B, A, C = scores.shape
         M = gts.shape[1]
         method = self._pick_method(scores.device)
@@ -316,26 +352,28 @@ class TaskAlignedAssigner(BaseAssigner):
                 pairs = self._sparse_pairs(scores, pred, points, labels, gts, rows, alpha, beta)
             assign = ops.resolve_conflicts(pairs, B, A, M, self.conflict)
         if self.topk2 is not None and self.topk2 != self.topk:
-            assign = ops.keep_topk2(assign, B, A, M, self.topk2, stable=self.tie_break == "index")
+            assign = ops.keep_topk2(assign, B, A, M, self.topk2, stable=self.tie_break == "index",
+                                    max_elems=int(self._chunk_mib(scores.device) * 2**20 / _BYTES_PER_DENSE_PAIR))
         return self._build_result(assign, scores, labels, gt_bboxes, mask, B, A, M, C)
 
     def _check_batch(self, pred_scores, pred_bboxes, anchor_points, gt_labels, gt_bboxes, gt_mask):
-        V.check_tensor("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
+        pred_scores = V.tensor_input("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
+        pred_bboxes = V.tensor_input("pred_bboxes", pred_bboxes, ("B", "A", 4), floating=True)
+        anchor_points = V.tensor_input("anchor_points", anchor_points, ("A", 2), floating=True)
+        gt_bboxes = V.tensor_input("gt_bboxes", gt_bboxes, ("B", "M", 4), floating=True)
+        # the anchors are fixed by the model: name the tensor that disagrees with the others
+        V.check_agree("A", [("anchor_points", anchor_points, 0), ("pred_scores", pred_scores, 1),
+                            ("pred_bboxes", pred_bboxes, 1)])
+        V.check_agree("B", [("pred_scores", pred_scores, 0), ("pred_bboxes", pred_bboxes, 0),
+                            ("gt_bboxes", gt_bboxes, 0)])
         B, A, C = pred_scores.shape
-        V.check_tensor("pred_bboxes", pred_bboxes, (B, A, 4), floating=True)
-        V.check_tensor("anchor_points", anchor_points, (A, 2), floating=True)
         if self.num_classes is not None and C != self.num_classes:
             raise ValueError(f"pred_scores must have num_classes={self.num_classes} columns, got shape "
                              f"{tuple(pred_scores.shape)}")
-        V.check_tensor("gt_bboxes", gt_bboxes, (B, "M", 4), floating=True)
-        if isinstance(gt_labels, Tensor) and gt_labels.is_floating_point():
-            # ultralytics passes labels as float [B, M, 1]; integral values are required
-            if V.value_checks_enabled() and bool((gt_labels != gt_labels.round()).any()):
-                raise ValueError("gt_labels must hold integral class indices, got fractional values")
-            gt_labels = gt_labels.long()
+        # float labels (ultralytics' [B, M, 1]) are read by the shared check: integral values only
         V.check_same_device(pred_scores=pred_scores, pred_bboxes=pred_bboxes, anchor_points=anchor_points,
                             gt_labels=gt_labels, gt_bboxes=gt_bboxes, gt_mask=gt_mask)
-        labels, gts, mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, C)
+        labels, gts, mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, V.num_classes_of(pred_scores, 1))
         if V.value_checks_enabled():
             _check_values(pred_scores, pred_bboxes, anchor_points)
         dtype = torch.float64 if torch.float64 in (pred_scores.dtype, pred_bboxes.dtype, gt_bboxes.dtype,
@@ -377,8 +415,12 @@ class TaskAlignedAssigner(BaseAssigner):
         values = [self._pair_values(scores, pred, labels, gts, row[lo:lo + step], anchor[lo:lo + step], alpha, beta, M)
                   for lo in range(0, max(row.numel(), 1), step)]
         overlap, metric = (torch.cat(v) for v in zip(*values))
-        rank = ops.rank_in_segments(local, metric, rows.numel(), nonnegative=True)
-        selected = rank < self.topk
+        if self.tie_break == "torch":
+            # ultralytics' torch.topk over the dense row (0 off the candidates), rebuilt only where tied
+            budget = int(self._chunk_mib(points.device) * 2**20 / _BYTES_PER_DENSE_PAIR)
+            selected = ops.reference_topk(local, anchor, metric, rows.numel(), points.shape[0], self.topk, budget)
+        else:
+            selected = ops.rank_in_segments(local, metric, rows.numel(), nonnegative=True) < self.topk
         if self.require_positive_metric:
             selected &= metric > 0
         return ops.PairTable(row, anchor, overlap, metric, selected)

@@ -23,7 +23,7 @@ an empty result).
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Union
+from typing import Iterable, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -34,9 +34,10 @@ from .. import _validate as V
 from ..boxes import aligned_iou
 from ..registry import build_match_cost
 from ..structures import AssignResult, Instances
+from ._blocks import row_blocks
 from .base import BaseAssigner
 from .hungarian import _image_name, _raise_non_finite
-from .match_costs import BaseMatchCost, _f32, _pairwise_overlaps
+from .match_costs import BaseMatchCost, _f32, _pairwise_overlaps, per_image_cost
 
 __all__ = ["TopkHungarianAssigner", "alignment_metrics", "topk_linear_assignment"]
 
@@ -66,9 +67,19 @@ def topk_linear_assignment(cost: Tensor, k: int):
     Columns are repeated k times GT by GT (GT j owns columns j*k .. j*k + k - 1, mmdet's layout, so
     ties resolve as there). Rows come back in increasing order. Requires N >= k * M.
     """
-    repeated = cost.detach().repeat_interleave(k, dim=1).cpu().numpy()
+    return topk_linear_assignment_blocks([(0, cost)], cost.shape[0], cost.shape[1], k)
+
+
+def topk_linear_assignment_blocks(blocks: Iterable[Tuple[int, Tensor]], num_queries: int, num_gts: int, k: int):
+    """:func:`topk_linear_assignment` from blocks (first GT, cost [N, g]) in GT order: only the solver's
+    own [N, k * M] input is ever whole (scipy needs it), filled block by block."""
+    repeated, device = None, None
+    for start, cost in blocks:
+        part = cost.detach().repeat_interleave(k, dim=1).cpu().numpy()                   # [N, g * k]
+        if repeated is None:
+            repeated, device = np.empty((num_queries, k * num_gts), dtype=part.dtype), cost.device
+        repeated[:, start * k:start * k + part.shape[1]] = part
     rows, cols = linear_sum_assignment(repeated)
-    device = cost.device
     return torch.from_numpy(rows).to(device), torch.from_numpy(cols // k).to(device)
 
 
@@ -89,23 +100,22 @@ class TopkHungarianAssigner(BaseAssigner):
                  reg_cost: CostConfig = dict(type="BBoxL1Cost", weight=5.0),
                  iou_cost: CostConfig = dict(type="IoUCost", iou_mode="giou", weight=2.0),
                  dense_outputs: bool = False) -> None:
-        if int(topk) < 1:
-            raise ValueError(f"topk must be >= 1, got {topk}")
+        self.topk = V.check_number("topk", topk, low=1, integer=True)
         _check_iou_calculator(iou_calculator)
-        self.topk = int(topk)
         self.iou_calculator = iou_calculator
         self.cls_cost = _build_cost(cls_cost)
         self.reg_cost = _build_cost(reg_cost)
         self.iou_cost = _build_cost(iou_cost)
-        self.dense_outputs = dense_outputs
+        self.dense_outputs = V.check_flag("dense_outputs", dense_outputs)
 
     def _costs(self, pred_scores: Tensor, pred_bboxes: Tensor, gt_bboxes: Tensor, gt_labels: Tensor, img_meta):
         """Weighted total cost [N, M], summed in mmdet's order (cls + reg) + iou, and the named terms."""
         pred = Instances(scores=pred_scores, bboxes=pred_bboxes)
         gt = Instances(labels=gt_labels, bboxes=gt_bboxes)
-        reg = self.reg_cost(pred, gt, img_meta)
-        iou = self.iou_cost(pred, gt, img_meta)
-        cls = self.cls_cost(pred, gt, img_meta)
+        # inputs checked by ``assign``; NaN is reported per cost term, naming the input
+        reg = per_image_cost(self.reg_cost, pred, gt, img_meta)
+        iou = per_image_cost(self.iou_cost, pred, gt, img_meta)
+        cls = per_image_cost(self.cls_cost, pred, gt, img_meta)
         names = [f"{role} {type(c).__name__}" for role, c in
                  (("cls_cost", self.cls_cost), ("reg_cost", self.reg_cost), ("iou_cost", self.iou_cost))]
         return cls + reg + iou, [cls, reg, iou], names
@@ -120,42 +130,67 @@ class TopkHungarianAssigner(BaseAssigner):
         Returns AssignResult(num_gts, gt_inds [N], max_overlaps [P] or [N], labels [N]) with the extra
         ``assign_metrics`` ([P] or [N]).
         """
-        V.check_tensor("pred_scores", pred_scores, ("N", "C"), floating=True)
-        N = pred_scores.shape[0]
-        V.check_tensor("decode_bboxes", decode_bboxes, (N, 4), floating=True)
-        V.check_tensor("gt_bboxes", gt_bboxes, ("M", 4), floating=True)
+        pred_scores = V.tensor_input("pred_scores", pred_scores, ("N", "C"), floating=True, empty_rows=True)
+        decode_bboxes = V.tensor_input("decode_bboxes", decode_bboxes, ("N", 4), floating=True, empty_rows=True)
+        N = V.check_agree("N", [("pred_scores", pred_scores, 0), ("decode_bboxes", decode_bboxes, 0)])
+        gt_bboxes = V.tensor_input("gt_bboxes", gt_bboxes, ("M", 4), floating=True, empty_rows=True)
         M = gt_bboxes.shape[0]
-        V.check_tensor("gt_labels", gt_labels, (M,), floating=False)
+        gt_labels = V.as_tensor("gt_labels", gt_labels)
+        V.check_same_device(pred_scores=pred_scores, decode_bboxes=decode_bboxes, gt_bboxes=gt_bboxes,
+                            gt_labels=gt_labels)
+        # checked before ``pred_scores[:, gt_labels]``: -1 would silently read the last class
+        gt_labels = V.labels_input("gt_labels", gt_labels, ("M",), num_classes=V.num_classes_of(pred_scores),
+                                   rows_like=("gt_bboxes", gt_bboxes))
         V.check_boxes("gt_bboxes", gt_bboxes)
+        # Inf scores give Inf metrics but finite focal costs; NaN is reported per cost term below
+        V.check_not_inf("pred_scores", pred_scores)
+        V.check_number("alpha", alpha, low=0)
+        V.check_number("beta", beta, low=0)
         device = pred_scores.device
         gt_inds = torch.zeros(N, dtype=torch.long, device=device)
         labels = torch.full((N,), -1, dtype=torch.long, device=device)
         if M == 0:
             return self._result(0, gt_inds, labels, None, None, N)
         scores, boxes, gts = _f32(pred_scores), _f32(decode_bboxes), _f32(gt_bboxes)
-        ious = _pairwise_overlaps(boxes[None], gts[None], "iou")[0]  # [N, M]
-        metrics = alignment_metrics(scores, ious, gt_labels.long(), alpha, beta)
-        cost, terms, names = self._costs(scores, boxes, gts, gt_labels.long(), img_meta)
         k = min(self.topk, N // M)
-        if k == 0:
+        if k == 0:   # fewer queries than GTs: no positive at all (as mmdet), so nothing to compute
             empty = scores.new_zeros(0)
             return self._result(M, gt_inds, labels, empty, empty, N)
-        self._check_finite(cost, terms, names, img_meta)
-        rows, matched = topk_linear_assignment(cost, k)
+        gt_labels = gt_labels.long()
+        inputs = {"pred_scores": pred_scores, "decode_bboxes": decode_bboxes}
+        blocks = row_blocks(M, N * k)     # blocks of GTs: [N, g] cost terms, [N, g * k] solver columns
+        costs = (self._block_cost(scores, boxes, gts, gt_labels, blk, img_meta, inputs) for blk in blocks)
+        rows, matched = topk_linear_assignment_blocks(costs, N, M, k)
         gt_inds[rows] = matched + 1
-        labels[rows] = gt_labels.long()[matched]
+        labels[rows] = gt_labels[matched]
         pos_ious = aligned_iou(boxes[rows], gts[matched])
-        pos_metrics = metrics[rows, matched]
+        pos_metrics = None
+        for blk in blocks:                # the TOOD metric of the matched pairs, from [N, g] blocks
+            ious = _pairwise_overlaps(boxes[None], gts[None, blk], "iou")[0]                    # [N, g]
+            metrics = alignment_metrics(scores, ious, gt_labels[blk], alpha, beta)
+            if pos_metrics is None:
+                pos_metrics = metrics.new_empty(rows.shape[0])
+            inside = (matched >= blk.start) & (matched < blk.stop)
+            pos_metrics[inside] = metrics[rows[inside], matched[inside] - blk.start]
         return self._result(M, gt_inds, labels, pos_ious, pos_metrics, N, rows)
 
+    def _block_cost(self, scores: Tensor, boxes: Tensor, gts: Tensor, gt_labels: Tensor, blk: slice, img_meta,
+                    inputs) -> Tuple[int, Tensor]:
+        """(first GT, total cost [N, g]) of the GTs in ``blk``; a non-finite cost is reported on the whole
+        matrices (error path only), naming the image, the cost terms and the inputs."""
+        cost, _, _ = self._costs(scores, boxes, gts[blk], gt_labels[blk], img_meta)
+        if not bool(torch.isfinite(cost).all()):
+            self._check_finite(*self._costs(scores, boxes, gts, gt_labels, img_meta), img_meta, inputs)
+        return blk.start, cost
+
     @staticmethod
-    def _check_finite(cost: Tensor, terms, names, img_meta) -> None:
+    def _check_finite(cost: Tensor, terms, names, img_meta, inputs=None) -> None:
         """Clear error naming the image and the cost terms instead of scipy's 'cost matrix is infeasible'."""
         if bool(torch.isfinite(cost).all()):
             return
         valid = np.ones((1, cost.shape[1]), dtype=bool)
         _raise_non_finite(cost[None].detach().cpu().numpy(), valid, [t[None] for t in terms], names,
-                          [_image_name(img_meta)])
+                          [_image_name(img_meta)], {k: v[None] for k, v in (inputs or {}).items()})
 
     def _result(self, num_gts: int, gt_inds: Tensor, labels: Tensor, pos_ious: Optional[Tensor],
                 pos_metrics: Optional[Tensor], N: int, rows: Optional[Tensor] = None) -> AssignResult:

@@ -104,19 +104,15 @@ class UniformAssigner(BaseAssigner):
 
     def __init__(self, pos_ignore_thr: float = 0.15, neg_ignore_thr: float = 0.7, match_times: int = 4,
                  iou_calculator: Optional[dict] = None, max_overlaps_mode: str = "per_gt") -> None:
-        if isinstance(match_times, bool) or not isinstance(match_times, int) or match_times < 1:
-            raise ValueError(f"match_times must be a positive int, got {match_times!r}")
-        if max_overlaps_mode not in MAX_OVERLAPS_MODES:
-            raise ValueError(f"max_overlaps_mode must be one of {MAX_OVERLAPS_MODES}, got {max_overlaps_mode!r}")
-        self.pos_ignore_thr = float(pos_ignore_thr)
-        self.neg_ignore_thr = float(neg_ignore_thr)
-        self.match_times = match_times
+        self.match_times = V.check_number("match_times", match_times, low=1, integer=True)
+        self.max_overlaps_mode = V.check_choice("max_overlaps_mode", max_overlaps_mode, MAX_OVERLAPS_MODES)
+        self.pos_ignore_thr = float(V.check_number("pos_ignore_thr", pos_ignore_thr, finite=False))
+        self.neg_ignore_thr = float(V.check_number("neg_ignore_thr", neg_ignore_thr, finite=False))
         self.iou_calculator = check_iou_calculator(iou_calculator)
-        self.max_overlaps_mode = max_overlaps_mode
 
     def _read_inputs(self, pred_instances, gt_instances):
-        priors = V.get_field(pred_instances, "priors", "pred_instances")
-        V.check_tensor("pred_instances.priors", priors, ("A", 4), floating=True)
+        priors = V.tensor_input("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
+                                ("A", 4), floating=True, empty_rows=True)
         pred = V.get_field(pred_instances, "decoder_priors", "pred_instances", required=False)
         name = "pred_instances.decoder_priors"
         if pred is None:
@@ -125,13 +121,14 @@ class UniformAssigner(BaseAssigner):
         if pred is None:
             raise ValueError("pred_instances.decoder_priors (the decoded predicted boxes [A, 4]) is required by "
                              "UniformAssigner but is missing")
-        V.check_tensor(name, pred, (priors.shape[0], 4), floating=True)
-        gt_bboxes = V.get_field(gt_instances, "bboxes", "gt_instances")
-        V.check_tensor("gt_instances.bboxes", gt_bboxes, ("M", 4), floating=True)
+        pred = V.tensor_input(name, pred, ("A", 4), floating=True, empty_rows=True)
+        V.check_agree("A", [("pred_instances.priors", priors, 0), (name, pred, 0)])
+        gt_bboxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"),
+                                   ("M", 4), floating=True, empty_rows=True)
         gt_labels = V.get_field(gt_instances, "labels", "gt_instances", required=False)
-        if gt_labels is not None:
-            V.check_tensor("gt_instances.labels", gt_labels, (gt_bboxes.shape[0],), floating=False)
         V.check_same_device(priors=priors, decoder_priors=pred, gt_bboxes=gt_bboxes, gt_labels=gt_labels)
+        gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), allow_none=True,
+                                   rows_like=("gt_instances.bboxes", gt_bboxes))
         V.check_boxes("pred_instances.priors", priors)
         V.check_boxes(name, pred)
         V.check_boxes("gt_instances.bboxes", gt_bboxes)
