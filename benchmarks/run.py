@@ -107,6 +107,16 @@ def build_case(name, torch, device):
         return _hungarian_case(torch, device, B, M, int(params.get("Q", 300)), C)
     if family == "yolo":
         return _yolo_case(torch, device, int(params.get("B", 8)))
+    if family == "ultra_swap":
+        return _ultra_swap_case(torch, device, B, int(params.get("M", 200)), C)
+    if family == "detr_match":
+        return _detr_match_case(torch, device, B, int(params.get("Q", 300)), M, int(params.get("G", 1)),
+                                int(params.get("C", 91)))
+    if family == "rtal":
+        return _rotated_tal_case(torch, device, B, M, int(params.get("size", 1024)), int(params.get("C", 15)))
+    if family == "detr_layers":
+        return _detr_layers_case(torch, device, int(params.get("L", 6)), B, int(params.get("Q", 300)), M,
+                                 int(params.get("C", 91)))
     d = make_batch(torch, B, M, C, device)
     pts, strd = d["points"], d["strides"]
     num_level = [(IMG // s) ** 2 for s in STRIDES]
@@ -245,6 +255,119 @@ def _hungarian_case(torch, device, B, M, Q, C):
     return run_ours, run_ref
 
 
+def _ultra_swap_case(torch, device, B, M, C):
+    """One ultralytics assignment step on a crowded batch: its TaskAlignedAssigner as v8DetectionLoss
+    builds it (topk 10, alpha 0.5, beta 6), with and without the one-line swap; same call, same inputs."""
+    from detassign.integrations.ultralytics import TaskAlignedAssigner
+    d = make_batch(torch, B, M, C, device)
+    args = (d["pred_scores"], d["pred_bboxes"], d["points"], d["gt_labels"][..., None].float(), d["gt_bboxes"],
+            d["gt_mask"][..., None].float())
+    kw = dict(topk=10, num_classes=C, alpha=0.5, beta=6.0, stride=list(STRIDES))
+    ours = TaskAlignedAssigner(**kw)
+    ref = _ul().tal.TaskAlignedAssigner(**kw)
+    return (lambda: ours(*args)), (lambda: ref(*args))
+
+
+def _detr_match_case(torch, device, B, Q, M, G, C):
+    """DINO-style matching (focal 2 / 5 / 2) of B images, Q queries in G groups, M GTs per image (M/2..M).
+    Reference: the field's matcher (DETR, Deformable-DETR, DINO, RF-DETR): costs of the cross-image
+    [B * Q, sum M] matrix, one copy to the host, scipy per image (and per group)."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    from detassign.boxes import cxcywh_to_xyxy, pairwise_giou
+    from detassign.integrations.detr import HungarianMatcher
+    g = torch.Generator().manual_seed(0)
+    outputs = dict(pred_logits=torch.randn(B, Q, C, generator=g).to(device),
+                   pred_boxes=torch.cat([torch.rand(B, Q, 2, generator=g) * 0.8 + 0.1,
+                                         torch.rand(B, Q, 2, generator=g) * 0.3 + 0.02], -1).to(device))
+    targets = []
+    for _ in range(B):
+        m = int(torch.randint(max(M // 2, 1), M + 1, (1,), generator=g))
+        box = torch.cat([torch.rand(m, 2, generator=g) * 0.8 + 0.1, torch.rand(m, 2, generator=g) * 0.3 + 0.02], -1)
+        targets.append(dict(labels=torch.randint(0, C, (m,), generator=g).to(device), boxes=box.to(device)))
+    ours = HungarianMatcher.preset("dino", num_groups=G)
+
+    def run_ref():
+        prob = outputs["pred_logits"].flatten(0, 1).sigmoid()                       # [B * Q, C]
+        boxes = outputs["pred_boxes"].flatten(0, 1)
+        ids = torch.cat([t["labels"] for t in targets])
+        gt = torch.cat([t["boxes"] for t in targets])                                # [sum M, 4]
+        neg = 0.75 * prob ** 2 * -(1 - prob + 1e-8).log()
+        pos = 0.25 * (1 - prob) ** 2 * -(prob + 1e-8).log()
+        cost = (5 * torch.cdist(boxes, gt, p=1) + 2 * (pos[:, ids] - neg[:, ids])
+                - 2 * pairwise_giou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(gt)))
+        cost = cost.view(B, Q, -1).cpu()
+        sizes = [len(t["boxes"]) for t in targets]
+        out = []
+        for i, c in enumerate(cost.split(sizes, -1)):
+            parts = [linear_sum_assignment(part) for part in c[i].split(Q // G, 0)]
+            out.append((np.concatenate([r + k * (Q // G) for k, (r, _) in enumerate(parts)]),
+                        np.concatenate([col for _, col in parts])))
+        return out
+    return (lambda: ours(outputs, targets)), run_ref
+
+
+def _rotated_tal_case(torch, device, B, M, size, C):
+    """Oriented boxes in a crowded aerial scene (DOTA-like: C = 15, a size x size image, strides 8/16/32, M
+    GTs of 6..40 px at any angle per image): ultralytics' RotatedTaskAlignedAssigner as v8OBBLoss builds it
+    (topk 10, alpha 0.5, beta 6) against ours with the same settings."""
+    from detassign.assigners.rotated_task_aligned import RotatedTaskAlignedAssigner
+    g = torch.Generator().manual_seed(0)
+    pts, _ = anchor_points(torch, "cpu", img=size)
+    A = len(pts)
+    gt = torch.cat([torch.rand(B, M, 2, generator=g) * size, torch.rand(B, M, 2, generator=g) * 34 + 6,
+                    (torch.rand(B, M, 1, generator=g) - 0.5) * math.pi], -1)
+    pred = torch.cat([pts[None] + torch.randn(B, A, 2, generator=g) * 3, torch.rand(B, A, 2, generator=g) * 34 + 6,
+                      (torch.rand(B, A, 1, generator=g) - 0.5) * math.pi], -1)
+    scores, labels = torch.rand(B, A, C, generator=g), torch.randint(0, C, (B, M), generator=g)
+    scores, pred, pts, gt, labels = (t.to(device) for t in (scores, pred, pts, gt, labels))
+    ours = RotatedTaskAlignedAssigner(preset="ultralytics_loss", num_classes=C)
+    ref = _ul().tal.RotatedTaskAlignedAssigner(topk=10, num_classes=C, alpha=0.5, beta=6.0, stride=list(STRIDES))
+    mask = torch.ones(B, M, 1, device=device)
+    return ((lambda: ours.assign_batch(scores, pred, pts, labels, gt)),
+            (lambda: ref(scores, pred, pts, labels[..., None].float(), gt, mask)))
+
+
+def _detr_layers_case(torch, device, L, B, Q, M, C):
+    """Matching every decoder layer (L of them, DINO costs focal 2 / L1 5 / GIoU 2) for B images of M/2..M
+    GTs: ours builds the [L, B, Q, M] costs in one call and solves them in one solver call; the reference
+    runs the field's matcher (cross-image [B * Q, sum M] costs, one host copy, scipy per image) per layer."""
+    from scipy.optimize import linear_sum_assignment
+
+    from detassign.assigners.one_to_many import OneToManyHungarianAssigner
+    from detassign.boxes import cxcywh_to_xyxy, pairwise_giou
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(L, B, Q, C, generator=g).to(device)
+    boxes = torch.cat([torch.rand(L, B, Q, 2, generator=g) * 0.8 + 0.1, torch.rand(L, B, Q, 2, generator=g) * 0.3
+                       + 0.02], -1).to(device)
+    sizes = torch.randint(max(M // 2, 1), M + 1, (B,), generator=g)
+    mask = (torch.arange(M)[None] < sizes[:, None]).to(device)
+    gt_cxcywh = torch.cat([torch.rand(B, M, 2, generator=g) * 0.8 + 0.1, torch.rand(B, M, 2, generator=g) * 0.3
+                           + 0.02], -1).to(device)
+    labels = torch.randint(0, C, (B, M), generator=g).to(device)
+    shape = (IMG, IMG)
+    gt_px = cxcywh_to_xyxy(gt_cxcywh) * IMG
+    ours = OneToManyHungarianAssigner([dict(type="FocalLossCost", weight=2.0),
+                                       dict(type="BBoxL1Cost", weight=5.0, box_format="xywh"),
+                                       dict(type="IoUCost", iou_mode="giou", weight=2.0)])
+
+    def run_ref():
+        ids = torch.cat([labels[b, :int(n)] for b, n in enumerate(sizes)])
+        gt = torch.cat([gt_cxcywh[b, :int(n)] for b, n in enumerate(sizes)])              # [sum M, 4]
+        out = []
+        for layer in range(L):
+            prob = logits[layer].flatten(0, 1).sigmoid()
+            pred = boxes[layer].flatten(0, 1)
+            neg = 0.75 * prob ** 2 * -(1 - prob + 1e-8).log()
+            pos = 0.25 * (1 - prob) ** 2 * -(prob + 1e-8).log()
+            cost = (5 * torch.cdist(pred, gt, p=1) + 2 * (pos[:, ids] - neg[:, ids])
+                    - 2 * pairwise_giou(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(gt))).view(B, Q, -1).cpu()
+            out.append([linear_sum_assignment(c[i]) for i, c in enumerate(cost.split(sizes.tolist(), -1))])
+        return out
+    return (lambda: ours.assign_batch(logits, boxes, labels, gt_px, mask, shape)), run_ref
+
+
 def _yolo_case(torch, device, B):
     x = torch.randn(B, 3, IMG, IMG, device=device)
 
@@ -380,6 +503,15 @@ CPU_CASES = [
     ("tal_dense:B=2,M=5000", "TaskAligned dense B=2 M=5000", "(ultralytics needs GBs)"),
     ("yolo:B=8", "YOLO11n fwd+bwd B=8 @640", "ultralytics DetectionModel"),
     ("step_share:B=8", "YOLO11n training step B=8 @640 (share in assign + loss)", "-"),
+    ("ultra_swap:B=16,M=200", "ultralytics assignment step, exact swap, B=16 M=200", "ultralytics TAL (stock)"),
+    ("ultra_swap:B=2,M=5000", "ultralytics assignment step, exact swap, B=2 M=5000", "ultralytics TAL (stock)"),
+    ("detr_match:B=16,Q=300,M=50", "DETR matcher (DINO costs) B=16 Q=300 M=50", "DETR-style cross-image matcher"),
+    ("detr_match:B=16,Q=3900,M=50,G=13", "DETR matcher, 13 groups (RF-DETR-like) B=16 Q=13x300 M=50",
+     "DETR-style cross-image matcher"),
+    ("rtal:B=2,M=1500", "Rotated TaskAligned (OBB, ultralytics_loss), crowded 1024 px, B=2 M=1500",
+     "ultralytics RotatedTAL"),
+    ("detr_layers:L=6,B=16,Q=300,M=50", "Hungarian, 6 decoder layers in one call, B=16 Q=300 M=50",
+     "DETR-style matcher per layer"),
 ]
 CUDA_CASES = [
     ("tal_ultra:M=50", "TaskAligned (ultralytics preset) M=50", "ultralytics TAL"),
@@ -394,6 +526,12 @@ CUDA_CASES = [
     ("hungarian:Q=300,M=50", "Hungarian Q=300 M=50", "mmdet Hungarian loop"),
     ("yolo:B=8", "YOLO11n fwd+bwd B=8 @640", "ultralytics DetectionModel"),
     ("step_share:B=8", "YOLO11n training step B=8 @640 (share in assign + loss)", "-"),
+    ("ultra_swap:B=16,M=200", "ultralytics assignment step, exact swap, B=16 M=200", "ultralytics TAL (stock)"),
+    ("detr_match:B=16,Q=300,M=50", "DETR matcher (DINO costs) B=16 Q=300 M=50", "DETR-style cross-image matcher"),
+    ("rtal:B=2,M=1500", "Rotated TaskAligned (OBB, ultralytics_loss), crowded 1024 px, B=2 M=1500",
+     "ultralytics RotatedTAL"),
+    ("detr_layers:L=6,B=16,Q=300,M=50", "Hungarian, 6 decoder layers in one call, B=16 Q=300 M=50",
+     "DETR-style matcher per layer"),
 ]
 
 

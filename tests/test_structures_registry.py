@@ -57,6 +57,7 @@ def test_every_registered_assigner_builds_from_config():
         "CenterRegionAssigner": dict(pos_scale=0.2, neg_scale=0.5),
         "TopkHungarianAssigner": dict(topk=4),
         "HungarianAssigner": dict(match_costs=[dict(type="ClassificationCost")]),
+        "OneToManyHungarianAssigner": dict(match_costs=[dict(type="ClassificationCost")]),
     }
     for name, cls in classes.items():
         assert build_assigner(dict(type=name, **required.get(name, {}))).__class__ is cls

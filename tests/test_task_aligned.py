@@ -150,7 +150,7 @@ def test_presets_and_overrides():
     mm_cfg = build_assigner(dict(type="TaskAlignedAssigner", topk=13, iou_calculator=dict(type="BboxOverlaps2D")))
     assert mm_cfg.preset == "mmdet" and mm_cfg.overlap == "iou"
     assert "topk=13" in repr(u)
-    assert set(TAL_PRESETS) == {"ultralytics", "ultralytics_loss", "mmdet"}
+    assert set(TAL_PRESETS) == {"ultralytics", "ultralytics_loss", "mmdet", "yolo26_one2many", "yolo26_one2one"}
 
 
 @pytest.mark.parametrize("kwargs, match", [
