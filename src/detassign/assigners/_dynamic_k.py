@@ -14,6 +14,11 @@ Two implementations live here:
   ties at the k-th cost are broken deterministically (lowest prior index wins).
 * :func:`mmdet_dynamic_k_matching` mirrors mmdet 3.3.0 op for op on one image (a ``torch.topk`` per
   GT), so that even ties resolve as mmdet resolves them; per-image ``exact=True`` assigners use it.
+
+Both also run over blocks of GTs (:func:`blocked_dynamic_k_matching`, :func:`mmdet_dynamic_k_blocks`):
+steps 1-2 read one GT's row only, and step 3 needs per prior only the number of GTs that chose it,
+the first of them and the cheapest GT over all, which :func:`fold_matching` carries from block to
+block; so dense scenes never hold an [M, A'] matrix and get the one-block result.
 """
 from __future__ import annotations
 

@@ -29,8 +29,14 @@ Two computations:
   1e-7 relative, and ties at a GT's k-th cost go to the lowest prior index (mmdet's ``torch.topk``
   order is unspecified); decisions equal mmdet's except at such near-ties. A batched call and a
   one-image call give bit-identical results. Images run in blocks of at most ``block_pairs`` (GT,
-  prior) pairs to bound memory; each block reads its candidate count on the host once (a device sync).
-  GT masks are not used by the batched path (``assign`` with masks always takes the exact path).
+  prior) pairs to bound memory, and an image with more pairs than that in blocks of GTs; each image
+  block reads its candidate count on the host once (a device sync). GT masks are not used by the
+  batched path (``assign`` with masks always takes the exact path).
+
+Dense scenes: neither path holds an [M, A'] matrix. The exact path builds mmdet's costs a block of
+GTs at a time (and its one-hot ``[A', g, C]`` temporaries a block of priors at a time, see
+:mod:`._blocks`); between blocks only per-GT results and per-prior reductions over GTs are kept
+(:func:`._dynamic_k.fold_matching`), so the result is the same, bit for bit on one thread.
 
 Half-precision logits: like mmdet, the sigmoid is taken in the logits' dtype and the BCE in float32
 (mmdet's float32 soft label promotes it). Differences from mmdet: ``gt_instances_ignore`` is accepted
@@ -152,7 +158,8 @@ class DynamicSoftLabelAssigner(BaseAssigner):
         iou_calculator: ``dict(type="BboxOverlaps2D")`` (default) or a callable ``(boxes1, boxes2) -> IoU``.
         exact: per-image :meth:`assign` mirrors mmdet op for op (True) or runs the batched path (False).
         block_pairs: :meth:`assign_batch` processes images in blocks of at most this many (GT, prior)
-            pairs (``M * A`` per image; at least one image per block) to bound memory; ``None``: one block.
+            pairs (``M * A`` per image; at least one image per block, an image beyond it in blocks of at
+            least 64 GTs) to bound memory; ``None``: one block.
     """
 
     def __init__(self, soft_center_radius: float = 3.0, topk: int = 13, iou_weight: float = 3.0,

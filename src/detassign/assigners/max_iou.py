@@ -25,6 +25,10 @@ GTs whose best IoU is 0; ``low_quality_mode="argmax"`` is the detectron2 / torch
 rule: a prior that is some GT's best match becomes positive but keeps its own argmax-IoU GT
 (no overwrite), and GTs with best IoU 0 are skipped.
 
+Memory: :meth:`MaxIoUAssigner.assign` computes the [M, A] overlaps a block of GTs at a time
+(:func:`assign_overlap_blocks`): per prior only the running best IoU and its first GT, and per block
+the GTs' own best priors (step 4) cross blocks, so the result is the whole matrix's, bit for bit.
+
 Compatibility knobs: ``gpu_assign_thr > 0`` moves the computation to the CPU when an image has more
 GTs than that (mmdet's memory guard; results are identical). ``iou_calculator`` accepts mmdet's
 ``dict(type="BboxOverlaps2D", scale=1., dtype=None)``; with ``dtype="fp16"`` boxes are divided by

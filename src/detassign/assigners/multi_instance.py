@@ -9,6 +9,10 @@ Algorithm (N proposals, M GTs, I ignore boxes):
     5. labels: 1 if overlap >= pos_iou_thr and the box is not an ignore box, 0 if
        0 <= overlap < neg_iou_thr, else the box's label (GT label + 1, or -1 for ignore)
 
+Rows are processed in blocks (each row is sorted on its own, so the result is the same), and
+without ignore boxes step 4 cannot fire (iof 0, IoU >= 0), so no iof is computed: memory stays
+bounded on dense scenes.
+
 Output coding differs from the other assigners (mmdet's, reproduced): every array is
 ``[N + M + I, k]``; ``gt_inds`` are **0-based** indices into ``cat(gt_bboxes, ignore_bboxes)``
 (mmdet's MultiInstanceSamplingResult adds 1 itself); ``labels`` are 1 foreground / 0 background
@@ -137,9 +141,13 @@ class MultiInstanceAssigner(BaseAssigner):
         boxes, box_labels = _all_boxes(gt_bboxes, gt_labels, gt_instances_ignore)
         proposals = torch.cat([priors, boxes.to(priors.dtype)], dim=0)  # [N+M+I, 4]
         is_ignore = box_labels.eq(-1)[None, :]                          # [1, M+I]
-        slots = [self._top_slots(proposals[blk], boxes, is_ignore)      # a block of rows at a time
-                 for blk in row_blocks(proposals.shape[0], boxes.shape[0], multiple=1)]
-        overlaps, gt_inds = (torch.cat(parts) for parts in zip(*slots))
+        overlaps = gt_inds = None
+        for blk in row_blocks(proposals.shape[0], boxes.shape[0], multiple=1):   # a block of rows at a time
+            values, indices = self._top_slots(proposals[blk], boxes, is_ignore)
+            if overlaps is None:   # written in place: no small result is left between the blocks' temporaries
+                overlaps = values.new_empty((proposals.shape[0], values.shape[1]))
+                gt_inds = indices.new_empty((proposals.shape[0], indices.shape[1]))
+            overlaps[blk], gt_inds[blk] = values, indices
         labels = self._slot_labels(overlaps, gt_inds, box_labels)
         return AssignResult(len(boxes), gt_inds, overlaps, labels)
 

@@ -35,8 +35,13 @@ Two computations:
   prior index (mmdet's ``torch.topk`` order is unspecified). Decisions equal mmdet's except at such
   near-ties, which mostly occur among +1e5-penalised priors (float32 spacing 0.008 there). Results of
   a batched call and of a one-image call are bit-identical. Images run in blocks of at most
-  ``block_pairs`` (GT, prior) pairs to bound memory; each block reads its candidate count on the host
-  once (a device sync).
+  ``block_pairs`` (GT, prior) pairs to bound memory, and an image with more pairs than that in blocks
+  of GTs; each image block reads its candidate count on the host once (a device sync).
+
+Dense scenes: neither path holds an [M, A'] matrix. The exact path builds mmdet's costs a block of
+GTs at a time (and its one-hot ``[A', g, C]`` temporaries a block of priors at a time, see
+:mod:`._blocks`); between blocks only per-GT results and per-prior reductions over GTs are kept
+(:func:`._dynamic_k.fold_matching`), so the result is the same, bit for bit on one thread.
 
 Differences from mmdet: ``gt_instances_ignore`` is accepted and ignored (as in mmdet); float16 /
 bfloat16 boxes are compared in float32 (mmdet's IoU would run in half precision).
@@ -152,7 +157,8 @@ class SimOTAAssigner(BaseAssigner):
         candidate_mode: ``"box_or_center"`` (mmdet) or ``"center"`` (YOLOX).
         exact: per-image :meth:`assign` mirrors mmdet op for op (True) or runs the batched path (False).
         block_pairs: :meth:`assign_batch` processes images in blocks of at most this many (GT, prior)
-            pairs (``M * A`` per image; at least one image per block) to bound memory; ``None``: one block.
+            pairs (``M * A`` per image; at least one image per block, an image beyond it in blocks of at
+            least 64 GTs) to bound memory; ``None``: one block.
     """
 
     def __init__(self, center_radius: float = 2.5, candidate_topk: int = 10, iou_weight: float = 3.0,

@@ -17,7 +17,9 @@ query order (what DDQ's aux loss indexes with ``pos_inds``), not one per query.
 ``dense_outputs=True`` scatters both into [N] tensors (0 for non-positives).
 
 Edge cases: M == 0 -> all negative, ``max_overlaps`` None (dense: zeros) and no assign_metrics
-(dense: zeros). N < M gives k = 0: no positives at all (as mmdet). Deviations: mmdet then returns
+(dense: zeros). N < M gives k = 0: no positives at all (as mmdet), returned before any cost is
+computed. Costs and metrics are built a block of GTs at a time; only scipy's [N, k * M] input is
+whole. Deviations: mmdet then returns
 ``labels=None`` (we return labels of -1), and with N == 0 < M mmdet raises in ``view`` (we return
 an empty result).
 """
