@@ -1,10 +1,12 @@
 """Pictures: IoU-variant curves (values checked by hand), assignment panels, overlays, loss curves."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from detassign.viz import (assignment_figure, compute_assignment, iou_curves, iou_figure, make_priors,
-                           plot_loss_curves, save_overlay)
+from detassign.viz import (aspect_curves, assignment_figure, compute_assignment, iou_curves, iou_figure,
+                           make_priors, plot_loss_curves, save_overlay)
 
 
 def _png_ok(path):
@@ -29,6 +31,20 @@ def test_iou_curves_by_hand():
     assert c["IoU"][1] == 0 and c["GIoU"][1] < 0 and c["DIoU"][1] < 0
     wide = iou_curves(np.array([0.0]), moving=(20.0, 10.0))
     assert wide["CIoU"][0] < wide["DIoU"][0]  # aspect-ratio penalty
+
+
+def test_aspect_curves_by_hand():
+    # same centre and area (100 px^2), w / h = 4: a 20 x 5 box on a 10 x 10 one. Intersection 10 * 5 = 50,
+    # union 150 -> IoU 1/3; the centres coincide, so DIoU = IoU; v = 4 / pi^2 * (atan(4) - atan(1))^2 = 0.118360,
+    # alpha = v / (1 - IoU + v) = 0.150774 -> CIoU = 1/3 - alpha * v = 0.315488
+    c = aspect_curves(np.array([4.0, 1.0]))
+    v = 4 / math.pi ** 2 * (math.atan(4) - math.atan(1)) ** 2
+    alpha = v / (1 - 1 / 3 + v)
+    assert c["IoU"][0] == pytest.approx(1 / 3, abs=1e-6) and c["DIoU"][0] == pytest.approx(1 / 3, abs=1e-6)
+    assert c["CIoU"][0] == pytest.approx(1 / 3 - alpha * v, abs=1e-5)
+    assert c["CIoU"][1] == pytest.approx(1.0, abs=1e-6) == c["DIoU"][1]  # the same box: every variant is 1
+    # the sliding case's vertical offset is a parameter (default 0.2 * h = 2 px)
+    assert iou_curves(np.array([4.0]), dy=0.0)["IoU"][0] == pytest.approx(60 / 140, abs=1e-6)  # 6 x 10 overlap
 
 
 def test_iou_figure_and_loss_curves_write_pngs(tmp_path):

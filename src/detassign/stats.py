@@ -20,7 +20,8 @@ Worked example: two priors claim GT 1, none claims GT 2 (a 10 x 10 px box, COCO 
     >>> round(s.overlap["mean"], 6)   # positives' max_overlaps: (0.8 + 0.6) / 2
     0.7
 
-Statistics of several results (the batches of an epoch) combine with :func:`combine_stats`.
+Statistics of several results (the batches of an epoch) combine with :func:`combine_stats`; the trainer keeps
+a running tally of counts (:func:`add_to_tally`, :func:`tally_columns`) for its per-epoch results.csv columns.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from torch import Tensor
 from ._validate import check_tensor
 from .structures import AssignResult, BatchAssignResult
 
-__all__ = ["AssignmentStats", "assignment_stats", "combine_stats", "SIZE_BUCKETS"]
+__all__ = ["AssignmentStats", "assignment_stats", "combine_stats", "SIZE_BUCKETS", "EPOCH_COLUMNS", "new_tally",
+           "add_to_tally", "tally_columns"]
 
 # COCO's object-size buckets, by box area in px^2: small < 32^2 <= medium < 96^2 <= large
 SIZE_BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2), ("large", 96.0 ** 2, float("inf")))
@@ -239,3 +241,43 @@ def combine_stats(parts: Sequence[AssignmentStats]) -> AssignmentStats:
         level_positives=total("level_positives") if same_levels else None,
         level_priors=total("level_priors") if same_levels else None,
         target_score_mass=total("target_score_mass"), extra={})
+
+
+# --------------------------------------------------------------------------- per-epoch tally (training)
+
+# results.csv columns of the assignment statistics (written by the trainer every epoch)
+EPOCH_COLUMNS = ("assign/zero_pos_share", "assign/zero_pos_share_small", "assign/pos_per_gt", "assign_time")
+
+
+def new_tally() -> Dict[str, float]:
+    """Running sums of an epoch's assignment statistics: plain numbers, so a checkpoint can hold them."""
+    return {"gts": 0, "zero_positive_gts": 0, "small_gts": 0, "small_zero_positive_gts": 0, "positives": 0,
+            "batches": 0, "seconds": 0.0}
+
+
+def add_to_tally(tally: Optional[Dict[str, float]], stats: AssignmentStats, seconds: float = 0.0) -> Dict[str, float]:
+    """``tally`` (None: a new one) plus one batch's :class:`AssignmentStats` and its assignment seconds.
+    Summing counts gives the same shares as :func:`combine_stats` over the epoch's batches, at O(1) memory."""
+    out = dict(new_tally() if tally is None else tally)
+    small = stats.by_size["small"]
+    out["gts"] += stats.num_gts
+    out["zero_positive_gts"] += stats.zero_positive_gts
+    out["small_gts"] += small["gts"]
+    out["small_zero_positive_gts"] += small["zero_positive_gts"]
+    out["positives"] += int(stats.positives_per_gt.sum())  # positives of valid GTs (what "per GT" divides)
+    out["batches"] += 1
+    out["seconds"] += float(seconds)
+    return out
+
+
+def tally_columns(tally: Optional[Dict[str, float]]) -> Dict[str, float]:
+    """The :data:`EPOCH_COLUMNS` of a tally: zero-positive share of all and of COCO-small GTs, mean positives per
+    GT, and the seconds spent in the assigner (NaN where there was nothing to count)."""
+    t = new_tally() if tally is None else tally
+    nan = float("nan")
+    return {
+        "assign/zero_pos_share": t["zero_positive_gts"] / t["gts"] if t["gts"] else nan,
+        "assign/zero_pos_share_small": t["small_zero_positive_gts"] / t["small_gts"] if t["small_gts"] else nan,
+        "assign/pos_per_gt": t["positives"] / t["gts"] if t["gts"] else nan,
+        "assign_time": float(t["seconds"]) if t["batches"] else nan,
+    }

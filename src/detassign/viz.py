@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 __all__ = [
-    "draw_boxes", "save_overlay", "plot_loss_curves", "iou_curves", "iou_figure", "make_priors",
-    "compute_assignment", "assignment_figure", "gt_colors",
+    "draw_boxes", "save_overlay", "plot_loss_curves", "iou_curves", "aspect_curves", "iou_figure", "make_priors",
+    "GridInputs", "grid_inputs", "assign_on_grid", "compute_assignment", "per_gt_counts", "assignment_summary",
+    "assignment_figure", "draw_assignments", "drawable_assigners", "GRID_FEEDERS", "NOT_ON_GRID", "gt_colors",
+    "class_colors", "draw_detections", "save_detections",
 ]
 
 PathLike = Union[str, Path]
@@ -124,42 +127,124 @@ def plot_loss_curves(history: Dict[str, list], path: PathLike) -> Path:
 
 
 def iou_curves(offsets: np.ndarray, size: Tuple[float, float] = (10.0, 10.0),
-               moving: Tuple[float, float] = (10.0, 10.0)) -> Dict[str, np.ndarray]:
-    """IoU / GIoU / DIoU / CIoU between a fixed box of ``size`` (w, h) centred at 0 and a ``moving`` box whose
-    centre slides along x by ``offsets`` (and sits 0.2 * h lower, so the centres never coincide exactly)."""
-    from . import boxes as B
-
+               moving: Tuple[float, float] = (10.0, 10.0), dy: Optional[float] = None) -> Dict[str, np.ndarray]:
+    """IoU / GIoU / DIoU / CIoU between a fixed box of ``size`` (w, h) centred at (0, 0) and a ``moving``
+    box (w, h) whose centre is at (offset, dy) for each of ``offsets``. ``dy`` defaults to 0.2 * h of the
+    fixed box (2 px for 10 x 10), so that the centres never coincide exactly; y grows downwards."""
     w, h = size
     mw, mh = moving
+    dy = 0.2 * h if dy is None else float(dy)
     fixed = torch.tensor([-w / 2, -h / 2, w / 2, h / 2], dtype=torch.float64).expand(len(offsets), 4)
     cx = torch.as_tensor(offsets, dtype=torch.float64)
-    cy = torch.full_like(cx, 0.2 * h)
+    cy = torch.full_like(cx, dy)
     slide = torch.stack((cx - mw / 2, cy - mh / 2, cx + mw / 2, cy + mh / 2), dim=1)
+    return _iou_variants(slide, fixed)
+
+
+def _iou_variants(boxes1: torch.Tensor, boxes2: torch.Tensor) -> Dict[str, np.ndarray]:
+    from . import boxes as B
+
     return {
-        "IoU": B.aligned_iou(slide, fixed, convention="ultralytics").numpy(),
-        "GIoU": B.aligned_giou(slide, fixed, convention="ultralytics").numpy(),
-        "DIoU": B.aligned_diou(slide, fixed).numpy(),
-        "CIoU": B.aligned_ciou(slide, fixed).numpy(),
+        "IoU": B.aligned_iou(boxes1, boxes2, convention="ultralytics").numpy(),
+        "GIoU": B.aligned_giou(boxes1, boxes2, convention="ultralytics").numpy(),
+        "DIoU": B.aligned_diou(boxes1, boxes2).numpy(),
+        "CIoU": B.aligned_ciou(boxes1, boxes2).numpy(),
     }
 
 
+def aspect_curves(ratios: np.ndarray, size: Tuple[float, float] = (10.0, 10.0)) -> Dict[str, np.ndarray]:
+    """The four variants between a fixed box of ``size`` and a box of the same area and the same centre
+    whose aspect ratio w / h is each of ``ratios``: the centres coincide, so DIoU equals IoU and only
+    CIoU's aspect term ``alpha * v`` separates them."""
+    w, h = size
+    r = torch.as_tensor(ratios, dtype=torch.float64)
+    mw, mh = torch.sqrt(w * h * r), torch.sqrt(w * h / r)
+    fixed = torch.tensor([-w / 2, -h / 2, w / 2, h / 2], dtype=torch.float64).expand(len(r), 4)
+    moving = torch.stack((-mw / 2, -mh / 2, mw / 2, mh / 2), dim=1)
+    return _iou_variants(moving, fixed)
+
+
+_IOU_STYLES = (("IoU", "-"), ("GIoU", "--"), ("DIoU", "-."), ("CIoU", ":"))
+
+
+def _sketch(ax, fixed: Tuple[float, float], moving: Tuple[float, float], offsets: Sequence[float], dy: float,
+            where=(0.02, 0.56, 0.34, 0.4)):
+    """Inset drawing of the fixed box (black) and the moving box at a few offsets (blue), with the
+    direction of the slide: the figure says exactly which offset it varies."""
+    inset = ax.inset_axes(list(where))
+    w, h = fixed
+    mw, mh = moving
+    inset.add_patch(_plt().Rectangle((-w / 2, -h / 2), w, h, fill=False, lw=1.5, color="black"))
+    last = len(offsets) - 1
+    for k, dx in enumerate(offsets):  # earlier positions dashed and paler, the last one solid
+        inset.add_patch(_plt().Rectangle((dx - mw / 2, dy - mh / 2), mw, mh, fill=False, lw=1.0, color="C0",
+                                         ls="-" if k == last else "--", alpha=0.5 + 0.5 * k / max(last, 1)))
+    if len(offsets) > 1:
+        inset.annotate("", xy=(offsets[-1], dy), xytext=(offsets[0], dy),
+                       arrowprops=dict(arrowstyle="->", color="C3", lw=1.2))
+    span = max(abs(o) for o in offsets) + max(w, mw) / 2 + 2 if offsets else max(w, mw)
+    inset.set_xlim(-span, span)
+    inset.set_ylim(span * 0.6, -span * 0.6)
+    inset.set_aspect("equal")
+    inset.set_xticks([])
+    inset.set_yticks([])
+    return inset
+
+
 def iou_figure(path: PathLike, span: float = 25.0, num: int = 401) -> Path:
-    """Two panels: a same-size box and a 2:1 box sliding across a 10 x 10 box; IoU is flat at 0 once they
-    separate, GIoU / DIoU keep a gradient, CIoU also penalises the aspect mismatch (right panel)."""
+    """Three panels. Left and middle: a 10 x 10 and a 20 x 10 box slide horizontally past a fixed 10 x 10
+    box, their centre 2 px below the fixed centre; the x axis is the horizontal offset of the centres.
+    IoU is flat at 0 once they separate, GIoU / DIoU keep a gradient. Right: the centres coincide and the
+    moving box keeps the area (100 px^2) but changes its aspect ratio: DIoU equals IoU there, CIoU is
+    lower by its aspect term ``alpha * v`` (drawn on the right axis)."""
     plt = _plt()
     offsets = np.linspace(-span, span, num)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
-    for ax, moving, title in ((axes[0], (10.0, 10.0), "sliding 10x10 box vs fixed 10x10"),
-                              (axes[1], (20.0, 10.0), "sliding 20x10 box vs fixed 10x10")):
-        curves = iou_curves(offsets, moving=moving)
-        for name, style in (("IoU", "-"), ("GIoU", "--"), ("DIoU", "-."), ("CIoU", ":")):
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    dy = 2.0
+    for ax, moving in ((axes[0], (10.0, 10.0)), (axes[1], (20.0, 10.0))):
+        curves = iou_curves(offsets, moving=moving, dy=dy)
+        for name, style in _IOU_STYLES:
             ax.plot(offsets, curves[name], style, lw=2, label=name)
         ax.axhline(0, color="0.6", lw=0.8)
-        ax.set_title(title)
-        ax.set_xlabel("horizontal offset of the centres (px)")
+        ax.set_title(f"{moving[0]:g} x {moving[1]:g} box sliding past a fixed 10 x 10 box\n"
+                     f"(its centre {dy:g} px below; x = horizontal offset)", fontsize=10)
+        ax.set_xlabel("horizontal offset of the moving box's centre (px)")
+        ax.set_ylim(-1.05, 1.05)
         ax.grid(alpha=0.3)
+        _sketch(ax, (10.0, 10.0), moving, [-0.6 * span, 0.0, 0.6 * span], dy, where=(0.02, 0.03, 0.3, 0.3))
     axes[0].set_ylabel("overlap measure")
-    axes[0].legend()
+    axes[0].legend(loc="upper right", fontsize=9)
+    ax = axes[2]
+    ratios = np.geomspace(1 / 8, 8, num)
+    curves = aspect_curves(ratios)
+    for name, style in _IOU_STYLES:
+        ax.plot(ratios, curves[name], style, lw=2, label=name)
+    ax.set_xscale("log")
+    ticks = [1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(["1/8", "1/4", "1/2", "1", "2", "4", "8"])
+    ax.minorticks_off()
+    ax.set_xlabel("aspect ratio w / h of the moving box (same centre, same 100 px^2 area)")
+    ax.set_title("same centre, different aspect ratio:\nDIoU = IoU, CIoU lower by alpha * v", fontsize=10)
+    ax.set_ylim(-0.3, 1.05)
+    ax.grid(alpha=0.3)
+    twin = ax.twinx()
+    gap, = twin.plot(ratios, curves["DIoU"] - curves["CIoU"], color="C3", lw=1.2, alpha=0.8,
+                     label="DIoU - CIoU (right axis)")
+    twin.set_ylabel("DIoU - CIoU (aspect term alpha * v)", color="C3")
+    twin.tick_params(axis="y", colors="C3")
+    twin.set_ylim(0, max(float((curves["DIoU"] - curves["CIoU"]).max()) * 1.15, 1e-3))
+    ax.legend(handles=ax.get_lines() + [gap], loc="lower center", fontsize=8)
+    inset = ax.inset_axes([0.68, 0.6, 0.3, 0.36])
+    for r, color in ((1.0, "black"), (4.0, "C0")):
+        mw, mh = 10 * math.sqrt(r), 10 / math.sqrt(r)
+        inset.add_patch(plt.Rectangle((-mw / 2, -mh / 2), mw, mh, fill=False, lw=1.3, color=color))
+    inset.set_xlim(-12, 12)
+    inset.set_ylim(8, -8)
+    inset.set_aspect("equal")
+    inset.set_xticks([])
+    inset.set_yticks([])
+    inset.set_title("w / h = 1 and 4", fontsize=8)
     fig.tight_layout()
     return _save_figure(fig, path)
 
@@ -199,94 +284,487 @@ def _model_predictions(model, image: torch.Tensor, num_classes: int):
     return out[..., 4:4 + num_classes], cxcywh_to_xyxy(out[..., :4])
 
 
-def compute_assignment(assigner, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, image_size: Tuple[int, int],
-                       num_classes: int, model=None, image: Optional[torch.Tensor] = None,
-                       strides: Sequence[int] = (8, 16, 32), prior_scale: float = 5.0) -> Dict[str, Any]:
-    """Run ``assigner`` (an object or a config dict) on one image's GTs over YOLO grid priors, feeding it
-    exactly what :class:`detassign.yolo.loss.DetectionLoss` feeds it during training.
+@dataclass
+class GridInputs:
+    """One image on YOLO grid priors, as the detection loss sees it.
 
-    Score-based assigners (TAL, SimOTA, DynamicSoftLabel) read ``model``'s predictions on ``image``
-    (float [1, 3, H, W] in [0, 1]); without a model, scores are 0.5 and predicted boxes equal the square
-    priors. TAL gets probabilities and anchor points, ATSS square priors of side ``prior_scale * stride``,
-    SimOTA probabilities and (cx, cy, s, s) point priors, DynamicSoftLabel logits and point priors; any
-    other assigner gets mmdet-style ``assign(pred_instances(priors=squares, bboxes, scores), gt_instances)``.
-    Returns dict with ``gt_inds [A]`` (1-based, 0 negative), ``points [A, 2]``, ``strides [A]``,
-    ``num_level_priors``, ``level_shapes``.
+    points [A, 2] cell centres px; squares [A, 4] xyxy of side ``prior_scale * stride``; strides [A];
+    level_sizes / level_shapes per level; probs [A, C] and logits [A, C] class scores; pred_boxes [A, 4]
+    xyxy px; gt_boxes [M, 4] xyxy px, gt_labels [M]; image_size (h, w).
     """
-    from . import build_assigner
-    from .structures import Instances
 
-    if isinstance(assigner, dict):
-        assigner = build_assigner(assigner)
-    points, priors, stride_t, counts, shapes = make_priors(image_size, strides, prior_scale)
+    points: torch.Tensor
+    squares: torch.Tensor
+    strides: torch.Tensor
+    level_sizes: List[int]
+    level_shapes: List[Tuple[int, int]]
+    probs: torch.Tensor
+    logits: torch.Tensor
+    pred_boxes: torch.Tensor
+    gt_boxes: torch.Tensor
+    gt_labels: torch.Tensor
+    image_size: Tuple[int, int]
+    prior_scale: float
+
+    @property
+    def level_strides(self) -> List[int]:
+        starts = np.cumsum([0] + list(self.level_sizes[:-1]))
+        return [int(self.strides[s]) for s in starts.tolist()] if len(self.strides) else []
+
+
+def grid_inputs(gt_boxes: torch.Tensor, gt_labels: torch.Tensor, image_size: Tuple[int, int], num_classes: int,
+                model=None, image: Optional[torch.Tensor] = None, strides: Sequence[int] = (8, 16, 32),
+                prior_scale: float = 5.0) -> GridInputs:
+    """:class:`GridInputs` for one image: ``model``'s predictions on ``image`` (float [1, 3, H, W] in
+    [0, 1]) when both are given, else scores 0.5 and predicted boxes equal to the square priors."""
+    points, squares, stride_t, counts, shapes = make_priors(image_size, strides, prior_scale)
     a = len(points)
     if model is not None and image is not None:
         probs, pred_boxes = _model_predictions(model, image, num_classes)
         if probs.shape[1] != a:
             raise ValueError(f"model gives {probs.shape[1]} predictions but the grid has {a} priors: pass "
                              f"an image whose sides are multiples of {max(strides)}")
+        probs, pred_boxes = probs[0], pred_boxes[0]
     else:
-        probs = torch.full((1, a, num_classes), 0.5)
-        pred_boxes = priors[None].clone()
+        probs = torch.full((a, num_classes), 0.5)
+        pred_boxes = squares.clone()
     logits = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
-    point_priors = torch.cat((points, stride_t[:, None], stride_t[:, None]), 1)  # (cx, cy, s, s)
-    gt_boxes = gt_boxes.float().reshape(1, -1, 4)
-    gt_labels = gt_labels.long().reshape(1, -1)
-    gt_mask = torch.ones(gt_labels.shape, dtype=torch.bool)
-    kind = type(assigner).__name__
-    if kind == "ATSSAssigner":
-        result = assigner.assign_batch(priors, counts, gt_labels, gt_boxes, gt_mask, pred_scores=logits,
-                                       pred_bboxes=pred_boxes)
-    elif kind == "SimOTAAssigner":
-        result = assigner.assign_batch(probs, pred_boxes, point_priors, gt_labels, gt_boxes, gt_mask)
-    elif kind == "DynamicSoftLabelAssigner":
-        result = assigner.assign_batch(logits, pred_boxes, point_priors, gt_labels, gt_boxes, gt_mask)
-    elif hasattr(assigner, "assign_batch") and "anchor_points" in inspect.signature(assigner.assign_batch).parameters:
-        result = assigner.assign_batch(probs, pred_boxes, points, gt_labels, gt_boxes, gt_mask)
+    return GridInputs(points, squares, stride_t, counts, shapes, probs, logits, pred_boxes,
+                      torch.as_tensor(gt_boxes).float().reshape(-1, 4), torch.as_tensor(gt_labels).long().reshape(-1),
+                      (int(image_size[0]), int(image_size[1])), float(prior_scale))
+
+
+def _responsible_flags(g: GridInputs) -> torch.Tensor:
+    """[A] bool: the prior's grid cell holds a GT centre (YOLOv3's responsible cells, on every level)."""
+    if len(g.gt_boxes) == 0:
+        return torch.zeros(len(g.points), dtype=torch.bool)
+    centres = (g.gt_boxes[:, :2] + g.gt_boxes[:, 2:]) / 2                                   # [M, 2]
+    cell = torch.floor(g.points / g.strides[:, None])                                      # [A, 2]
+    gt_cell = torch.floor(centres[None] / g.strides[:, None, None])                        # [A, M, 2]
+    return (gt_cell == cell[:, None]).all(-1).any(-1)
+
+
+def _approxs(squares: torch.Tensor) -> torch.Tensor:
+    """[A, 3, 4]: each square and its 1:2 and 2:1 boxes of the same area (Guided Anchoring's approxs)."""
+    centre, side = (squares[:, :2] + squares[:, 2:]) / 2, squares[:, 2:] - squares[:, :2]
+    out = []
+    for r in (0.5, 1.0, 2.0):
+        half = side * torch.tensor([math.sqrt(r), 1 / math.sqrt(r)]) / 2
+        out.append(torch.cat((centre - half, centre + half), 1))
+    return torch.stack(out, 1)
+
+
+def _gts(g: GridInputs):
+    from .structures import Instances
+
+    return Instances(bboxes=g.gt_boxes, labels=g.gt_labels)
+
+
+def _feed_squares(assigner, g: GridInputs, **fields):
+    """mmdet's anchor-based call: ``pred_instances.priors`` = the square priors (plus ``fields``)."""
+    from .structures import Instances
+
+    return assigner.assign(Instances(priors=g.squares, **fields), _gts(g))
+
+
+def _feed_points(assigner, g: GridInputs):
+    """PointAssigner (RepPoints): priors (x, y, stride)."""
+    from .structures import Instances
+
+    return assigner.assign(Instances(priors=torch.cat((g.points, g.strides[:, None]), 1)), _gts(g))
+
+
+def _feed_region(assigner, g: GridInputs):
+    """RegionAssigner (Cascade RPN): square anchors plus the level layout it maps GTs onto."""
+    from .structures import Instances
+
+    return assigner.assign(Instances(priors=g.squares), _gts(g), img_meta={"img_shape": g.image_size},
+                           featmap_sizes=list(g.level_shapes), num_level_anchors=list(g.level_sizes),
+                           anchor_scale=g.prior_scale, anchor_strides=g.level_strides)
+
+
+def _feed_queries(assigner, g: GridInputs):
+    """Set-prediction matchers: every prior's prediction is a query (logits and xyxy px boxes)."""
+    from .structures import Instances
+
+    return assigner.assign(Instances(scores=g.logits, bboxes=g.pred_boxes), _gts(g),
+                           img_meta={"img_shape": g.image_size})
+
+
+def _feed_topk_hungarian(assigner, g: GridInputs):
+    return assigner.assign(g.probs, g.pred_boxes, g.gt_boxes, g.gt_labels, img_meta={"img_shape": g.image_size})
+
+
+def _feed_batch_max_iou(assigner, g: GridInputs):
+    return assigner.assign_batch(g.squares, g.gt_boxes[None], None, g.gt_labels[None])[0]
+
+
+# How each per-image assigner family is fed on grid priors (those the loss trains with are fed by
+# detassign.yolo.loss.assign_like_loss, exactly as in training). Keyed by registry name, like the loss' ADAPTERS.
+GRID_FEEDERS: Dict[str, Callable[[Any, GridInputs], Any]] = {
+    "MaxIoUAssigner": _feed_squares,
+    "ApproxMaxIoUAssigner": lambda a, g: _feed_squares(a, g, approxs=_approxs(g.squares)),
+    "CenterRegionAssigner": _feed_squares,
+    "GridAssigner": lambda a, g: _feed_squares(a, g, responsible_flags=_responsible_flags(g)),
+    "UniformAssigner": lambda a, g: _feed_squares(a, g, decoder_priors=g.pred_boxes),
+    "PointAssigner": _feed_points,
+    "RegionAssigner": _feed_region,
+    "HungarianAssigner": _feed_queries,
+    "OneToManyHungarianAssigner": _feed_queries,
+    "TopkHungarianAssigner": _feed_topk_hungarian,
+    "BatchMaxIoUAssigner": _feed_batch_max_iou,
+}
+GRID_FEEDERS["AscendMaxIoUAssigner"] = GRID_FEEDERS["BatchMaxIoUAssigner"]
+
+# Registered assigners that have no meaning on axis-aligned grid priors, and why.
+NOT_ON_GRID: Dict[str, str] = {
+    "MaskHungarianAssigner": "it matches instance masks, not boxes",
+    "MultiInstanceAssigner": "it gives each proposal k GTs (CrowdDet), not one",
+    "RotatedTaskAlignedAssigner": "it reads rotated boxes (cx, cy, w, h, angle)",
+    "RotatedATSSAssigner": "it reads rotated boxes (cx, cy, w, h, angle)",
+    "Stage2Assigner": "it matches a two-stage DETR decoder's queries, not priors",
+}
+
+
+def _assigner_name(assigner) -> str:
+    return type(assigner).__name__
+
+
+def drawable_assigners() -> List[str]:
+    """Registry names that :func:`compute_assignment` can run on grid priors."""
+    from .registry import ASSIGNERS
+    from .yolo.loss import ADAPTERS
+
+    return sorted(n for n in ASSIGNERS if n in ADAPTERS or n in GRID_FEEDERS)
+
+
+def _check_on_grid(name: str) -> None:
+    from .yolo.loss import ADAPTERS
+
+    if name in ADAPTERS or name in GRID_FEEDERS:
+        return
+    why = NOT_ON_GRID.get(name, "detassign does not know how to feed it grid priors")
+    raise ValueError(f"{name} cannot run on grid priors: {why}; the assigners that can: "
+                     f"{', '.join(drawable_assigners())}")
+
+
+def _per_image_result(result, num_priors: int):
+    """An AssignResult whose ``max_overlaps`` is per prior (or None): some assigners return one per GT."""
+    from .structures import AssignResult
+
+    overlaps = result.max_overlaps
+    if overlaps is not None and tuple(overlaps.shape) != (num_priors,):
+        overlaps = None
+    return AssignResult(result.num_gts, result.gt_inds.reshape(-1), overlaps, result.labels)
+
+
+def assign_on_grid(assigner, g: GridInputs) -> Dict[str, Any]:
+    """Run ``assigner`` (an object or a config dict) on :class:`GridInputs` and describe what it did.
+
+    The assigners the YOLO loss trains with (TAL, ATSS, SimOTA, DynamicSoftLabel, and any object with TAL's
+    ``assign_batch`` signature) get exactly what :class:`detassign.yolo.loss.DetectionLoss` gives them
+    (:func:`detassign.yolo.loss.assign_like_loss`); the per-image families in :data:`GRID_FEEDERS` get square
+    priors, points, queries or responsible cells as their mmdet signature asks. Anything else raises
+    ``ValueError`` naming the assigners that can run.
+
+    Returns dict: ``name``; ``gt_inds`` [A] (1-based, 0 negative, -1 ignored); ``strength`` [A] the soft
+    target the loss would train each prior with (max over classes; 0 off the positives); ``stats``
+    (:class:`detassign.stats.AssignmentStats`); ``points`` [A, 2], ``strides`` [A], ``num_level_priors``,
+    ``level_shapes``; ``assigner`` (repr).
+    """
+    from . import build_assigner
+    from .stats import assignment_stats
+    from .yolo.loss import ADAPTERS, assign_like_loss, targets_from_gt_inds
+
+    if isinstance(assigner, dict):
+        _check_on_grid(str(assigner.get("type", "")).split(".")[-1])
+        assigner = build_assigner(assigner)
+    name = _assigner_name(assigner)
+    takes_points = hasattr(assigner, "assign_batch") and \
+        "anchor_points" in inspect.signature(assigner.assign_batch).parameters
+    gt_mask = torch.ones(1, len(g.gt_boxes), dtype=torch.bool)
+    if name in ADAPTERS or (name not in GRID_FEEDERS and takes_points):
+        targets = assign_like_loss(assigner, g.logits[None], g.pred_boxes[None], g.points, g.strides[:, None],
+                                   g.level_sizes, g.gt_labels[None], g.gt_boxes[None], gt_mask,
+                                   g.probs.shape[-1], g.prior_scale)
+        result = targets.result
+        gt_inds = result.gt_inds.reshape(-1)
     else:
-        pred = Instances(priors=priors, bboxes=pred_boxes[0], scores=probs[0])
-        gts = Instances(bboxes=gt_boxes[0], labels=gt_labels[0])
-        result = assigner.assign(pred, gts)
-    gt_inds = result.gt_inds.reshape(-1)
-    return {"gt_inds": gt_inds.cpu(), "points": points, "strides": stride_t, "num_level_priors": counts,
-            "level_shapes": shapes, "assigner": repr(assigner)}
+        _check_on_grid(name)
+        result = _per_image_result(GRID_FEEDERS[name](assigner, g), len(g.points))
+        gt_inds = result.gt_inds
+        targets = targets_from_gt_inds(gt_inds[None], g.gt_labels[None], g.gt_boxes[None], g.pred_boxes[None],
+                                       g.probs.shape[-1])
+    if tuple(gt_inds.shape) != (len(g.points),):
+        raise ValueError(f"{name} returned gt_inds of shape {tuple(gt_inds.shape)}, expected one per prior "
+                         f"({len(g.points)},)")
+    strength = (targets.target_scores[0].amax(-1) * (gt_inds > 0)).float().cpu()
+    batched = result.gt_inds.dim() == 2  # the loss' path gives a BatchAssignResult of one image
+    stats = assignment_stats(result, g.gt_boxes[None] if batched else g.gt_boxes, gt_mask if batched else None,
+                             level_sizes=g.level_sizes, strides=g.level_strides)
+    return {"name": name, "gt_inds": gt_inds.cpu(), "strength": strength, "stats": stats, "points": g.points,
+            "strides": g.strides, "num_level_priors": list(g.level_sizes), "level_shapes": list(g.level_shapes),
+            "assigner": repr(assigner)}
 
 
-def assignment_figure(image: np.ndarray, gt_boxes, assignment: Dict[str, Any], path: PathLike,
-                      title: str = "") -> Path:
-    """One panel per pyramid level: the image, GT boxes outlined in their colours, and every positive prior of
-    that level as a dot in its GT's colour; panel titles give the positives per level, and a text line the
-    positives per GT (a GT with 0 is drawn dashed: it receives no training signal)."""
-    plt = _plt()
-    gt_boxes = np.asarray(torch.as_tensor(gt_boxes).float()).reshape(-1, 4)
+def compute_assignment(assigner, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, image_size: Tuple[int, int],
+                       num_classes: int, model=None, image: Optional[torch.Tensor] = None,
+                       strides: Sequence[int] = (8, 16, 32), prior_scale: float = 5.0) -> Dict[str, Any]:
+    """Run ``assigner`` (an object or a config dict) on one image's GTs over YOLO grid priors: :func:`grid_inputs`
+    then :func:`assign_on_grid` (see there for what each assigner is fed and what is returned).
+
+    Score-based assigners (TAL, SimOTA, DynamicSoftLabel) read ``model``'s predictions on ``image``
+    (float [1, 3, H, W] in [0, 1]); without a model, scores are 0.5 and predicted boxes equal the square
+    priors of side ``prior_scale * stride``.
+    """
+    g = grid_inputs(gt_boxes, gt_labels, image_size, num_classes, model, image, strides, prior_scale)
+    return assign_on_grid(assigner, g)
+
+
+def per_gt_counts(assignment: Dict[str, Any], num_gts: int) -> np.ndarray:
+    """[L, M] positives of each GT on each pyramid level (sum over axis 0: positives per GT)."""
     gt_inds = assignment["gt_inds"].numpy()
-    points = assignment["points"].numpy()
-    counts = assignment["num_level_priors"]
-    colors = gt_colors(len(gt_boxes))
-    per_gt = np.bincount(gt_inds[gt_inds > 0] - 1, minlength=len(gt_boxes)) if len(gt_boxes) else np.zeros(0, int)
-    strides = assignment["strides"].numpy()
-    fig, axes = plt.subplots(1, len(counts), figsize=(5.2 * len(counts), 5.6))
-    axes = np.atleast_1d(axes)
-    start = 0
-    for lvl, (ax, n) in enumerate(zip(axes, counts)):
-        sl = slice(start, start + n)
+    out, start = [], 0
+    for n in assignment["num_level_priors"]:
+        inds = gt_inds[start:start + n]
         start += n
-        ax.imshow(image)
-        for j, (x1, y1, x2, y2) in enumerate(gt_boxes.tolist()):
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.2, color=colors[j],
-                                       ls="-" if per_gt[j] else "--"))
-        inds = gt_inds[sl]
-        pos = inds > 0
-        if pos.any():
-            ax.scatter(points[sl][pos, 0], points[sl][pos, 1], s=14, c=colors[inds[pos] - 1],
-                       edgecolors="black", linewidths=0.4)
-        s = int(strides[sl][0]) if n else 0
-        ax.set_title(f"P{lvl + 3} (stride {s}): {int(pos.sum())} positives")
-        ax.set_axis_off()
-    zero = int((per_gt == 0).sum())
-    summary = (f"{len(gt_boxes)} GTs, {int((gt_inds > 0).sum())} positives; per GT: min {per_gt.min() if len(per_gt) else 0}"
-               f", median {int(np.median(per_gt)) if len(per_gt) else 0}, max {per_gt.max() if len(per_gt) else 0}; "
-               f"{zero} GT(s) without a positive (dashed)")
-    fig.suptitle((title + "\n" if title else "") + summary, fontsize=10)
-    fig.tight_layout()
-    return _save_figure(fig, path, dpi=100)
+        out.append(np.bincount(inds[inds > 0] - 1, minlength=num_gts)[:num_gts] if num_gts else np.zeros(0, int))
+    return np.array(out, dtype=np.int64).reshape(len(out), num_gts)
+
+
+def assignment_summary(assignment: Dict[str, Any], gt_boxes) -> Dict[str, Any]:
+    """JSON-ready numbers of one assignment: :meth:`AssignmentStats.to_dict` plus one row per GT (its box,
+    area, COCO size, positives in all and per level)."""
+    from .stats import SIZE_BUCKETS
+
+    boxes = np.asarray(torch.as_tensor(gt_boxes).float()).reshape(-1, 4)
+    counts = per_gt_counts(assignment, len(boxes))
+    rows = []
+    for j, box in enumerate(boxes.tolist()):
+        area = max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
+        size = next(name for name, low, high in SIZE_BUCKETS if low <= area < high)
+        rows.append({"gt": j + 1, "box": [round(v, 2) for v in box], "area": round(area, 1), "size": size,
+                     "positives": int(counts[:, j].sum()), "per_level": counts[:, j].tolist()})
+    return dict(assigner=assignment["name"], config=assignment["assigner"], **assignment["stats"].to_dict(),
+                per_gt=rows)
+
+
+def _label(ax, x: float, y: float, text: str, color, size: float = 7.5) -> None:
+    ax.text(x + 1, y + 1, text, fontsize=size, va="top", ha="left", color="black",
+            bbox=dict(boxstyle="square,pad=0.12", fc=tuple(color) + (0.85,), ec="none"))
+
+
+_LEVEL_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _assignment_colors(n: int) -> np.ndarray:
+    """[n, 3] GT colours for assignment pictures: tab20 without its two reds, which mean "no positive" there."""
+    plt = _plt()
+    cmap = plt.get_cmap("tab20")
+    palette = [cmap(i)[:3] for i in range(20) if i not in (6, 7)]
+    return np.array([palette[i % len(palette)] for i in range(n)], dtype=np.float32).reshape(-1, 3)
+
+
+def _draw_gts(ax, boxes: np.ndarray, colors: np.ndarray, totals: np.ndarray, labels: Optional[np.ndarray]) -> None:
+    """GT outlines (dashed when the GT has no positive at all) and, where ``labels`` is given, their counts."""
+    plt = _plt()
+    for j, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        zero = totals[j] == 0
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.6 if zero else 1.2,
+                                   color="red" if zero else colors[j], ls="--" if zero else "-"))
+        if labels is not None and (labels[j] > 0 or zero):
+            _label(ax, x1, y1, f"#{j + 1}: 0" if zero else str(int(labels[j])), (1.0, 0.3, 0.3) if zero else colors[j])
+
+
+def _draw_priors(ax, points: np.ndarray, gt_inds: np.ndarray, strength: np.ndarray, colors: np.ndarray,
+                 marker: str = "o", show_ignored: bool = True) -> None:
+    """Positive priors as markers in their GT's colour, area growing with the soft target; ignored priors as
+    grey crosses."""
+    pos = gt_inds > 0
+    if pos.any():
+        ax.scatter(points[pos, 0], points[pos, 1], s=6 + 70 * np.clip(strength[pos], 0, 1), marker=marker,
+                   c=colors[gt_inds[pos] - 1], edgecolors="black", linewidths=0.4, zorder=3)
+    ignored = gt_inds == -1
+    if show_ignored and ignored.any():
+        ax.scatter(points[ignored, 0], points[ignored, 1], s=7, marker="x", c="0.55", linewidths=0.6, zorder=2)
+
+
+def _legend(fig, num_levels: int, level_names: Sequence[str]) -> None:
+    plt = _plt()
+    Line2D = __import__("matplotlib.lines", fromlist=["Line2D"]).Line2D
+    handles = [Line2D([], [], ls="", marker="o", ms=math.sqrt(6 + 70 * s), mfc="0.6", mec="black", mew=0.4,
+                      label=f"soft target {s:g}") for s in (0.1, 0.5, 1.0)]
+    handles += [Line2D([], [], ls="", marker=_LEVEL_MARKERS[i % len(_LEVEL_MARKERS)], ms=6, mfc="white",
+                       mec="black", label=level_names[i]) for i in range(num_levels)]
+    handles += [Line2D([], [], ls="", marker="x", ms=5, mec="0.55", label="ignored prior"),
+                plt.Rectangle((0, 0), 1, 1, fill=False, ec="red", ls="--", label="GT with no positive")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+
+
+def _row_caption(assignment: Dict[str, Any], boxes: np.ndarray, totals: np.ndarray) -> str:
+    s = assignment["stats"]
+    zero = np.flatnonzero(totals == 0)
+    listed = ", ".join(f"#{j + 1} ({boxes[j, 2] - boxes[j, 0]:.0f}x{boxes[j, 3] - boxes[j, 1]:.0f})"
+                       for j in zero[:8]) + (" ..." if len(zero) > 8 else "")
+    small = s.by_size["small"]
+    text = (f"{assignment['name']}: {s.num_positives} positives for {s.num_gts} GTs, {s.mean_positives_per_gt:.1f} "
+            f"per GT (min {int(totals.min()) if len(totals) else 0}, max {int(totals.max()) if len(totals) else 0})"
+            f"; small GTs {small['gts']}, {small['zero_positive_gts']} without a positive")
+    if s.ignored_priors:
+        text += f"; {s.ignored_priors} ignored priors"
+    return text + (f"\nno positive: {listed}" if len(zero) else "\nevery GT has a positive")
+
+
+def assignment_figure(image: np.ndarray, gt_boxes, assignment, path: PathLike, title: str = "") -> Path:
+    """:func:`draw_assignments` written to ``path`` (PNG, parents created); returns the path."""
+    return _save_figure(draw_assignments(image, gt_boxes, assignment, title), path, dpi=100)
+
+
+def draw_assignments(image: np.ndarray, gt_boxes, assignment, title: str = ""):
+    """Which priors an assigner made positive, one row per assignment (``assignment``: one dict from
+    :func:`compute_assignment` or a list of them, e.g. several assigners on the same image).
+
+    Columns: all levels together (marker shape = level; each GT labelled with its positives in all), then
+    one panel per pyramid level (GTs labelled with their positives on that level). Every panel shows the
+    whole image on the image's own pixel scale, so a GT sits at the same place in every panel. Positive
+    priors are markers in their GT's colour whose area grows with the soft target the loss trains them
+    with; ignored priors are grey crosses; a GT without any positive is dashed red, labelled ``#k: 0`` and
+    listed under its row. Returns the matplotlib figure.
+    """
+    plt = _plt()
+    rows = assignment if isinstance(assignment, (list, tuple)) else [assignment]
+    if not rows:
+        raise ValueError("assignment_figure needs at least one assignment, got an empty list")
+    boxes = np.asarray(torch.as_tensor(gt_boxes).float()).reshape(-1, 4)
+    h, w = image.shape[:2]
+    colors = _assignment_colors(len(boxes))
+    num_levels = len(rows[0]["num_level_priors"])
+    starts = np.cumsum([0] + list(rows[0]["num_level_priors"][:-1]))
+    strides = [int(s) for s in np.asarray(rows[0]["strides"])[starts].tolist()]
+    level_names = [f"P{int(round(math.log2(s)))} (stride {s})" if s > 0 else f"level {i}"
+                   for i, s in enumerate(strides)]
+    # Axes placed by hand (inches), all of one size: every panel has the image's own scale and aspect,
+    # and no caption or label can shrink a panel as a layout engine would.
+    cols, pad = num_levels + 1, 0.12
+    pw = 4.2 if w >= h else 4.2 * w / h
+    ph = pw * h / w
+    head, cap, top, foot = 0.3, 0.5, 0.45 if title else 0.1, 0.45
+    row_h = head + ph + cap
+    fig_w, fig_h = cols * (pw + pad) + pad, top + len(rows) * row_h + foot
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    for r, a in enumerate(rows):
+        counts = per_gt_counts(a, len(boxes))  # [L, M]
+        totals = counts.sum(0)
+        gt_inds, strength, points = a["gt_inds"].numpy(), a["strength"].numpy(), a["points"].numpy()
+        bounds = np.cumsum([0] + list(a["num_level_priors"]))
+        bottom = fig_h - top - r * row_h - head - ph
+        for c in range(cols):
+            ax = fig.add_axes(((pad + c * (pw + pad)) / fig_w, bottom / fig_h, pw / fig_w, ph / fig_h))
+            ax.imshow(image, extent=(0, w, h, 0), interpolation="nearest")
+            if c == 0:
+                _draw_gts(ax, boxes, colors, totals, totals)
+                for lvl in range(num_levels):
+                    sl = slice(bounds[lvl], bounds[lvl + 1])
+                    _draw_priors(ax, points[sl], gt_inds[sl], strength[sl], colors,
+                                 _LEVEL_MARKERS[lvl % len(_LEVEL_MARKERS)], show_ignored=False)
+                ax.set_title(f"{a['name']}, all levels: {int((gt_inds > 0).sum())} positives", fontsize=9,
+                             fontweight="bold")
+            else:
+                sl = slice(bounds[c - 1], bounds[c])
+                _draw_gts(ax, boxes, colors, totals, counts[c - 1])
+                _draw_priors(ax, points[sl], gt_inds[sl], strength[sl], colors,
+                             _LEVEL_MARKERS[(c - 1) % len(_LEVEL_MARKERS)])
+                ax.set_title(f"{level_names[c - 1]}: {int((gt_inds[sl] > 0).sum())} positives", fontsize=9)
+            ax.set_xlim(0, w)  # priors off the image must not rescale a panel
+            ax.set_ylim(h, 0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.text(pad / fig_w, (bottom - 0.06) / fig_h, _row_caption(a, boxes, totals), fontsize=8.5, va="top",
+                 ha="left")
+    if title:
+        fig.text(0.5, 1 - 0.08 / fig_h, title, fontsize=10, ha="center", va="top")
+    _legend(fig, num_levels, level_names)
+    return fig
+
+
+# --------------------------------------------------------------------------- detections and evaluation plots
+
+
+def class_colors(n: int) -> np.ndarray:
+    """``n`` RGB colours as uint8 ([n, 3]), one per class: tab20's saturated half first (tab10: neighbours
+    in the class list stay distinct), then its light half, cycling."""
+    cmap = _plt().get_cmap("tab20")
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    colors = np.array([cmap(order[i % 20])[:3] for i in range(n)], dtype=np.float64).reshape(-1, 3)
+    return (colors * 255).round().astype(np.uint8)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size only
+        return ImageFont.load_default()
+
+
+def draw_detections(image: np.ndarray, boxes, scores, labels, class_names: Sequence[str], gt_boxes=None,
+                    legend: bool = True):
+    """PIL image of ``image`` ([H, W, 3] uint8) with detections: ``boxes`` [N, 4] xyxy px, ``scores`` [N],
+    ``labels`` [N] class indices into ``class_names``. One colour per class; each box carries "name 0.87"
+    on a tab of its colour; a legend (top right) lists the classes present with their counts. ``gt_boxes``
+    [M, 4], when given, are outlined thin in white underneath."""
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
+    draw = ImageDraw.Draw(im)
+    boxes = np.asarray(torch.as_tensor(boxes).detach().cpu().float()).reshape(-1, 4)
+    scores = np.asarray(torch.as_tensor(scores).detach().cpu().float()).reshape(-1)
+    labels = np.asarray(torch.as_tensor(labels).detach().cpu()).reshape(-1).astype(np.int64)
+    if not len(boxes) == len(scores) == len(labels):
+        raise ValueError(f"boxes, scores and labels must have one row per detection, got {len(boxes)}, "
+                         f"{len(scores)} and {len(labels)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ValueError(f"labels must index class_names (0 .. {len(class_names) - 1}), got values in "
+                         f"[{labels.min()}, {labels.max()}]")
+    colors = [tuple(int(v) for v in c) for c in class_colors(len(class_names))]
+    side = im.width + im.height
+    line, font = max(1, round(side * 0.0015)), _font(max(9, round(side * 0.009)))
+    if gt_boxes is not None:
+        for x1, y1, x2, y2 in np.asarray(torch.as_tensor(gt_boxes).float()).reshape(-1, 4).tolist():
+            draw.rectangle([x1, y1, x2, y2], outline=(255, 255, 255), width=1)
+    for (x1, y1, x2, y2), s, c in sorted(zip(boxes.tolist(), scores.tolist(), labels.tolist()), key=lambda r: r[1]):
+        draw.rectangle([x1, y1, x2, y2], outline=colors[c], width=line)  # low scores first: best drawn on top
+        text = f"{class_names[c]} {s:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left, bottom - top
+        ty = y1 - th - 2 if y1 - th - 2 >= 0 else y1  # above the box, inside it at the image's top edge
+        draw.rectangle([x1, ty, x1 + tw + 3, ty + th + 2], fill=colors[c])
+        luminance = 0.299 * colors[c][0] + 0.587 * colors[c][1] + 0.114 * colors[c][2]
+        draw.text((x1 + 1 - left, ty + 1 - top), text, fill=(0, 0, 0) if luminance > 140 else (255, 255, 255),
+                  font=font)
+    present = np.unique(labels)
+    if legend and len(present):
+        counts = np.bincount(labels, minlength=len(class_names))
+        entries = [(colors[c], f"{class_names[c]}: {counts[c]}") for c in present]
+        heights = [draw.textbbox((0, 0), t, font=font) for _, t in entries]
+        th = max(b[3] - b[1] for b in heights)
+        tw = max(b[2] - b[0] for b in heights)
+        pad, swatch = 4, th
+        width, height = pad * 3 + swatch + tw, pad + len(entries) * (th + pad)
+        x0 = max(im.width - width - 2, 0)
+        draw.rectangle([x0, 2, x0 + width, 2 + height], fill=(255, 255, 255), outline=(0, 0, 0))
+        for k, ((color, text), b) in enumerate(zip(entries, heights)):
+            y = 2 + pad + k * (th + pad)
+            draw.rectangle([x0 + pad, y, x0 + pad + swatch, y + th], fill=color)
+            draw.text((x0 + 2 * pad + swatch - b[0], y - b[1]), text, fill=(0, 0, 0), font=font)
+    return im
+
+
+def save_detections(image: np.ndarray, path: PathLike, boxes, scores, labels, class_names: Sequence[str],
+                    gt_boxes=None, legend: bool = True) -> Path:
+    """:func:`draw_detections` written to ``path`` (PNG; parents created). Returns the path written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draw_detections(image, boxes, scores, labels, class_names, gt_boxes, legend).save(path)
+    return path

@@ -9,7 +9,7 @@ maps [B, 4R + K, H_l, W_l] and padded targets, and computes, as ultralytics' ``v
 1. ``make_anchor_points``: anchor points at cell centres (offset 0.5), in grid units, and their strides;
 2. ``decode_pred_boxes``: DFL expectation (softmax over R bins dotted with 0..R-1) -> (l, t, r, b)
    distances -> xyxy boxes in grid units;
-3. ``assign``: the assigner sees detached probabilities, boxes and anchor points in pixels and the GTs
+3. ``assign``: the assigner sees detached class logits, boxes and anchor points in pixels and the GTs
    in pixels; it yields ``target_boxes`` [B, A, 4] px, ``target_scores`` [B, A, K] and ``fg_mask``;
 4. ``classification_loss``: BCE-with-logits against the soft ``target_scores``, summed over anchors and
    classes, divided by ``target_scores_sum = max(sum(target_scores), 1)``;
@@ -18,6 +18,9 @@ maps [B, 4R + K, H_l, W_l] and padded targets, and computes, as ultralytics' ``v
    ``w = target_scores.sum(-1)``; both divided by ``target_scores_sum``;
 6. gains ``box 7.5, cls 0.5, dfl 1.5``; returns ``(sum(items) * B, items.detach())`` with
    ``items = (box, cls, dfl)``, ultralytics' scaling (the trainer's loss is items * batch size).
+   ``forward(..., return_assignment=True)`` adds a third element, a :class:`BatchAssignment` (the
+   assigner's result on this batch, the GTs it saw, the level layout and the seconds it took), whose
+   ``stats()`` are :func:`detassign.stats.assignment_stats`; the module keeps no state between calls.
 
 Values equal ``v8DetectionLoss`` (ultralytics 8.4.190) to float rounding (``tests/test_yolo_loss.py``:
 items, total and gradients w.r.t. the raw maps) when the assigner is
@@ -31,7 +34,7 @@ non-foreground anchors contribute exact zeros.
 Assigners (``assigner=`` an object, a config dict for :func:`detassign.build_assigner`, or None):
 
 * ``TaskAlignedAssigner`` (default: ``topk=10, alpha=0.5, beta=6.0``, ultralytics' training values)
-  and any object with its ``assign_batch(pred_scores [B, A, K] probabilities, pred_bboxes [B, A, 4] px,
+  and any object with its ``assign_batch(pred_scores [B, A, K] logits, pred_bboxes [B, A, 4] px,
   anchor_points [A, 2] px, gt_labels, gt_bboxes, gt_mask)`` signature. Its result's ``target_boxes`` /
   ``target_scores`` are used as they are when present.
 * ``ATSSAssigner``: priors are square anchor boxes of side ``anchor_scale * stride`` (5, as PP-YOLOE /
@@ -46,8 +49,9 @@ assigner ignores (``gt_inds == -1``) are left out of the classification loss.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -59,9 +63,10 @@ from ..boxes import aligned_iou, cxcywh_to_xyxy
 from ..losses import bbox_ciou_loss, dfl_decode, dfl_unchecked
 from .predict import distances_to_boxes, make_anchor_points, split_predictions
 
-__all__ = ["DetectionLoss", "DetectionTargets", "AssignedTargets", "targets_from_yolo_batch", "as_targets",
+__all__ = ["DetectionLoss", "DetectionTargets", "AssignedTargets", "BatchAssignment", "targets_from_yolo_batch",
+           "as_targets",
            "decode_pred_boxes", "classification_loss", "box_losses", "boxes_to_distances",
-           "targets_from_gt_inds", "DEFAULT_ASSIGNER"]
+           "targets_from_gt_inds", "assign_like_loss", "DEFAULT_ASSIGNER"]
 
 DEFAULT_ASSIGNER = dict(type="TaskAlignedAssigner", preset="ultralytics", topk=10, alpha=0.5, beta=6.0)
 DFL_MARGIN = 0.01  # target distances stay below R - 1 so the right DFL bin exists
@@ -83,12 +88,39 @@ class DetectionTargets:
 @dataclass
 class AssignedTargets:
     """What the loss needs from an assignment: target_boxes [B, A, 4] px, target_scores [B, A, K],
-    fg_mask [B, A] bool, cls_weight [B, A] (0 for ignored priors) or None."""
+    fg_mask [B, A] bool, cls_weight [B, A] (0 for ignored priors) or None; ``result`` is the assigner's
+    own result (``gt_inds`` [B, A] ...) when the targets came from one."""
 
     target_boxes: Tensor
     target_scores: Tensor
     fg_mask: Tensor
     cls_weight: Optional[Tensor] = None
+    result: Optional[Any] = None
+
+
+@dataclass
+class BatchAssignment:
+    """One batch's assignment, as ``DetectionLoss(..., return_assignment=True)`` returns it.
+
+    ``result``: the assigner's result (``gt_inds`` [B, A] 1-based, 0 negative, -1 ignored);
+    ``targets``: what the loss trained with (:class:`AssignedTargets`); ``gt_bboxes`` [B, M, 4] px and
+    ``gt_mask`` [B, M]: the GTs it saw; ``level_sizes`` / ``strides``: priors per level; ``seconds``: wall
+    time of the assigner call (the device synchronised before and after when it is a GPU).
+    """
+
+    result: Any
+    targets: AssignedTargets
+    gt_bboxes: Tensor
+    gt_mask: Tensor
+    level_sizes: List[int]
+    strides: List[int]
+    seconds: float
+
+    def stats(self):
+        """:func:`detassign.stats.assignment_stats` of this batch (by COCO size of the GTs and by level)."""
+        from ..stats import assignment_stats
+
+        return assignment_stats(self.result, self.gt_bboxes, self.gt_mask, self.level_sizes, self.strides)
 
 
 def targets_from_yolo_batch(batch_idx: Tensor, cls: Tensor, bboxes: Tensor, batch_size: int,
@@ -230,15 +262,17 @@ def _finish(result, inputs: _AssignInputs) -> AssignedTargets:
     target_scores = result.get_extra_property("target_scores")
     target_boxes = result.get_extra_property("target_boxes")
     if target_scores is None or target_boxes is None:
-        return targets_from_gt_inds(result.gt_inds, inputs.gt_labels, inputs.gt_bboxes, inputs.pred_boxes,
-                                    inputs.num_classes)
+        targets = targets_from_gt_inds(result.gt_inds, inputs.gt_labels, inputs.gt_bboxes, inputs.pred_boxes,
+                                       inputs.num_classes)
+        targets.result = result
+        return targets
     fg_mask = result.get_extra_property("fg_mask")
     fg_mask = result.gt_inds > 0 if fg_mask is None else fg_mask.bool()
-    return AssignedTargets(target_boxes, target_scores, fg_mask)
+    return AssignedTargets(target_boxes, target_scores, fg_mask, result=result)
 
 
 def _assign_task_aligned(assigner, x: _AssignInputs) -> AssignedTargets:
-    result = assigner.assign_batch(x.cls_logits.sigmoid(), x.pred_boxes.to(x.gt_bboxes.dtype), x.anchor_points,
+    result = assigner.assign_batch(x.cls_logits, x.pred_boxes.to(x.gt_bboxes.dtype), x.anchor_points,
                                    x.gt_labels, x.gt_bboxes, x.gt_mask)
     return _finish(result, x)
 
@@ -275,6 +309,30 @@ ADAPTERS: Dict[str, Callable[[Any, _AssignInputs], AssignedTargets]] = {
 }
 
 
+def assign_like_loss(assigner, cls_logits: Tensor, pred_boxes: Tensor, anchor_points: Tensor, strides: Tensor,
+                     level_sizes: Sequence[int], gt_labels: Tensor, gt_bboxes: Tensor, gt_mask: Tensor,
+                     num_classes: int, anchor_scale: float = 5.0) -> AssignedTargets:
+    """Run ``assigner`` (an object or config dict) on a batch exactly as :class:`DetectionLoss` does.
+
+    cls_logits [B, A, K], pred_boxes [B, A, 4] xyxy px, anchor_points [A, 2] px, strides [A, 1] px,
+    level_sizes (priors per level), gt_labels [B, M], gt_bboxes [B, M, 4] px, gt_mask [B, M] ->
+    :class:`AssignedTargets` with the assigner's ``result``. Pictures and ``detassign compare --static``
+    use it so that they show what training sees.
+    """
+    assigner = _build_assigner(assigner)
+    adapter = ADAPTERS.get(type(assigner).__name__, _assign_task_aligned)
+    inputs = _AssignInputs(cls_logits.detach(), pred_boxes.detach(), anchor_points, strides.reshape(-1, 1),
+                           list(level_sizes), gt_labels, gt_bboxes, gt_mask.bool(), int(num_classes),
+                           float(anchor_scale))
+    return adapter(assigner, inputs)
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a wall-clock interval measures the work inside it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _build_assigner(assigner):
     if assigner is None:
         assigner = dict(DEFAULT_ASSIGNER)
@@ -306,8 +364,11 @@ class DetectionLoss(nn.Module):
             or an ultralytics batch ``dict(batch_idx, cls, bboxes normalised cxcywh)``.
         img_size: (h, w) of the input; default ``feats[0]`` size times ``strides[0]``. Only used to
             scale normalised ultralytics targets.
+        return_assignment: also return the batch's :class:`BatchAssignment` (for statistics; timing it
+            synchronises a GPU around the assigner call).
         Returns ``(loss, items)``: ``loss = items.sum() * B`` (scalar, for backward),
-        ``items`` [3] = (box, cls, dfl) after gains, detached.
+        ``items`` [3] = (box, cls, dfl) after gains, detached; with ``return_assignment``
+        ``(loss, items, assignment)``.
     """
 
     def __init__(self, num_classes: int, reg_max: int = 16, strides: Sequence[float] = (8, 16, 32),
@@ -326,8 +387,8 @@ class DetectionLoss(nn.Module):
         self.box_gain, self.cls_gain, self.dfl_gain = float(box_gain), float(cls_gain), float(dfl_gain)
         self.anchor_scale = float(anchor_scale)
 
-    def forward(self, feats: Sequence[Tensor], targets, img_size: Optional[Sequence[int]] = None
-                ) -> Tuple[Tensor, Tensor]:
+    def forward(self, feats: Sequence[Tensor], targets, img_size: Optional[Sequence[int]] = None, *,
+                return_assignment: bool = False):
         if not isinstance(feats, (list, tuple)) or len(feats) != len(self.strides):
             raise ValueError(f"feats must be a list of {len(self.strides)} maps [B, {4 * self.reg_max + self.num_classes}"
                              f", H, W] (one per stride {self.strides}), got {type(feats).__name__} of "
@@ -346,13 +407,22 @@ class DetectionLoss(nn.Module):
         inputs = _AssignInputs(cls_logits.detach(), pred_boxes.detach() * stride_tensor, anchor_points * stride_tensor,
                                stride_tensor, [f.shape[-2] * f.shape[-1] for f in feats], gt_labels, gt_bboxes,
                                gt_mask, self.num_classes, self.anchor_scale)
+        if return_assignment:
+            _synchronize(cls_logits.device)
+            started = time.perf_counter()
         assigned = self._adapter(self.assigner, inputs)
+        if return_assignment:
+            _synchronize(cls_logits.device)
+            assignment = BatchAssignment(assigned.result, assigned, gt_bboxes, gt_mask, list(inputs.level_sizes),
+                                         [int(s) for s in self.strides], time.perf_counter() - started)
 
         target_scores_sum = assigned.target_scores.sum().clamp(min=1)
         loss_cls = classification_loss(cls_logits, assigned.target_scores, target_scores_sum, assigned.cls_weight)
         loss_box, loss_dfl = box_losses(box_logits, pred_boxes, anchor_points, assigned.target_boxes / stride_tensor,
                                         assigned.target_scores, target_scores_sum, assigned.fg_mask, self.reg_max)
         items = torch.stack((loss_box * self.box_gain, loss_cls * self.cls_gain, loss_dfl * self.dfl_gain))
+        if return_assignment:
+            return items.sum() * B, items.detach(), assignment
         return items.sum() * B, items.detach()
 
     def extra_repr(self) -> str:
