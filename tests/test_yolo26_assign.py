@@ -54,7 +54,7 @@ def test_detection_branches_match_e2e_loss(branch):
     ours = TaskAlignedAssigner(preset=f"yolo26_{branch}", num_classes=5, tie_break="torch")
     for seed in range(6):
         batch = random_batch(seed, tiny=True)
-        res = ours.assign_batch(*batch)
+        res = ours.assign_batch_probs(*batch)  # random_batch gives probabilities, as ultralytics' call
         labels, boxes, scores, fg, gt_idx = _assign_ref(ref, *batch)
         assert torch.equal(res.fg_mask, fg) and torch.equal(res.gt_inds[fg] - 1, gt_idx[fg])
         assert torch.equal(res.labels[fg], labels[fg]) and torch.equal(res.target_boxes[fg], boxes[fg])
@@ -67,7 +67,7 @@ def test_obb_branches_match_e2e_loss(branch):
     ours = RotatedTaskAlignedAssigner(preset=f"yolo26_{branch}", num_classes=5, tie_break="torch")
     for seed in range(6):
         batch = random_obb_batch(seed, min_side=1.0)
-        assert_matches_ultralytics(ours.assign_batch(*batch), _assign_ref(ref, *batch))
+        assert_matches_ultralytics(ours.assign_batch_probs(*batch), _assign_ref(ref, *batch))
 
 
 def test_one_to_one_keeps_one_anchor_per_gt():
@@ -95,7 +95,7 @@ def test_one_to_one_by_hand():
     gt = torch.tensor([[[0.0, 0.0, 32.0, 32.0]]])
     pred = gt.expand(1, 4, 4).clone()
     scores = torch.tensor([0.2, 0.9, 0.5, 0.7]).reshape(1, 4, 1)
-    res = TaskAlignedAssigner(preset="yolo26_one2one", strides=(8,)).assign_batch(
+    res = TaskAlignedAssigner(preset="yolo26_one2one", strides=(8,)).assign_batch_probs(
         scores, pred, points, torch.zeros(1, 1, dtype=torch.long), gt)
     assert res.fg_mask.tolist() == [[False, True, False, False]]
     assert res.target_scores[0, 1, 0].item() == pytest.approx(1.0, abs=1e-8)
@@ -110,10 +110,10 @@ def test_small_target_widening_is_shared_by_both_branches():
     pred = torch.cat((points - 4, points + 4), 1)[None]
     scores = torch.full((1, A, 1), 0.5)
     for assigner in yolo26_assigners("detect"):
-        res = assigner.assign_batch(scores, pred, points, torch.zeros(1, 1, dtype=torch.long), gt)
+        res = assigner.assign_batch_probs(scores, pred, points, torch.zeros(1, 1, dtype=torch.long), gt)
         assert int(res.fg_mask.sum()) >= 1
         assert set(torch.nonzero(res.fg_mask[0]).squeeze(1).tolist()) <= {27, 28, 35, 36}   # (28|36, 28|36)
-    off = TaskAlignedAssigner(preset="yolo26_one2many", widen_small_gt=False).assign_batch(
+    off = TaskAlignedAssigner(preset="yolo26_one2many", widen_small_gt=False).assign_batch_probs(
         scores, pred, points, torch.zeros(1, 1, dtype=torch.long), gt)
     assert not off.fg_mask.any()
 

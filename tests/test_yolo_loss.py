@@ -13,7 +13,8 @@ from detassign.losses import (bbox_ciou_loss, dfl_decode, distribution_focal_los
                               varifocal_loss)
 from detassign.structures import BatchAssignResult
 from detassign.yolo import YOLO11
-from detassign.yolo.loss import DetectionLoss, DetectionTargets, targets_from_gt_inds, targets_from_yolo_batch
+from detassign.yolo.loss import (DEFAULT_ASSIGNER, DetectionLoss, DetectionTargets, targets_from_gt_inds,
+                               targets_from_yolo_batch)
 from tests.oracles import ultralytics
 
 R = 16
@@ -56,16 +57,17 @@ class UltralyticsTAL:
         self.tal = ultralytics().tal.TaskAlignedAssigner(topk=10, num_classes=nc, alpha=0.5, beta=6.0,
                                                          stride=[8, 16, 32])
 
-    def assign_batch(self, pred_scores, pred_bboxes, anchor_points, gt_labels, gt_bboxes, gt_mask):
-        _, boxes, scores, fg, idx = self.tal(pred_scores, pred_bboxes, anchor_points, gt_labels[..., None].float(),
-                                             gt_bboxes, gt_mask[..., None].float())
+    def assign_batch(self, pred_scores, pred_bboxes, priors, gt_labels, gt_bboxes, gt_mask):
+        # the batched interface passes logits and a Priors; ultralytics' assigner takes the sigmoid and the points
+        _, boxes, scores, fg, idx = self.tal(pred_scores.sigmoid(), pred_bboxes, priors.points,
+                                             gt_labels[..., None].float(), gt_bboxes, gt_mask[..., None].float())
         return BatchAssignResult(gt_mask.sum(1), torch.where(fg, idx + 1, 0), None, None,
                                  target_boxes=boxes, target_scores=scores)
 
 
 def exact_tal():
     # tie_break="torch": the same torch.topk on the same rows as ultralytics, so zero-metric ties match too
-    return dict(type="TaskAlignedAssigner", preset="ultralytics", topk=10, alpha=0.5, beta=6.0, tie_break="torch")
+    return dict(DEFAULT_ASSIGNER, tie_break="torch")
 
 
 def compare(seed, assigner, **case):
@@ -185,6 +187,8 @@ ASSIGNERS = {
     "ATSSAssigner-DDOD": dict(type="ATSSAssigner", topk=9, alpha=0.8),
     "SimOTAAssigner": dict(type="SimOTAAssigner"),
     "DynamicSoftLabelAssigner": dict(type="DynamicSoftLabelAssigner"),
+    "BatchMaxIoUAssigner": dict(type="BatchMaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.4),
+    "MaxIoUAssigner": dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.4),   # per image, looped
 }
 
 
@@ -201,6 +205,28 @@ def test_each_assigner_gives_finite_loss_and_gradients(name):
         assert torch.all(torch.isfinite(f.grad)) and f.grad.abs().sum() > 0
     feats2, batch2 = random_case(12, B=2, n=0)
     assert torch.isfinite(loss(feats2, batch2)[0])  # no GT anywhere
+
+
+def test_every_assigner_is_called_through_one_interface():
+    # no dispatch on class names: a subclass gets its parent's behaviour, a per-image assigner its own loop,
+    # and the priors the loss hands out are the ones each algorithm reads
+    from detassign.assigners.atss import ATSSAssigner
+    from detassign.assigners.batch_max_iou import BatchMaxIoUAssigner
+    from detassign.yolo.loss import loss_priors
+
+    class MyATSS(ATSSAssigner):
+        pass
+
+    feats, batch = random_case(5, B=2, n=6)
+    base = DetectionLoss(5, assigner=ATSSAssigner(topk=9))(feats, batch, return_assignment=True)[2]
+    sub = DetectionLoss(5, assigner=MyATSS(topk=9))(feats, batch, return_assignment=True)[2]
+    assert torch.equal(base.result.gt_inds, sub.result.gt_inds)
+    per_image = DetectionLoss(5, assigner=ASSIGNERS["MaxIoUAssigner"])(feats, batch, return_assignment=True)[2]
+    batched = DetectionLoss(5, assigner=BatchMaxIoUAssigner(0.5, 0.4))(feats, batch, return_assignment=True)[2]
+    assert torch.equal(per_image.result.gt_inds, batched.result.gt_inds)
+    priors = loss_priors(torch.tensor([[4.0, 4.0], [12.0, 4.0]]), torch.tensor([8.0, 8.0]), [2], 5.0, (8, 16))
+    assert priors.boxes.tolist() == [[-16.0, -16.0, 24.0, 24.0], [-8.0, -16.0, 32.0, 24.0]]   # 5 strides wide
+    assert list(priors.level_sizes) == [2] and priors.image_size == (8, 16)
 
 
 def test_quality_targets_from_gt_inds_hand_case():

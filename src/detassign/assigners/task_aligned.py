@@ -1,119 +1,83 @@
-"""Task-aligned assigner (TAL; TOOD, Feng et al. 2021), as in ultralytics YOLOv8/11 and mmdetection.
+"""Task-aligned assigner (TAL; TOOD, Feng et al. 2021), as in ultralytics YOLOv8 / YOLO11 / YOLO26 and mmdetection.
 
-Algorithm, per GT then per anchor:
+A positive should be good at both tasks: confident in the GT's class and well localised. For each GT:
 
-1. candidates: anchors whose centre lies inside the GT (optionally a widened GT, see below);
+1. candidates: anchors whose centre lies inside the GT (small GTs widened for this test in ultralytics);
 2. metric t = s^alpha * u^beta, s the predicted probability of the GT's class, u the overlap of the
    anchor's predicted box with the GT (TOOD eq. 2);
-3. top-k anchors per GT by t (the candidate test applied before or after this step);
-4. an anchor chosen by several GTs keeps one (conflict rule);
-5. targets: the GT's box and label; soft class target t * max_pos(u) / (max_pos(t) + eps) with both
-   maxima over that GT's final positives (ultralytics' normalisation).
+3. the top-k anchors by t;
+4. an anchor chosen by several GTs keeps one (the GT it overlaps most);
+5. targets: the GT's box and label, and the soft class score t * max_pos(u) / (max_pos(t) + eps), both
+   maxima over that GT's final positives.
 
-Where the references differ, a named option decides (``preset`` picks a consistent set; explicit
-arguments override it):
+Worked example (one GT, alpha = 1, beta = 6, top-1)::
+
+    candidate   class score s   IoU u   t = s * u^6
+    A           0.90            0.30    0.00066
+    B           0.50            0.70    0.05882   <- positive: A has the best score, but a poor box
+    C           0.80            0.60    0.03732
+
+With top-2, B and C are positive; B's soft score is 0.0588 * 0.70 / 0.0588 = 0.70 (the best IoU of the
+GT's positives) and C's 0.0373 * 0.70 / 0.0588 = 0.444.
+
+``preset`` selects the reference (explicit arguments override a preset's values):
 
 =========================  ==========================  ==========================
-option                     ``preset="ultralytics"``    ``preset="mmdet"``
+option                     ``"ultralytics"``           ``"mmdet"``
 =========================  ==========================  ==========================
 topk / alpha / beta        13 / 1.0 / 6.0 [#loss]_     13 / 1 / 6 (alpha/beta also per ``assign`` call)
 candidate_test, inside_eps ``"strict"``, 1e-9          ``"strict"``, 0.01
-candidate_stage            ``"before_topk"``           ``"after_topk"`` (a GT may end with < k)
+candidate_stage            ``"before_topk"``           ``"after_topk"``: top-k over every anchor, then
+                                                       the inside test (a GT may end with < k)
 widen_small_gt, strides    True, (8, 16, 32): sides    False
                            < strides[1] become 16 px
                            for the inside test only
 require_positive_metric    False (t == 0 can be fg)    True
 overlap                    ``"ciou"`` clamped at 0     ``"iou"`` (BboxOverlaps2D)
-conflict                   ``"all_gts"``               ``"selected_gts"``
+conflict                   ``"all_gts"``: argmax of    ``"selected_gts"``: best IoU among the GTs
+                           the overlap over all GTs    that selected the anchor
 topk2                      None (= topk)               None
 neg_overlap                0.0                         -1e8 (mmdet's ``-INF`` sentinel)
 =========================  ==========================  ==========================
 
 .. [#loss] ``v8DetectionLoss`` builds the assigner with topk 10, alpha 0.5, beta 6.0:
    ``preset="ultralytics_loss"``. YOLO26's end-to-end loss builds two: ``preset="yolo26_one2many"``
-   (topk 10) and ``"yolo26_one2one"`` (topk 7, ``topk2=1``); see :mod:`detassign.assigners.yolo26`.
+   (topk 10) and ``"yolo26_one2one"`` (topk 7, then each GT keeps its best ``topk2=1``); see
+   :mod:`detassign.assigners.yolo26`.
 
-``max_overlaps`` holds the assigned pair's overlap for positives and ``neg_overlap`` for the others
-(mmdet returns -1e8 for non-positives; it returns 0 everywhere when an image has no GT or no prior,
-which is reproduced in every preset). ``assign_metrics`` is the raw metric t of the assigned pair.
-Target boxes of negatives are zeros (ultralytics returns GT 0's box there, which no loss reads).
-``target_scores`` use the normalisation above in every preset (mmdet's assigner returns none; its
-TOOD head normalises on its own). ``gt_instances_ignore`` is accepted and ignored, as in mmdet.
-An anchor that ultralytics' ``all_gts`` rule hands to a GT that never selected it (all its overlaps
-0: GT 0 wins) is reproduced, including its target score 0.
+Parity: ultralytics 8.4.190 ``TaskAlignedAssigner`` (fg mask, GT index, labels, boxes exact; target scores
+to 1e-6) and mmdet 3.3.0 ``TaskAlignedAssigner`` (``gt_inds``, ``labels``, ``max_overlaps`` exact;
+``assign_metrics`` to 1e-6). Differences, all deliberate: negatives get label -1 and zero target boxes
+(ultralytics gives GT 0's, which no loss reads); mmdet's result gains ``target_scores``; fewer anchors
+than ``topk`` is not an error; ``gt_instances_ignore`` is accepted and unused, as in mmdet.
 
-Ties. ``torch.topk`` does not order equal values consistently (it differs between CPU and CUDA, and
-early in training many metrics are 0). With ``tie_break="index"`` (default) equal metrics go to the
-lowest anchor index among the candidates; this is what every path computes (sparse, window,
-dense, blocked). In ultralytics
-the top-k runs over the whole dense row, where non-candidates are 0, so which zero-metric
-candidates it keeps is unspecified (often none on CPU): results agree exactly whenever every GT has
-at least k candidates with t > 0 or no zero-metric candidate. ``tie_break="torch"`` reproduces the
-reference's choice on the same device: the sparse path ranks every GT's candidate pairs, and only the
-GT rows whose top-k is tied (the k-th value of the dense row, often 0, is shared by more anchors than
-slots left, one of them a candidate) are rebuilt as dense ``[A]`` rows and ranked by ``torch.topk``
-itself (:func:`_tal_ops.reference_topk`; the CPU kernel ranks each row on its own, so a subset of rows
-gives the batched call's per-row result, tested; on CUDA this is not verified yet). The same holds for
-``topk2``. In the benchmark's crowded batch (B=16, M=200) 214 of 2,349 GT rows are rebuilt. On the dense
-and blocked paths ``"torch"`` runs ``torch.topk`` on every dense row, as the reference. Under
-``candidate_stage="after_topk"`` (mmdet) ``"torch"`` takes the dense path. Unlike the references,
-fewer than ``topk`` anchors (A < k) is not an error.
+Ties. Early in training many metrics are exactly 0 and ``torch.topk``'s choice among equal values is
+unspecified (it differs between CPU and CUDA). ``tie_break="index"`` (default) gives equal metrics to
+the lowest anchor index, on every device; ``tie_break="torch"`` reproduces the reference's
+``torch.topk`` choice on the same device. Results agree whenever no GT must choose among equal metrics.
 
-Paths (``method``; all give the same result for a given ``tie_break``, tested against each other).
-``"auto"`` picks ``"sparse"`` wherever it applies (``candidate_stage="before_topk"``, on every device:
-it is the fastest and leanest path, but building its candidate list reads sizes on the host, a sync on
-CUDA), else ``"blocked"`` on accelerators and, on CPU, ``"window"`` (``"after_topk"`` with
-``require_positive_metric``) or ``"dense"`` (otherwise, and for ``tie_break="torch"`` there). Pass
-``method="blocked"`` for an assign path with no host synchronisation (CUDA graphs, async pipelines).
-
-* ``"sparse"`` never builds ``[B, M, A]`` tensors: when ``anchor_points`` are the concatenated
-  row-major grids of ``strides`` (ultralytics ``make_anchors`` layout, verified exactly), the
-  candidate anchors of each GT are enumerated from the grid cells it covers; otherwise the inside
-  test runs over blocks of GTs within ``max_chunk_mib``. Metrics, top-k (one stable sort over the
-  pairs), conflicts and targets are computed on the candidate pairs only.
-* ``"window"`` (mmdet order: top-k over all anchors, then the inside test). Only an anchor whose
-  predicted box intersects the GT has a positive overlap, hence a positive metric, and only positive
-  metrics can be selected; so the top-k over all anchors equals the top-k over those anchors, with
-  ties to the lowest anchor index in both (a tie at the k-th value is only possible between positive
-  metrics, all of which are ranked). They are found without ``[B, M, A]`` work: per image and level
-  the predicted boxes reach at most (left, top, right, bottom) from their anchor points, so the
-  anchor points of intersecting boxes lie in the GT widened by that reach; its grid cells are
-  enumerated, the exact intersection test filters them, and metrics are ranked per GT (k-th value
-  by ``torch.topk`` on length-bucketed padded rows). Cost is proportional to the window areas: one
-  huge predicted box widens its whole level, which degrades towards the dense cost, never the
-  result. Needs grid anchors and beta > 0 (else 0^0 = 1 off the overlap); otherwise it runs
-  ``"dense"``. mmdet itself uses ``torch.topk``, whose choice among exactly equal metrics is
-  unspecified: on tie-free data (any real scores) the results are identical.
-* ``"dense"`` computes ``[g, A]`` blocks of one image's GT rows within ``max_chunk_mib``.
-* ``"blocked"`` (accelerators): static blocks of GTs ``[B, g, A]`` (``g`` from ``max_chunk_mib``),
-  candidate test, metric and a dense top-k per block, folded into a running per-anchor summary
-  (selection count, first selecting GT, conflict winner) with ``max`` / ``argmax`` / ``where``; the
-  outputs are written once at the end. No ``nonzero``, no data-dependent shape, no host sync when
-  value checks are off (``detassign.set_value_checks(False)``); a larger ``max_chunk_mib`` means
-  fewer, larger kernels.
-
-Pass ``strides`` in the layout order of the anchor grids (they also set the widening size); with
-other anchors the generic test is used, which is exact but costs O(B * M * A) comparisons. Memory is
-proportional to the number of candidate pairs (GT areas, or window areas), plus the ``[B, A, C]``
-target scores (on CPU allocated already zero by the OS, then only the positive entries are written).
-Host syncs (CPU paths): building pair lists uses ``nonzero`` / ``repeat_interleave``, grid detection
-reads the anchor points, the dense path reads per-image GT counts, the window path its block sizes;
-value checks (``detassign.set_value_checks``) also sync. The blocked path has none.
+Computation (``method``, never the result): ``"auto"`` / ``"sparse"`` works on the candidate pairs only,
+never on ``[B, M, A]`` tensors (memory proportional to the GT areas; reads sizes on the host, a sync on
+CUDA); ``"blocked"`` runs static ``[B, g, A]`` blocks of GTs with no host synchronisation (CUDA graphs;
+with ``detassign.set_value_checks(False)``). ``max_chunk_mib`` bounds the temporaries of one block.
+Anchor points laid out as row-major grids of ``strides`` (ultralytics ``make_anchors``) are recognised
+exactly and each GT's candidates are read off the grid cells it covers; other points are tested
+against every anchor.
 """
 from __future__ import annotations
 
-import bisect
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import _validate as V
-from ..boxes import box_centers
-from ..structures import AssignResult, BatchAssignResult
+from ..boxes import aligned_points_in_boxes, box_centers, compute_dtype
+from ..structures import AssignResult, BatchAssignResult, Priors
+from . import _pairs
 from . import _tal_ops as ops
 from ._batch import check_padded_gts
-from .base import BaseAssigner
+from .base import BaseAssigner, parse_iou_calculator
 
 __all__ = ["TaskAlignedAssigner", "TAL_PRESETS"]
 
@@ -132,13 +96,10 @@ TAL_PRESETS["ultralytics_loss"] = dict(TAL_PRESETS["ultralytics"], topk=10, alph
 TAL_PRESETS["yolo26_one2many"] = dict(TAL_PRESETS["ultralytics"], topk=10, alpha=0.5)
 TAL_PRESETS["yolo26_one2one"] = dict(TAL_PRESETS["ultralytics"], topk=7, alpha=0.5, topk2=1)
 
-_CHOICES = dict(candidate_test=("strict", "inclusive"), candidate_stage=("before_topk", "after_topk"),
-                overlap=("ciou", "iou"), conflict=("all_gts", "selected_gts"), tie_break=("index", "torch"),
-                method=("auto", "sparse", "window", "dense", "blocked"))
-_BYTES_PER_DENSE_PAIR = 160   # rough peak of the dense block's temporaries per (GT, anchor)
-_BYTES_PER_INSIDE_TEST = 24
+METHODS = ("auto", "sparse", "blocked")
+_BYTES_PER_PAIR = 400          # enumerated pair: indices, gathered boxes, overlap temporaries
 _BYTES_PER_BLOCKED_PAIR = 100  # live [B, g, A] temporaries of one blocked step (CIoU, keys, masks)
-_BYTES_PER_WINDOW_PAIR = 400  # enumeration indices, gathered boxes and the overlap temporaries
+_BYTES_PER_DENSE_ELEMENT = 32  # a dense row rebuilt for tie_break="torch": values, top-k mask, indices
 
 
 def _fast_ok(x: Tensor, lo: float, hi: float) -> bool:
@@ -149,20 +110,54 @@ def _fast_ok(x: Tensor, lo: float, hi: float) -> bool:
     return bool(torch.isfinite(low) & torch.isfinite(high) & (low >= lo) & (high <= hi))
 
 
-def _check_values(pred_scores: Tensor, pred_bboxes: Tensor, anchor_points: Tensor,
-                  names: Tuple[str, str, str] = ("pred_scores", "pred_bboxes", "anchor_points")) -> None:
-    """Probabilities in [0, 1], finite boxes and points; the detailed checks run only on failure."""
-    if not _fast_ok(pred_scores, 0.0, 1.0):
-        V.check_range(names[0], pred_scores, 0.0, 1.0)
+def _check_values(names: Tuple[str, str, str], scores: Tensor, pred_bboxes: Tensor, anchor_points: Tensor,
+                  probs: bool) -> None:
+    """Probabilities in [0, 1] (or finite logits), finite boxes and points; details only on failure."""
+    if not _fast_ok(scores, 0.0 if probs else float("-inf"), 1.0 if probs else float("inf")):
+        if probs:
+            V.check_range(names[0], scores, 0.0, 1.0)
+        else:
+            V.check_finite(names[0], scores)
     for name, x in zip(names[1:], (pred_bboxes, anchor_points)):
         if not _fast_ok(x, float("-inf"), float("inf")):
             V.check_finite(name, x)
 
 
+def _compact(keep: Tensor, *columns: Tensor) -> Tuple[Tensor, ...]:
+    """The entries of aligned pair columns [P] where ``keep`` [P] is True."""
+    index = torch.nonzero(keep).squeeze(1)
+    return tuple(c.index_select(0, index) for c in columns)
+
+
 def _check_exponents(alpha, beta) -> None:
-    """TOOD's metric s ** alpha * u ** beta needs finite alpha, beta >= 0."""
+    """TOOD's metric s ** alpha * u ** beta needs finite alpha, beta >= 0 (a negative one gives 0 ** -1)."""
     V.check_number("alpha", alpha, low=0)
     V.check_number("beta", beta, low=0)
+
+
+class _PairInputs(NamedTuple):
+    """One batch laid out for gathering by pair: boxes and points coordinate-major (``[4, N]``, each
+    coordinate contiguous, so element-wise maths on gathered pairs reads contiguous rows)."""
+
+    scores: Tensor         # [B * A * C] logits or probabilities
+    logits: bool
+    pred: Tensor           # [4, B * A]
+    points: Tensor         # [2, A]
+    rows: Tensor           # [G] valid GT rows b * M + m
+    labels: Tensor         # [G] their labels
+    gt: Tensor             # [4, G] their boxes
+    test_boxes: Tensor     # [4, G] boxes of the inside test (widened GTs)
+    anchor_offset: Tensor  # [G] b * A: a GT row's first flat anchor
+    num_classes: int       # C
+
+    @classmethod
+    def of(cls, scores, logits, pred, points, labels, gts, rows, min_size) -> "_PairInputs":
+        gt = gts.reshape(-1, 4).index_select(0, rows)                                    # [G, 4]
+        A, M = pred.shape[1], gts.shape[1]
+        return cls(scores.reshape(-1), logits, pred.reshape(-1, 4).t().contiguous(), points.t().contiguous(), rows,
+                   labels.reshape(-1).index_select(0, rows), gt.t().contiguous(),
+                   ops.widened_candidate_boxes(gt, min_size).t().contiguous(),
+                   torch.div(rows, M, rounding_mode="floor") * A, scores.shape[2])
 
 
 class TaskAlignedAssigner(BaseAssigner):
@@ -173,8 +168,8 @@ class TaskAlignedAssigner(BaseAssigner):
     ``preset`` None means ``"ultralytics"``, or ``"mmdet"`` when ``iou_calculator`` is given:
     ``iou_calculator=dict(type="BboxOverlaps2D")`` (mmdet configs) is accepted and means ``overlap="iou"``,
     so an mmdet config ``dict(type="TaskAlignedAssigner", topk=13)`` plus its iou_calculator builds the
-    mmdet behaviour. ``method`` ("auto", "sparse", "window", "dense", "blocked") and ``max_chunk_mib``
-    (None: 256 on CPU, 2048 on accelerators) choose the computation, never the result (module docstring).
+    mmdet behaviour. ``method`` ("auto" = "sparse", or "blocked") and ``max_chunk_mib`` (None: 256 on CPU,
+    2048 on accelerators) choose the computation, never the result.
     """
 
     def __init__(self, topk: Optional[int] = None, alpha: Optional[float] = None, beta: Optional[float] = None,
@@ -192,76 +187,51 @@ class TaskAlignedAssigner(BaseAssigner):
         if preset not in TAL_PRESETS:
             raise ValueError(f"preset must be one of {sorted(TAL_PRESETS)}, got {preset!r}")
         if iou_calculator is not None:
-            kind = dict(iou_calculator).get("type", None)
-            if kind not in ("BboxOverlaps2D", "mmdet.BboxOverlaps2D"):
-                raise ValueError(f"iou_calculator must be dict(type='BboxOverlaps2D'), got {iou_calculator!r}")
+            if not parse_iou_calculator(iou_calculator, "TaskAlignedAssigner", rotated=False).is_default:
+                raise ValueError(f"iou_calculator must be mmdet's plain dict(type='BboxOverlaps2D') for "
+                                 f"TaskAlignedAssigner (its overlap is overlap='iou' or 'ciou'), got {iou_calculator!r}")
             if overlap not in (None, "iou"):
                 raise ValueError(f"iou_calculator=BboxOverlaps2D contradicts overlap={overlap!r}")
             overlap = "iou"
-        given = dict(topk=topk, alpha=alpha, beta=beta, candidate_test=candidate_test, inside_eps=inside_eps,
-                     candidate_stage=candidate_stage, widen_small_gt=widen_small_gt, strides=strides,
-                     require_positive_metric=require_positive_metric, overlap=overlap, conflict=conflict,
-                     topk2=topk2, tie_break=tie_break, eps=eps, neg_overlap=neg_overlap)
-        cfg = dict(TAL_PRESETS[preset])
-        cfg.update({k: v for k, v in given.items() if v is not None})
-        cfg["method"] = method
+        cfg = TAL_PRESETS[preset]
+
+        def pick(name, value):
+            return cfg[name] if value is None else value
+
         self.preset = preset
+        self.topk = V.check_number("topk", pick("topk", topk), low=1, integer=True)
+        self.topk2 = V.check_number("topk2", pick("topk2", topk2), low=1, integer=True, allow_none=True)
+        # a NaN or negative exponent gives NaN / Inf metrics (0 ** -1), never an error downstream
+        self.alpha = pick("alpha", alpha)
+        self.beta = pick("beta", beta)
+        _check_exponents(self.alpha, self.beta)
+        self.candidate_test = V.check_choice("candidate_test", pick("candidate_test", candidate_test),
+                                             ("strict", "inclusive"))
+        self.inside_eps = V.check_number("inside_eps", pick("inside_eps", inside_eps), low=0)
+        self.candidate_stage = V.check_choice("candidate_stage", pick("candidate_stage", candidate_stage),
+                                              ("before_topk", "after_topk"))
+        self.widen_small_gt = V.check_flag("widen_small_gt", pick("widen_small_gt", widen_small_gt))
+        self.strides = self._check_strides(pick("strides", strides))
+        self.require_positive_metric = V.check_flag("require_positive_metric",
+                                                    pick("require_positive_metric", require_positive_metric))
+        self.overlap = V.check_choice("overlap", pick("overlap", overlap), ("ciou", "iou"))
+        self.conflict = V.check_choice("conflict", pick("conflict", conflict), ("all_gts", "selected_gts"))
+        self.tie_break = V.check_choice("tie_break", pick("tie_break", tie_break), _pairs.TIE_BREAKS)
+        self.eps = V.check_number("eps", pick("eps", eps), low=0)
+        self.neg_overlap = V.check_number("neg_overlap", pick("neg_overlap", neg_overlap))
+        self.method = V.check_choice("method", method, METHODS)
         self.num_classes = V.check_number("num_classes", num_classes, low=1, integer=True, allow_none=True)
         max_chunk_mib = V.check_number("max_chunk_mib", max_chunk_mib, low=0, low_open=True, allow_none=True)
         self.max_chunk_mib = None if max_chunk_mib is None else float(max_chunk_mib)
-        for key, value in cfg.items():
-            setattr(self, key, value)
-        if self.strides is not None and not isinstance(self.strides, (list, tuple)):
-            raise V.ParameterTypeError(f"strides must be a list of positive numbers, got {self.strides!r}")
-        self.strides = tuple(float(V.check_number(f"strides[{i}]", s, low=0, low_open=True))
-                             for i, s in enumerate(self.strides or ()))
-        self._check_config()
-
-    def _check_config(self) -> None:
-        for name, allowed in _CHOICES.items():
-            V.check_choice(name, getattr(self, name), allowed)
-        self.topk = V.check_number("topk", self.topk, low=1, integer=True)
-        self.topk2 = V.check_number("topk2", self.topk2, low=1, integer=True, allow_none=True)
-        # a NaN or negative exponent gives NaN / Inf metrics (0 ** -1), never an error downstream
-        _check_exponents(self.alpha, self.beta)
-        V.check_number("inside_eps", self.inside_eps, low=0)
-        V.check_number("eps", self.eps, low=0)
-        V.check_number("neg_overlap", self.neg_overlap)
-        self.widen_small_gt = V.check_flag("widen_small_gt", self.widen_small_gt)
-        self.require_positive_metric = V.check_flag("require_positive_metric", self.require_positive_metric)
         if self.widen_small_gt and not self.strides:
             raise ValueError("widen_small_gt=True needs strides (the side is widened to strides[1])")
-        if self.method == "sparse" and not self._sparse_ok():
-            raise ValueError("method='sparse' needs candidate_stage='before_topk'")
-        if self.method == "window" and not self._window_ok():
-            raise ValueError("method='window' needs candidate_stage='after_topk', require_positive_metric=True "
-                             "and tie_break='index'")
 
-    def _sparse_ok(self) -> bool:
-        return self.candidate_stage == "before_topk"
-
-    def _window_ok(self) -> bool:
-        return self.candidate_stage == "after_topk" and self.require_positive_metric and self.tie_break == "index"
-
-    def _chunk_mib(self, device: torch.device) -> float:
-        """Temporary-memory budget of one block: ``max_chunk_mib``, or by default 256 MiB on CPU and
-        2 GiB on accelerators (fewer, larger kernels; ultralytics' dense path holds several
-        ``[B, M, A]`` tensors at once)."""
-        if self.max_chunk_mib is not None:
-            return self.max_chunk_mib
-        return 256.0 if device.type == "cpu" else 2048.0
-
-    def _pick_method(self, device: torch.device) -> str:
-        """``"auto"``: the sparse path wherever it applies (on an H100 at B=64, M=200 it took 0.68x
-        ultralytics' time and 0.14x its memory, against 2.7x for the blocked path); otherwise the
-        sync-free blocked path on accelerators and the window / dense paths on CPU."""
-        if self.method != "auto":
-            return self.method
-        if self._sparse_ok():
-            return "sparse"
-        if device.type != "cpu":
-            return "blocked"
-        return "window" if self._window_ok() else "dense"
+    @staticmethod
+    def _check_strides(strides) -> Tuple[float, ...]:
+        if strides is not None and not isinstance(strides, (list, tuple)):
+            raise V.ParameterTypeError(f"strides must be a list of positive numbers, got {strides!r}")
+        return tuple(float(V.check_number(f"strides[{i}]", s, low=0, low_open=True))
+                     for i, s in enumerate(strides or ()))
 
     @property
     def min_candidate_size(self) -> Optional[float]:
@@ -270,16 +240,22 @@ class TaskAlignedAssigner(BaseAssigner):
             return None
         return self.strides[1] if len(self.strides) > 1 else self.strides[0]
 
+    def _budget(self, device: torch.device, bytes_per_pair: int) -> int:
+        """Pairs of one block: ``max_chunk_mib`` (default 256 MiB on CPU, 2 GiB on accelerators: fewer,
+        larger kernels) over the temporaries one pair needs."""
+        mib = self.max_chunk_mib if self.max_chunk_mib is not None else (256.0 if device.type == "cpu" else 2048.0)
+        return max(1, int(mib * 2**20 / bytes_per_pair))
+
     # ------------------------------------------------------------------ per image (mmdet interface)
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, gt_instances_ignore=None, alpha: Optional[float] = None,
                beta: Optional[float] = None) -> AssignResult:
-        """Assign one image.
+        """Assign one image (mmdetection's call and conventions).
 
         pred_instances: ``priors`` [A, 4] xyxy boxes (their centres are the anchor points; [A, 2]
-        points are accepted too), ``bboxes`` [A, 4] decoded xyxy, ``scores`` [A, C] probabilities.
-        gt_instances: ``bboxes`` [M, 4] xyxy, ``labels`` [M]. Returns an AssignResult with extras
-        ``assign_metrics`` [A], ``target_scores`` [A, C] and ``target_boxes`` [A, 4].
+        points are accepted too), ``bboxes`` [A, 4] decoded xyxy, ``scores`` [A, C] probabilities (what
+        TOOD's head passes). gt_instances: ``bboxes`` [M, 4] xyxy, ``labels`` [M]. Returns an
+        AssignResult with extras ``assign_metrics`` [A], ``target_scores`` [A, C], ``target_boxes`` [A, 4].
         """
         priors = V.tensor_input("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
                                 ("A", None), floating=True, empty_rows=True)
@@ -300,263 +276,178 @@ class TaskAlignedAssigner(BaseAssigner):
         gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), num_classes=V.num_classes_of(scores),
                                    rows_like=("gt_instances.bboxes", gt_boxes))
         if V.value_checks_enabled():   # named as the caller passed them (assign_batch checks again, quickly)
-            _check_values(scores, bboxes, priors,
-                          ("pred_instances.scores", "pred_instances.bboxes", "pred_instances.priors"))
+            _check_values(("pred_instances.scores", "pred_instances.bboxes", "pred_instances.priors"),
+                          scores, bboxes, priors, probs=True)
         V.check_boxes("gt_instances.bboxes", gt_boxes)
         points = priors if priors.shape[1] == 2 else box_centers(priors[:, :4])
         num_gts = gt_boxes.shape[0]
         if priors.shape[0] == 0:   # no priors, nothing to assign (empty scores need not even say C)
             gt_boxes, gt_labels = gt_boxes[:0], gt_labels[:0]
-        batch = self.assign_batch(scores[None], bboxes[None], points, gt_labels[None], gt_boxes[None], None,
-                                  alpha=alpha, beta=beta)
-        result = batch[0]
+        result = self.assign_batch_probs(scores[None], bboxes[None], points, gt_labels[None], gt_boxes[None], None,
+                                         alpha=alpha, beta=beta)[0]
         result.num_gts = num_gts
         return result
 
-    # ------------------------------------------------------------------ batched (ultralytics interface)
+    # ------------------------------------------------------------------ batched
     @torch.no_grad()
     def assign_batch(self, pred_scores: Tensor, pred_bboxes: Tensor, anchor_points: Tensor, gt_labels: Tensor,
                      gt_bboxes: Tensor, gt_mask: Optional[Tensor] = None, alpha: Optional[float] = None,
                      beta: Optional[float] = None) -> BatchAssignResult:
-        """Assign a padded batch.
+        """Assign a padded batch (the batched interface: scores are the head's logits).
 
-        pred_scores [B, A, C] probabilities, pred_bboxes [B, A, 4] xyxy, anchor_points [A, 2],
-        gt_labels [B, M] or [B, M, 1], gt_bboxes [B, M, 4] xyxy, gt_mask [B, M] or [B, M, 1]
-        (None = all valid), all in one coordinate frame (pixels for the ultralytics preset, whose
-        strides / widening are in pixels). Returns a BatchAssignResult: gt_inds [B, A] (1-based
-        padded GT index, 0 negative), labels [B, A] (-1 non-positive), max_overlaps [B, A], extras
-        ``target_boxes`` [B, A, 4], ``target_scores`` [B, A, C], ``assign_metrics`` [B, A]; ``fg_mask``.
-        Half-precision inputs are computed in float32. M == 0 / all GTs masked: every anchor negative.
+        pred_scores [B, A, C] logits (the sigmoid is applied here, as a reference's caller does),
+        pred_bboxes [B, A, 4] xyxy, anchor_points [A, 2] (or a :class:`detassign.Priors`, whose points are
+        read), gt_labels [B, M] or [B, M, 1], gt_bboxes
+        [B, M, 4] xyxy, gt_mask [B, M] or [B, M, 1] (None = all valid), all in one coordinate frame
+        (pixels for the ultralytics presets, whose strides / widening are in pixels). Returns a
+        BatchAssignResult: gt_inds [B, A] (1-based padded GT index, 0 negative), labels [B, A] (-1
+        non-positive), max_overlaps [B, A], extras ``target_boxes`` [B, A, 4], ``target_scores`` [B, A, C],
+        ``assign_metrics`` [B, A]; ``fg_mask``. Half-precision inputs are computed in float32.
+        M == 0 / all GTs masked: every anchor negative.
         """
-        scores, pred, points, labels, gts, mask = self._check_batch(pred_scores, pred_bboxes, anchor_points,
-                                                                    gt_labels, gt_bboxes, gt_mask)
-        gt_bboxes = V.as_tensor("gt_bboxes", gt_bboxes)   # mmdet HorizontalBoxes: its tensor
+        inputs = self._check_batch(pred_scores, pred_bboxes, anchor_points, gt_labels, gt_bboxes, gt_mask, False)
+        return self._assign(*inputs, V.as_tensor("gt_bboxes", gt_bboxes), alpha, beta, logits=True)
+
+    @torch.no_grad()
+    def assign_batch_probs(self, pred_scores: Tensor, pred_bboxes: Tensor, anchor_points: Tensor, gt_labels: Tensor,
+                           gt_bboxes: Tensor, gt_mask: Optional[Tensor] = None, alpha: Optional[float] = None,
+                           beta: Optional[float] = None) -> BatchAssignResult:
+        """:meth:`assign_batch` for callers that hold probabilities: pred_scores [B, A, C] in [0, 1]
+        (ultralytics' ``TaskAlignedAssigner`` call, which receives ``sigmoid(logits)``)."""
+        inputs = self._check_batch(pred_scores, pred_bboxes, anchor_points, gt_labels, gt_bboxes, gt_mask, True)
+        return self._assign(*inputs, V.as_tensor("gt_bboxes", gt_bboxes), alpha, beta, logits=False)
+
+    def _assign(self, scores: Tensor, pred: Tensor, points: Tensor, labels: Tensor, gts: Tensor, mask: Tensor,
+                out_boxes: Tensor, alpha: Optional[float], beta: Optional[float], logits: bool) -> BatchAssignResult:
+        """The five steps. scores [B, A, C] logits or probabilities (``logits``), pred [B, A, 4], points
+        [A, 2], labels [B, M], gts [B, M, 4] (compute dtype), mask [B, M]; out_boxes [B, M, 4] the caller's
+        boxes (target dtype)."""
         alpha = self.alpha if alpha is None else alpha
         beta = self.beta if beta is None else beta
         _check_exponents(alpha, beta)
         B, A, C = scores.shape
         M = gts.shape[1]
-        method = self._pick_method(scores.device)
-        if method == "blocked":
-            assign = self._blocked_assignment(scores, pred, points, labels, gts, mask, alpha, beta)
+        if self.method == "blocked":
+            probs = scores.sigmoid() if logits else scores
+            assign = self._assign_blocked(probs, pred, points, labels, gts, mask, alpha, beta)    # steps 1-4
         else:
-            rows = torch.nonzero(mask.reshape(-1)).squeeze(1)                           # [G] flat b * M + m
-            levels = None
-            if method == "window" and beta > 0 and rows.numel():
-                levels = ops.detect_grid(points, self.strides)
-            if levels is not None:
-                pairs = self._window_pairs(scores, pred, points, labels, gts, rows, alpha, beta, levels)
-            elif method in ("dense", "window"):
-                pairs = self._dense_pairs(scores, pred, points, labels, gts, mask, rows, alpha, beta)
-            else:
-                pairs = self._sparse_pairs(scores, pred, points, labels, gts, rows, alpha, beta)
-            assign = ops.resolve_conflicts(pairs, B, A, M, self.conflict)
-        if self.topk2 is not None and self.topk2 != self.topk:
+            rows = torch.nonzero(mask.reshape(-1)).squeeze(1)                     # [G] valid rows b * M + m
+            batch = _PairInputs.of(scores, logits, pred, points, labels, gts, rows, self.min_candidate_size)
+            plan = self._candidates(batch, pred, beta)                            # 1. where candidates lie
+            tables = [self._select(plan, block, batch, alpha, beta)               # 1-3 per block of GT rows
+                      for block in plan.blocks(self._budget(points.device, _BYTES_PER_PAIR))]
+            pairs = ops.PairTable.cat(tables, scores.dtype, scores.device)
+            assign = ops.resolve_conflicts(pairs, B, A, M, self.conflict)        # 4. one GT per anchor
+        if self.topk2 is not None and self.topk2 != self.topk:                  # 4b. each GT keeps its best topk2
             assign = ops.keep_topk2(assign, B, A, M, self.topk2, stable=self.tie_break == "index",
-                                    max_elems=int(self._chunk_mib(scores.device) * 2**20 / _BYTES_PER_DENSE_PAIR))
-        return self._build_result(assign, scores, labels, gt_bboxes, mask, B, A, M, C)
+                                    max_elems=self._budget(scores.device, _BYTES_PER_DENSE_ELEMENT))
+        return self._targets(assign, scores, labels, out_boxes, mask)           # 5. targets
 
-    def _check_batch(self, pred_scores, pred_bboxes, anchor_points, gt_labels, gt_bboxes, gt_mask):
-        pred_scores = V.tensor_input("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
-        pred_bboxes = V.tensor_input("pred_bboxes", pred_bboxes, ("B", "A", 4), floating=True)
-        anchor_points = V.tensor_input("anchor_points", anchor_points, ("A", 2), floating=True)
-        gt_bboxes = V.tensor_input("gt_bboxes", gt_bboxes, ("B", "M", 4), floating=True)
-        # the anchors are fixed by the model: name the tensor that disagrees with the others
-        V.check_agree("A", [("anchor_points", anchor_points, 0), ("pred_scores", pred_scores, 1),
-                            ("pred_bboxes", pred_bboxes, 1)])
-        V.check_agree("B", [("pred_scores", pred_scores, 0), ("pred_bboxes", pred_bboxes, 0),
-                            ("gt_bboxes", gt_bboxes, 0)])
-        B, A, C = pred_scores.shape
-        if self.num_classes is not None and C != self.num_classes:
-            raise ValueError(f"pred_scores must have num_classes={self.num_classes} columns, got shape "
-                             f"{tuple(pred_scores.shape)}")
-        # float labels (ultralytics' [B, M, 1]) are read by the shared check: integral values only
-        V.check_same_device(pred_scores=pred_scores, pred_bboxes=pred_bboxes, anchor_points=anchor_points,
-                            gt_labels=gt_labels, gt_bboxes=gt_bboxes, gt_mask=gt_mask)
-        labels, gts, mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, V.num_classes_of(pred_scores, 1))
-        if V.value_checks_enabled():
-            _check_values(pred_scores, pred_bboxes, anchor_points)
-        dtype = torch.float64 if torch.float64 in (pred_scores.dtype, pred_bboxes.dtype, gt_bboxes.dtype,
-                                                   anchor_points.dtype) else torch.float32
-        return (pred_scores.to(dtype), pred_bboxes.to(dtype), anchor_points.to(dtype), labels, gts.to(dtype),
-                mask)
+    # ------------------------------------------------------------------ steps 1-3 on candidate pairs
+    def _candidates(self, batch: "_PairInputs", pred: Tensor, beta: float) -> _pairs.Candidates:
+        """Step 1's search plan for the valid GT rows.
 
-    # ------------------------------------------------------------------ candidate pairs
-    def _pair_values(self, scores, pred, labels, gts, row, anchor, alpha, beta, M):
-        """Overlap and metric of pairs. row [P] flat GT rows, anchor [P] -> (overlap [P], metric [P])."""
-        A, C = scores.shape[1], scores.shape[2]
-        b = torch.div(row, M, rounding_mode="floor")
-        flat_anchor = b * A + anchor
-        # gathered as [4, P] so that each coordinate is a contiguous row (fast element-wise maths)
-        gt_box = gts.reshape(-1, 4).t().index_select(1, row).t()                       # [P, 4]
-        pred_box = pred.reshape(-1, 4).t().index_select(1, flat_anchor).t()
-        score = scores.reshape(-1).index_select(0, flat_anchor * C + labels.reshape(-1).index_select(0, row))
-        overlap = ops.pair_overlaps(gt_box, pred_box, self.overlap)
-        return overlap, ops.alignment_metric(score, overlap, alpha, beta)
-
-    def _test_boxes(self, gts: Tensor, rows: Tensor) -> Tensor:
-        """Candidate-test boxes of the valid GT rows. -> [G, 4]"""
-        return ops.widened_candidate_boxes(gts.reshape(-1, 4).index_select(0, rows), self.min_candidate_size)
-
-    def _sparse_pairs(self, scores, pred, points, labels, gts, rows, alpha, beta) -> ops.PairTable:
-        """Candidate pairs from the grid cells (or the chunked inside test), ranked per GT."""
-        M = gts.shape[1]
-        test_boxes = self._test_boxes(gts, rows)
-        inclusive = self.candidate_test == "inclusive"
-        levels = ops.detect_grid(points, self.strides) if rows.numel() else None
-        if levels is not None:
-            local, anchor = ops.grid_candidate_pairs(points, levels, test_boxes, self.inside_eps, inclusive)
-        else:
-            budget = int(self._chunk_mib(points.device) * 2**20 / _BYTES_PER_INSIDE_TEST)
-            local, anchor = ops.chunked_candidate_pairs(points, test_boxes, self.inside_eps, inclusive, budget)
-        row = rows.index_select(0, local)
-        # pair maths in blocks, so the element-wise temporaries stay within max_chunk_mib
-        step = max(1, int(self._chunk_mib(points.device) * 2**20 / _BYTES_PER_DENSE_PAIR))
-        values = [self._pair_values(scores, pred, labels, gts, row[lo:lo + step], anchor[lo:lo + step], alpha, beta, M)
-                  for lo in range(0, max(row.numel(), 1), step)]
-        overlap, metric = (torch.cat(v) for v in zip(*values))
-        if self.tie_break == "torch":
-            # ultralytics' torch.topk over the dense row (0 off the candidates), rebuilt only where tied
-            budget = int(self._chunk_mib(points.device) * 2**20 / _BYTES_PER_DENSE_PAIR)
-            selected = ops.reference_topk(local, anchor, metric, rows.numel(), points.shape[0], self.topk, budget)
-        else:
-            selected = ops.rank_in_segments(local, metric, rows.numel(), nonnegative=True) < self.topk
-        if self.require_positive_metric:
-            selected &= metric > 0
-        return ops.PairTable(row, anchor, overlap, metric, selected)
-
-    def _dense_pairs(self, scores, pred, points, labels, gts, mask, rows, alpha, beta) -> ops.PairTable:
-        """Blocks of one image's GT rows against every anchor ([g, A] within ``max_chunk_mib``);
-        returns the candidate (inside) pairs with their top-k flags."""
-        B, A = scores.shape[:2]
-        step = max(1, int(self._chunk_mib(points.device) * 2**20 / _BYTES_PER_DENSE_PAIR) // max(A, 1))
-        parts, first = [], 0
-        for b, count in enumerate(mask.sum(1).tolist()):                               # host sync
-            image_rows, first = rows[first:first + count], first + count
-            for lo in range(0, count, step):
-                row = image_rows[lo:lo + step]
-                parts.append(self._dense_block(scores[b], pred[b], points, labels.reshape(-1).index_select(0, row),
-                                               gts.reshape(-1, 4).index_select(0, row), row, alpha, beta))
-        if not parts:
-            empty = torch.zeros(0, dtype=torch.long, device=points.device)
-            flt = torch.zeros(0, dtype=scores.dtype, device=points.device)
-            return ops.PairTable(empty, empty, flt, flt, empty.bool())
-        return ops.PairTable(*(torch.cat(cols) for cols in zip(*parts)))
-
-    def _dense_block(self, scores, pred, points, labels, gt_boxes, row, alpha, beta) -> ops.PairTable:
-        """scores [A, C], pred [A, 4], points [A, 2] of one image; labels [g], gt_boxes [g, 4] of its
-        GT rows ``row`` [g] -> the block's inside pairs."""
-        chosen, inside, overlap, metric = self._select_dense(scores.index_select(1, labels).t(), pred[None], points,
-                                                             gt_boxes, None, alpha, beta)      # [g, A]
-        r, a = torch.nonzero(inside, as_tuple=True)
-        return ops.PairTable(row.index_select(0, r), a, overlap[r, a], metric[r, a], chosen[r, a])
-
-    def _select_dense(self, score, pred, points, gt_boxes, valid, alpha, beta):
-        """Candidate test, metric and top-k of every (GT, anchor) pair of a block.
-
-        score [..., g, A] the GT class's probability per anchor, pred [..., 1, A, 4], points [A, 2],
-        gt_boxes [..., g, 4], valid [..., g] bool or None -> (chosen, inside, overlap, metric), each
-        [..., g, A]; overlap and metric are 0 off the candidates (``inside``).
+        ``"before_topk"`` (ultralytics): candidates are the anchors inside the (widened) GT, so the
+        window is the test box. ``"after_topk"`` (mmdet): the top-k runs over every anchor; when only
+        positive metrics can be kept (and beta > 0) only anchors whose predicted box intersects the GT
+        qualify (any other has overlap 0, hence t = 0), and their points lie in the GT widened by how
+        far the image's predicted boxes reach on that level. Otherwise every anchor is a candidate.
         """
-        inside = ops.centres_inside(points[:, 0], points[:, 1],
-                                    ops.widened_candidate_boxes(gt_boxes, self.min_candidate_size)[..., None, :],
-                                    self.inside_eps, self.candidate_test == "inclusive")
-        if valid is not None:
-            inside &= valid[..., None]
-        overlap = ops.pair_overlaps(gt_boxes[..., None, :], pred, self.overlap)
-        metric = ops.alignment_metric(score, overlap, alpha, beta)
-        stable = self.tie_break == "index"
+        A = batch.points.shape[1]
+        points = batch.points.t()
+        levels = _pairs.detect_grid(points, self.strides) if batch.rows.numel() else None
         if self.candidate_stage == "before_topk":
-            # as ultralytics: metrics exist on candidates only, the rest of the row is 0
-            metric = metric.masked_fill(~inside, 0)
-            ranked = metric.masked_fill(~inside, -1.0) if stable else metric
-        else:
-            ranked = metric
-            metric = metric.masked_fill(~inside, 0)
-        overlap = overlap.masked_fill(~inside, 0)
-        chosen = ops.topk_dense(ranked.flatten(0, -2), self.topk, stable).view(inside.shape) & inside
-        if self.require_positive_metric:
-            chosen &= metric > 0
-        return chosen, inside, overlap, metric
+            return _pairs.plan_candidates(levels, batch.test_boxes.t(), A)
+        if not (self.require_positive_metric and beta > 0) or levels is None:
+            return _pairs.plan_candidates(None, batch.gt.t(), A)
+        reach = ops.prediction_reach(points, pred, levels)                                # [B, L, 4]
+        image = torch.div(batch.anchor_offset, A, rounding_mode="floor")
+        return _pairs.plan_candidates(levels, ops.overlap_windows(batch.gt.t(), reach.index_select(0, image)), A)
 
-    def _blocked_assignment(self, scores, pred, points, labels, gts, mask, alpha, beta) -> ops.AnchorAssignment:
-        """Dense ``[B, g, A]`` blocks of GTs with a static block size, folded into a running per-anchor
-        summary: no ``nonzero``, no data-dependent shape, no host sync (the accelerator path)."""
+    def _select(self, plan: _pairs.Candidates, block: slice, batch: "_PairInputs", alpha: float,
+                beta: float) -> ops.PairTable:
+        """Steps 1-3 for the GT rows ``rows[block]``: the candidate pairs, their metric, each GT's top-k.
+        Returns the pairs step 4 reads, with their top-k flag: every candidate (inside) pair for the
+        ``"all_gts"`` rule, which takes the argmax over all GTs, the chosen ones for ``"selected_gts"``."""
+        local, anchor = plan.pairs(block)                             # superset of pairs (local GT row, anchor)
+        flat_anchor = batch.anchor_offset.index_select(0, local) + anchor
+        before = self.candidate_stage == "before_topk"
+        if before:
+            keep = self._inside(batch, local, anchor)                                     # 1. inside the GT
+        elif plan.levels is not None:
+            keep = ops.boxes_intersect(_pairs.gather_columns(batch.gt, local).t(),         # 1. t can be > 0
+                                       _pairs.gather_columns(batch.pred, flat_anchor).t())
+        else:
+            keep = None                                                                   # 1. every anchor
+        if keep is not None:
+            local, anchor, flat_anchor = _compact(keep, local, anchor, flat_anchor)
+        score = batch.scores.index_select(0, flat_anchor * batch.num_classes + batch.labels.index_select(0, local))
+        if batch.logits:  # only the pairs need a probability
+            score = ops.pair_sigmoid(score)
+        gt_box = _pairs.gather_columns(batch.gt, local).t()                               # [P, 4] views
+        pred_box = _pairs.gather_columns(batch.pred, flat_anchor).t()
+        overlap = ops.pair_overlaps(gt_box, pred_box, self.overlap)                      # 2. metric
+        metric = ops.alignment_metric(score, overlap, alpha, beta)
+        selected = _pairs.topk_in_segments(local - block.start, metric, block.stop - block.start, self.topk,
+                                           self.tie_break, anchor, plan.num_priors,             # 3. top-k per GT
+                                           self._budget(metric.device, _BYTES_PER_DENSE_ELEMENT))
+        if self.require_positive_metric:
+            selected = selected & (metric > 0)
+        pairs = (local, anchor, overlap, metric, selected)
+        if self.conflict == "selected_gts":
+            pairs = _compact(selected, *pairs)
+        if not before:                                         # mmdet's order: the inside test after the top-k
+            pairs = _compact(self._inside(batch, pairs[0], pairs[1]), *pairs)
+        local, anchor, overlap, metric, selected = pairs
+        return ops.PairTable(batch.rows.index_select(0, local), anchor, overlap, metric, selected)
+
+    def _inside(self, batch: "_PairInputs", local: Tensor, anchor: Tensor) -> Tensor:
+        """The inside test of pairs (GT row ``rows[local]``, anchor) -> [P] bool."""
+        return aligned_points_in_boxes(_pairs.gather_columns(batch.points, anchor).t(),
+                                       _pairs.gather_columns(batch.test_boxes, local).t(), self.inside_eps,
+                                       self.candidate_test == "inclusive")
+
+    # ------------------------------------------------------------------ steps 1-4 on static blocks
+    def _assign_blocked(self, scores, pred, points, labels, gts, mask, alpha, beta) -> ops.AnchorAssignment:
+        """Steps 1-4 on dense ``[B, g, A]`` blocks of GTs with a static block size, folded into a running
+        per-anchor summary: no ``nonzero``, no data-dependent shape, no host sync (accelerators)."""
         B, A, C = scores.shape
         M = gts.shape[1]
-        step = max(1, int(self._chunk_mib(scores.device) * 2**20 / _BYTES_PER_BLOCKED_PAIR) // max(B * A, 1))
+        step = max(1, self._budget(scores.device, _BYTES_PER_BLOCKED_PAIR) // max(B * A, 1))
         by_class = scores.transpose(1, 2)                                                  # [B, C, A]
         # padding rows may hold any label: clamp so the gather stays in range (they are masked out)
         labels = labels.clamp(0, max(C - 1, 0))
-        state = ops.init_block_state(B, A, scores.dtype, scores.device)
+        summary = _pairs.PriorSummary.empty(B, A, 2, scores.dtype, scores.device)
+        before = self.candidate_stage == "before_topk"
         for lo in range(0, M if C else 0, step):
             hi = min(M, lo + step)
+            test_box = ops.widened_candidate_boxes(gts[:, lo:hi], self.min_candidate_size)[..., None, :]
+            inside = aligned_points_in_boxes(points, test_box, self.inside_eps,
+                                             self.candidate_test == "inclusive") & mask[:, lo:hi, None]   # 1.
             score = by_class.gather(1, labels[:, lo:hi, None].expand(-1, -1, A))            # [B, g, A]
-            chosen, inside, overlap, metric = self._select_dense(score, pred[:, None], points, gts[:, lo:hi],
-                                                                 mask[:, lo:hi], alpha, beta)
-            if self.conflict == "all_gts":
-                conflict = overlap
-            else:
-                conflict = overlap.masked_fill(~chosen, float("-inf"))
-            state = ops.update_block_state(state, lo, chosen, conflict, overlap, metric)
-        return ops.finish_block_state(state)
-
-    def _window_pairs(self, scores, pred, points, labels, gts, rows, alpha, beta, levels) -> ops.PairTable:
-        """Top-k over all anchors without ``[B, M, A]`` work (``candidate_stage="after_topk"`` with a
-        positive metric required, grid anchors, beta > 0).
-
-        Only anchors whose predicted box intersects the GT have a positive overlap, hence a positive
-        metric; every other anchor has metric 0 and can never be a positive. Those anchors lie in a
-        window around the GT, widened per image and level by how far the predicted boxes reach from
-        their anchor points (:func:`_tal_ops.prediction_reach`), and the window's grid cells are
-        enumerated. Ranking the metric over these pairs (ties to the lowest anchor index) gives the
-        same top-k positives as ranking all anchors. Returns the candidate (inside) pairs.
-        """
-        A, M = pred.shape[1], gts.shape[1]
-        reach = ops.prediction_reach(points, pred, levels)                                # [B, L, 4]
-        gt_rows = gts.reshape(-1, 4).index_select(0, rows)                                 # [G, 4]
-        test_boxes = ops.widened_candidate_boxes(gt_rows, self.min_candidate_size)
-        image = torch.div(rows, M, rounding_mode="floor")
-        image_offset = image * A
-        lo, n_xy = ops.grid_cells(levels, ops.overlap_windows(gt_rows, reach.index_select(0, image)))
-        cum = torch.cumsum((n_xy[..., 0] * n_xy[..., 1]).sum(1), 0).tolist()              # host sync
-        budget = max(1, int(self._chunk_mib(points.device) * 2**20 / _BYTES_PER_WINDOW_PAIR))
-        inclusive = self.candidate_test == "inclusive"
-        # coordinate-major copies, so the intersection prefilter gathers contiguous rows
-        pred_t, gt_t = pred.reshape(-1, 4).t().contiguous(), gt_rows.t().contiguous()
-        C = scores.shape[2]
-        flat_scores, row_labels = scores.reshape(-1), labels.reshape(-1).index_select(0, rows)
-        parts, start = [], 0
-        while start < len(cum):
-            # whole GT rows per block (each is ranked inside its block), at most ``budget`` pairs if possible
-            done = cum[start - 1] if start else 0
-            end = max(start + 1, bisect.bisect_right(cum, done + budget, lo=start))
-            local, flat = ops.enumerate_cells(levels, lo[start:end], n_xy[start:end], image_offset[start:end])
-            local = local + start
-            pred4, gt4 = pred_t.index_select(1, flat), gt_t.index_select(1, local)        # [4, P]
-            # exact prefilter: without a positive-area intersection the overlap, hence the metric, is 0
-            hit = torch.nonzero(ops.boxes_intersect(pred4, gt4)).squeeze(1)
-            local, flat = local.index_select(0, hit), flat.index_select(0, hit)
-            overlap = ops.pair_overlaps(gt4.index_select(1, hit).t(), pred4.index_select(1, hit).t(), self.overlap)
-            score = flat_scores.index_select(0, flat * C + row_labels.index_select(0, local))
+            overlap = ops.pair_overlaps(gts[:, lo:hi, None, :], pred[:, None], self.overlap)          # 2.
             metric = ops.alignment_metric(score, overlap, alpha, beta)
-            row = rows.index_select(0, local)
-            anchor = flat - image_offset.index_select(0, local)
-            # only positive metrics can be selected (ties to the lowest anchor index among the ranked)
-            selected = ops.segment_topk(local - start, metric, end - start, self.topk) & (metric > 0)
-            pts = points.index_select(0, anchor)
-            inside = ops.centres_inside(pts[:, 0], pts[:, 1], test_boxes.index_select(0, local),
-                                        self.inside_eps, inclusive)
-            keep = torch.nonzero(inside).squeeze(1)
-            parts.append(ops.PairTable(row.index_select(0, keep), anchor.index_select(0, keep),
-                                       overlap.index_select(0, keep), metric.index_select(0, keep),
-                                       selected.index_select(0, keep)))
-            start = end
-        return ops.PairTable(*(torch.cat(cols) for cols in zip(*parts)))
+            if before:
+                # as ultralytics: metrics exist on candidates only, the rest of the row is 0
+                metric = metric.masked_fill(~inside, 0)
+                ranked = metric.masked_fill(~inside, -1.0) if self.tie_break == "index" else metric
+            else:
+                ranked = metric                                                           # mmdet: every anchor
+                metric = metric.masked_fill(~inside, 0)
+            overlap = overlap.masked_fill(~inside, 0)
+            chosen = _pairs.topk_dense(ranked, self.topk, self.tie_break) & inside                    # 3.
+            if self.require_positive_metric:
+                chosen &= metric > 0
+            key = overlap if self.conflict == "all_gts" else overlap.masked_fill(~chosen, float("-inf"))
+            summary = summary.fold(lo, chosen, key, (metric, overlap))                                # 4.
+        return ops.assignment_from_summary(summary)
 
-    # ------------------------------------------------------------------ outputs
-    def _build_result(self, assign: ops.AnchorAssignment, scores, labels, gt_bboxes, mask, B, A, M, C):
+    # ------------------------------------------------------------------ step 5
+    def _targets(self, assign: ops.AnchorAssignment, scores: Tensor, labels: Tensor, gt_bboxes: Tensor,
+                 mask: Tensor) -> BatchAssignResult:
         """Per-anchor assignment -> BatchAssignResult (targets written once, no [B, M, A] tensor)."""
+        B, A, C = scores.shape
+        M = gt_bboxes.shape[1]
         fg = assign.fg
         anchor_b = torch.arange(B, device=fg.device)[:, None].expand(B, A).reshape(-1)       # [B * A]
         if M:
@@ -576,17 +467,43 @@ class TaskAlignedAssigner(BaseAssigner):
                                                norm.index_select(0, pos))
         elif C:
             target_scores.scatter_(1, gt_label.clamp(0, C - 1)[:, None], norm[:, None])      # no sync
-        target_boxes = gt_box.masked_fill(~fg[:, None], 0)
         num_gts = mask.sum(1)                                                          # [B]
         # mmdet returns 0 (not its -INF sentinel) for every prior of an image without GT
         fill = torch.where(num_gts > 0, self.neg_overlap, 0.0).to(assign.overlap.dtype)
-        max_overlaps = torch.where(fg, assign.overlap, fill.index_select(0, anchor_b))
         return BatchAssignResult(
             num_gts,
             torch.where(fg, assign.gt + 1, 0).view(B, A),
-            max_overlaps.view(B, A),
+            torch.where(fg, assign.overlap, fill.index_select(0, anchor_b)).view(B, A),
             torch.where(fg, gt_label, -1).view(B, A),
-            target_boxes=target_boxes.view(B, A, 4),
+            target_boxes=gt_box.masked_fill(~fg[:, None], 0).view(B, A, 4),
             target_scores=target_scores.view(B, A, C),
             assign_metrics=assign.metric.masked_fill(~fg, 0).view(B, A),
         )
+
+    # ------------------------------------------------------------------ input checks
+    def _check_batch(self, pred_scores, pred_bboxes, anchor_points, gt_labels, gt_bboxes, gt_mask, probs: bool):
+        """Validated inputs in the compute dtype: (scores [B, A, C] as given, pred, points, labels [B, M]
+        long, gts, mask [B, M] bool); ``probs``: the scores must lie in [0, 1], else be finite logits."""
+        pred_scores = V.tensor_input("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
+        pred_bboxes = V.tensor_input("pred_bboxes", pred_bboxes, ("B", "A", 4), floating=True)
+        if isinstance(anchor_points, Priors):   # the batched interface's priors: TaskAligned reads the points
+            anchor_points = anchor_points.points
+        anchor_points = V.tensor_input("anchor_points", anchor_points, ("A", 2), floating=True)
+        gt_bboxes = V.tensor_input("gt_bboxes", gt_bboxes, ("B", "M", 4), floating=True)
+        # the anchors are fixed by the model: name the tensor that disagrees with the others
+        V.check_agree("A", [("anchor_points", anchor_points, 0), ("pred_scores", pred_scores, 1),
+                            ("pred_bboxes", pred_bboxes, 1)])
+        V.check_agree("B", [("pred_scores", pred_scores, 0), ("pred_bboxes", pred_bboxes, 0),
+                            ("gt_bboxes", gt_bboxes, 0)])
+        if self.num_classes is not None and pred_scores.shape[2] != self.num_classes:
+            raise ValueError(f"pred_scores must have num_classes={self.num_classes} columns, got shape "
+                             f"{tuple(pred_scores.shape)}")
+        # float labels (ultralytics' [B, M, 1]) are read by the shared check: integral values only
+        V.check_same_device(pred_scores=pred_scores, pred_bboxes=pred_bboxes, anchor_points=anchor_points,
+                            gt_labels=gt_labels, gt_bboxes=gt_bboxes, gt_mask=gt_mask)
+        labels, gts, mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, V.num_classes_of(pred_scores, 1))
+        if V.value_checks_enabled():
+            _check_values(("pred_scores", "pred_bboxes", "anchor_points"), pred_scores, pred_bboxes, anchor_points,
+                          probs)
+        dtype = compute_dtype(pred_scores, pred_bboxes, gts, anchor_points)
+        return pred_scores.to(dtype), pred_bboxes.to(dtype), anchor_points.to(dtype), labels, gts.to(dtype), mask
