@@ -89,7 +89,7 @@ def anchors(torch, d, scale: float = 4.0):
 
 def build(case: str, torch, M: int, C: int, N: int):
     """-> a function running the case once and returning a short summary of its result."""
-    from detassign.structures import Instances
+    from detassign.structures import Instances, Priors
     d = scene(torch, M, C)
     name, _, path = case.partition(":")
     gt = Instances(bboxes=d["gt_bboxes"], labels=d["gt_labels"])
@@ -108,7 +108,7 @@ def build(case: str, torch, M: int, C: int, N: int):
         if path == "image":
             return lambda: positives(MaxIoUAssigner(**cfg).assign(Instances(priors=priors), gt))
         return lambda: positives(BatchMaxIoUAssigner(**cfg).assign_batch(
-            priors, batch["gt_bboxes"], batch["gt_mask"], batch["gt_labels"]))
+            None, None, priors, batch["gt_labels"], batch["gt_bboxes"], batch["gt_mask"]))
     if name == "approx_max_iou":
         from detassign.assigners.approx_max_iou import ApproxMaxIoUAssigner
         squares = anchors(torch, d)
@@ -126,7 +126,8 @@ def build(case: str, torch, M: int, C: int, N: int):
         if path == "image":
             return lambda: positives(ATSSAssigner(topk=9).assign(Instances(priors=priors), d["num_level"], gt))
         return lambda: positives(ATSSAssigner(topk=9).assign_batch(
-            priors, d["num_level"], batch["gt_labels"], batch["gt_bboxes"], batch["gt_mask"]))
+            None, None, Priors.from_boxes(priors, d["num_level"]), batch["gt_labels"], batch["gt_bboxes"],
+            batch["gt_mask"]))
     if name == "task_aligned":
         from detassign.assigners.task_aligned import TaskAlignedAssigner
         scores = d["logits"].sigmoid()
@@ -147,20 +148,20 @@ def build(case: str, torch, M: int, C: int, N: int):
         if path == "image":
             pred = Instances(priors=pts4, bboxes=d["pred_bboxes"], scores=scores)
             return lambda: positives(cls().assign(pred, gt))
-        return lambda: positives(cls().assign_batch(scores[None], d["pred_bboxes"][None], pts4, batch["gt_labels"],
-                                                    batch["gt_bboxes"], batch["gt_mask"]))
+        grid = Priors.from_points(d["points"], d["strides"], d["num_level"])     # both take logits batched
+        return lambda: positives(cls().assign_batch(d["logits"][None], d["pred_bboxes"][None], grid,
+                                                    batch["gt_labels"], batch["gt_bboxes"], batch["gt_mask"]))
     if name == "hungarian":
         from detassign.assigners.hungarian import HungarianAssigner
-        from detassign.boxes import xyxy_to_cxcywh
         costs = [dict(type="FocalLossCost", weight=2.0), dict(type="BBoxL1Cost", weight=5.0),
                  dict(type="IoUCost", iou_mode="giou", weight=2.0)]
         meta = dict(img_shape=(IMG, IMG))
         if path == "image":
             pred = Instances(scores=d["logits"], bboxes=d["pred_bboxes"])
             return lambda: positives(HungarianAssigner(costs).assign(pred, gt, img_meta=meta))
-        normalised = (xyxy_to_cxcywh(d["pred_bboxes"]) / IMG)[None]
         return lambda: positives(HungarianAssigner(costs).assign_batch(
-            d["logits"][None], normalised, batch["gt_labels"], batch["gt_bboxes"], batch["gt_mask"], (IMG, IMG)))
+            d["logits"][None], d["pred_bboxes"][None], None, batch["gt_labels"], batch["gt_bboxes"], batch["gt_mask"],
+            img_shapes=(IMG, IMG)))
     if name == "topk_hungarian":
         from detassign.assigners.topk_hungarian import TopkHungarianAssigner
         return lambda: positives(TopkHungarianAssigner(topk=4).assign(

@@ -35,7 +35,7 @@ IMG = 640
 
 # ----------------------------------------------------------------------------- inputs
 def anchor_points(torch, device, img=IMG, strides=STRIDES):
-    """[A, 2] cell centres and [A] strides, level by level (A = 8400 at 640)."""
+    """[A, 2] cell centers and [A] strides, level by level (A = 8400 at 640)."""
     pts, strd = [], []
     for s in strides:
         n = img // s
@@ -75,7 +75,7 @@ def make_batch(torch, B, M, C, device, seed=0, full=False):
 
 
 def prior_boxes(torch, points, strides, scale):
-    """Square anchors of side scale * stride centred on the points: [A, 4] xyxy."""
+    """Square anchors of side scale * stride centered on the points: [A, 4] xyxy."""
     half = strides[:, None] * scale / 2
     return torch.cat([points - half, points + half], 1)
 
@@ -117,110 +117,70 @@ def build_case(name, torch, device):
     if family == "detr_layers":
         return _detr_layers_case(torch, device, int(params.get("L", 6)), B, int(params.get("Q", 300)), M,
                                  int(params.get("C", 91)))
-    d = make_batch(torch, B, M, C, device)
-    pts, strd = d["points"], d["strides"]
-    num_level = [(IMG // s) ** 2 for s in STRIDES]
-    pts_with_stride = torch.cat([pts, strd[:, None], strd[:, None]], 1)
+    d = make_batch(torch, B, M, C, device, full=family == "tal_dense")
+    ours, priors, ref = _dense_case(family, params, torch, d, C)
 
-    if family == "tal_ultra":
+    def run_ours():   # every assigner through the one batched interface, on the head's logits
+        return ours.assign_batch(d["pred_logits"], d["pred_bboxes"], priors, d["gt_labels"], d["gt_bboxes"],
+                                 d["gt_mask"])
+    return run_ours, ref
+
+
+def _dense_case(family, params, torch, d, C):
+    """(ours, the Priors it reads, the reference's run or None) for a dense-prior case. The references take the
+    probabilities as their callers give them: ``pred_scores = pred_logits.sigmoid()``, the op ours applies."""
+    from detassign import Priors
+
+    B = len(d["counts"])
+    pts, strd = d["points"], d["strides"]
+    grid = Priors.from_points(pts, strd, [(IMG // s) ** 2 for s in STRIDES])
+
+    def mmdet_loop(cfg, priors, scores=None, extra=()):
+        """mmdet's assigner image by image (``extra``: arguments between the instances, ATSS' level sizes)."""
+        def run_ref():
+            ref = _mm().task_utils.build(cfg)
+            out = []
+            for b in range(B):
+                gb, gl = _per_image(d, b)
+                pred = dict(priors=priors) if scores is None else dict(priors=priors, bboxes=d["pred_bboxes"][b],
+                                                                        scores=scores[b])
+                out.append(ref.assign(_mm().InstanceData(**pred), *extra, _mm().InstanceData(bboxes=gb, labels=gl)))
+            return out
+        return run_ref
+
+    if family in ("tal_ultra", "tal_dense"):
         from detassign.assigners.task_aligned import TaskAlignedAssigner
         ours = TaskAlignedAssigner(preset="ultralytics_loss", num_classes=C, method=params.get("method", "auto"))
-
-        def run_ours():
-            return ours.assign_batch(d["pred_scores"], d["pred_bboxes"], pts, d["gt_labels"], d["gt_bboxes"],
-                                     d["gt_mask"])
 
         def run_ref():
             ref = _ul().tal.TaskAlignedAssigner(topk=10, num_classes=C, alpha=0.5, beta=6.0)
             return ref(d["pred_scores"], d["pred_bboxes"], pts, d["gt_labels"][..., None], d["gt_bboxes"],
                        d["gt_mask"][..., None].float())
-        return run_ours, run_ref
-
+        return ours, grid, None if family == "tal_dense" else run_ref
     if family == "tal_mmdet":
         from detassign.assigners.task_aligned import TaskAlignedAssigner
-        ours = TaskAlignedAssigner(preset="mmdet", num_classes=C)
-        priors = prior_boxes(torch, pts, strd, 8)
-
-        def run_ours():
-            return ours.assign_batch(d["pred_scores"], d["pred_bboxes"], pts, d["gt_labels"], d["gt_bboxes"],
-                                     d["gt_mask"])
-
-        def run_ref():
-            ref = _mm().task_utils.build(dict(type="TaskAlignedAssigner", topk=13))
-            out = []
-            for b in range(B):
-                gb, gl = _per_image(d, b)
-                pred = _mm().InstanceData(priors=priors, bboxes=d["pred_bboxes"][b], scores=d["pred_scores"][b])
-                out.append(ref.assign(pred, _mm().InstanceData(bboxes=gb, labels=gl)))
-            return out
-        return run_ours, run_ref
-
-    if family in ("simota", "dsl"):
-        cls_name = "SimOTAAssigner" if family == "simota" else "DynamicSoftLabelAssigner"
-        scores = d["pred_scores"] if family == "simota" else d["pred_logits"]
-        module = "sim_ota" if family == "simota" else "dynamic_soft_label"
-        ours = getattr(__import__(f"detassign.assigners.{module}", fromlist=[cls_name]), cls_name)()
-
-        def run_ours():
-            return ours.assign_batch(scores, d["pred_bboxes"], pts_with_stride, d["gt_labels"], d["gt_bboxes"],
-                                     d["gt_mask"])
-
-        def run_ref():
-            ref = _mm().task_utils.build(dict(type=cls_name))
-            out = []
-            for b in range(B):
-                gb, gl = _per_image(d, b)
-                pred = _mm().InstanceData(priors=pts_with_stride, bboxes=d["pred_bboxes"][b], scores=scores[b])
-                out.append(ref.assign(pred, _mm().InstanceData(bboxes=gb, labels=gl)))
-            return out
-        return run_ours, run_ref
-
+        ours = TaskAlignedAssigner(preset="mmdet", num_classes=C, method=params.get("method", "auto"))
+        # TOOD's head passes probabilities
+        return ours, grid, mmdet_loop(dict(type="TaskAlignedAssigner", topk=13), prior_boxes(torch, pts, strd, 8),
+                                      d["pred_scores"])
+    if family == "simota":
+        from detassign.assigners.sim_ota import SimOTAAssigner
+        return SimOTAAssigner(), grid, mmdet_loop(dict(type="SimOTAAssigner"), grid.point_priors(), d["pred_scores"])
+    if family == "dsl":
+        from detassign.assigners.dynamic_soft_label import DynamicSoftLabelAssigner
+        return (DynamicSoftLabelAssigner(), grid,
+                mmdet_loop(dict(type="DynamicSoftLabelAssigner"), grid.point_priors(), d["pred_logits"]))
     if family == "atss":
         from detassign.assigners.atss import ATSSAssigner
-        ours = ATSSAssigner(topk=9)
-        priors = prior_boxes(torch, pts, strd, 8)
-
-        def run_ours():
-            return ours.assign_batch(priors, num_level, d["gt_labels"], d["gt_bboxes"], d["gt_mask"])
-
-        def run_ref():
-            ref = _mm().task_utils.build(dict(type="ATSSAssigner", topk=9))
-            out = []
-            for b in range(B):
-                gb, gl = _per_image(d, b)
-                out.append(ref.assign(_mm().InstanceData(priors=priors), num_level,
-                                      _mm().InstanceData(bboxes=gb, labels=gl)))
-            return out
-        return run_ours, run_ref
-
+        # no anchor boxes: ATSS derives its squares of octave_base_scale (8) strides, mmdet's ATSS anchors
+        return ATSSAssigner(topk=9), grid, mmdet_loop(dict(type="ATSSAssigner", topk=9),
+                                                     prior_boxes(torch, pts, strd, 8), extra=[list(grid.level_sizes)])
     if family == "maxiou":
         from detassign.assigners.batch_max_iou import BatchMaxIoUAssigner
         cfg = dict(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0.0, ignore_iof_thr=-1)
-        ours = BatchMaxIoUAssigner(**cfg)
-        priors = prior_boxes(torch, pts, strd, 4)
-
-        def run_ours():
-            return ours.assign_batch(priors, d["gt_bboxes"], d["gt_mask"], d["gt_labels"])
-
-        def run_ref():
-            ref = _mm().task_utils.build(dict(type="MaxIoUAssigner", **cfg))
-            out = []
-            for b in range(B):
-                gb, gl = _per_image(d, b)
-                out.append(ref.assign(_mm().InstanceData(priors=priors), _mm().InstanceData(bboxes=gb, labels=gl)))
-            return out
-        return run_ours, run_ref
-
-    if family == "tal_dense":
-        from detassign.assigners.task_aligned import TaskAlignedAssigner
-        ours = TaskAlignedAssigner(preset="ultralytics_loss", num_classes=C)
-        d = make_batch(torch, B, M, C, device, full=True)
-
-        def run_ours():
-            return ours.assign_batch(d["pred_scores"], d["pred_bboxes"], pts, d["gt_labels"], d["gt_bboxes"],
-                                     d["gt_mask"])
-        return run_ours, None
-    raise SystemExit(f"unknown case {name!r}")
+        return (BatchMaxIoUAssigner(**cfg), grid.with_square_boxes(4),
+                mmdet_loop(dict(type="MaxIoUAssigner", **cfg), prior_boxes(torch, pts, strd, 4)))
+    raise SystemExit(f"unknown case family {family!r}")
 
 
 def _hungarian_case(torch, device, B, M, Q, C):
@@ -239,16 +199,16 @@ def _hungarian_case(torch, device, B, M, Q, C):
     from detassign.assigners.hungarian import HungarianAssigner
     from detassign.boxes import cxcywh_to_xyxy
     ours = HungarianAssigner(match_costs=costs)
+    pred_px = cxcywh_to_xyxy(pred) * IMG                                            # DETRHead's conversion
 
     def run_ours():
-        return ours.assign_batch(logits, pred, labels, gt, mask, shapes)
+        return ours.assign_batch(logits, pred_px, None, labels, gt, mask, img_shapes=shapes)
 
     def run_ref():
         ref = _mm().task_utils.build(dict(type="HungarianAssigner", match_costs=costs))
-        scale = torch.tensor([IMG, IMG, IMG, IMG], device=device, dtype=torch.float32)
         out = []
         for b in range(B):
-            p = _mm().InstanceData(scores=logits[b], bboxes=cxcywh_to_xyxy(pred[b]) * scale)
+            p = _mm().InstanceData(scores=logits[b], bboxes=pred_px[b])
             out.append(ref.assign(p, _mm().InstanceData(bboxes=gt[b], labels=labels[b]),
                                   img_meta=dict(img_shape=(IMG, IMG))))
         return out
@@ -325,7 +285,7 @@ def _rotated_tal_case(torch, device, B, M, size, C):
     ours = RotatedTaskAlignedAssigner(preset="ultralytics_loss", num_classes=C)
     ref = _ul().tal.RotatedTaskAlignedAssigner(topk=10, num_classes=C, alpha=0.5, beta=6.0, stride=list(STRIDES))
     mask = torch.ones(B, M, 1, device=device)
-    return ((lambda: ours.assign_batch(scores, pred, pts, labels, gt)),
+    return ((lambda: ours.assign_batch_probs(scores, pred, pts, labels, gt)),
             (lambda: ref(scores, pred, pts, labels[..., None].float(), gt, mask)))
 
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detassign import Instances, build_assigner
+from detassign import Instances, Priors, build_assigner
 from detassign.assigners._batch import pad_gts
 from detassign.assigners.atss import ATSSAssigner
 from tests.oracles import mmdet
@@ -17,7 +17,7 @@ NEG = -1e8  # mmdet's -INF sentinel for non-positive priors
 
 # ----------------------------------------------------------------------------- data
 def make_priors(img=128, strides=(8, 16, 32), ratios=(1.0,), base=8, dtype=torch.float32):
-    """Anchors of side base * stride centred on each cell, every ratio per location -> ([A, 4], per-level counts)."""
+    """Anchors of side base * stride centered on each cell, every ratio per location -> ([A, 4], per-level counts)."""
     boxes, levels = [], []
     for s in strides:
         n = math.ceil(img / s)
@@ -34,7 +34,7 @@ def make_priors(img=128, strides=(8, 16, 32), ratios=(1.0,), base=8, dtype=torch
 
 
 def make_gts(g, m, img=128, lo=4.0, hi=128.0, off=0.0):
-    """m boxes with log-uniform sides in [lo, hi] and centres in the image (off > 0: partly outside)."""
+    """m boxes with log-uniform sides in [lo, hi] and centers in the image (off > 0: partly outside)."""
     wh = torch.exp(torch.empty(m, 2).uniform_(math.log(lo), math.log(hi), generator=g))
     c = torch.rand(m, 2, generator=g) * img * (1 + 2 * off) - off * img
     return torch.cat([c - wh / 2, c + wh / 2], 1)
@@ -58,12 +58,12 @@ ROW = torch.tensor([[0.0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 
 
 # ----------------------------------------------------------------------------- hand-worked
 def test_hand_worked_threshold_inside_and_resolution():
-    # Prior centres (5,5) (15,5) (25,5) (35,5); topk=3 on the single level.
-    # GT1 [2,0,14,10], centre (8,5): distances 3, 7, 17, 27 -> candidates priors 0, 1, 2.
+    # Prior centers (5,5) (15,5) (25,5) (35,5); topk=3 on the single level.
+    # GT1 [2,0,14,10], center (8,5): distances 3, 7, 17, 27 -> candidates priors 0, 1, 2.
     #   IoU p0: inter 8*10=80, union 100+120-80=140 -> 0.5714; p1: 40/180 = 0.2222; p2: 0.
     #   mean 0.2646, unbiased std sqrt((0.3069^2 + 0.0423^2 + 0.2646^2) / 2) = 0.2881 -> thr 0.5526.
-    #   p0 passes (0.5714 >= 0.5526), its centre is 3 px inside the left side (> 0.01).
-    # GT2 [0,0,12,10], centre (6,5): candidates p0, p1, p2 with IoU 100/120=0.8333, 20/200=0.1, 0.
+    #   p0 passes (0.5714 >= 0.5526), its center is 3 px inside the left side (> 0.01).
+    # GT2 [0,0,12,10], center (6,5): candidates p0, p1, p2 with IoU 100/120=0.8333, 20/200=0.1, 0.
     #   mean 0.3111, std 0.4550 -> thr 0.7661; p0 passes.
     # p0 is positive for both: the larger IoU (GT2, 0.8333) wins.
     gt = torch.tensor([[2.0, 0, 14, 10], [0, 0, 12, 10]])
@@ -78,10 +78,10 @@ def test_hand_worked_threshold_inside_and_resolution():
 
 
 def test_hand_worked_threshold_compare_ge_vs_gt():
-    # Two priors [0,0,10,10], [10,0,20,10]; GT [4,0,16,10], centre (10,5) equidistant from both.
+    # Two priors [0,0,10,10], [10,0,20,10]; GT [4,0,16,10], center (10,5) equidistant from both.
     # topk=9 is clipped to the level size 2. Both IoU = 60 / (100+120-60) = 0.375 (exact in binary),
     # so mean = 0.375, std = 0 and thr = 0.375: ">=" (mmdet) keeps both, ">" (Paddle) keeps none.
-    # Centres (5,5) and (15,5) lie 1 px inside the GT's left / right sides.
+    # Centers (5,5) and (15,5) lie 1 px inside the GT's left / right sides.
     priors, gt, labels = ROW[:2], torch.tensor([[4.0, 0, 16, 10]]), torch.tensor([0])
     ge = assign(ATSSAssigner(), priors, [2], gt, labels)
     assert ge.gt_inds.tolist() == [1, 1] and ge.max_overlaps.tolist() == [0.375, 0.375]
@@ -90,9 +90,9 @@ def test_hand_worked_threshold_compare_ge_vs_gt():
 
 
 def test_hand_worked_ignore_region():
-    # Ignore box [0,0,10,10] covers prior 0 (IoF 1 > 0.5): gt_inds -1 and centre distance 1e8.
+    # Ignore box [0,0,10,10] covers prior 0 (IoF 1 > 0.5): gt_inds -1 and center distance 1e8.
     # topk=3, GT1 [2,0,14,10]: candidates become p1, p2, p3 with IoU 0.2222, 0, 0 -> thr 0.0741 + 0.1283
-    #   = 0.2024; p1 passes the threshold but its centre x=15 is outside the GT (x2=14) -> no positive.
+    #   = 0.2024; p1 passes the threshold but its center x=15 is outside the GT (x2=14) -> no positive.
     ignore = torch.tensor([[0.0, 0, 10, 10]])
     gt, labels = torch.tensor([[2.0, 0, 14, 10]]), torch.tensor([3])
     res = assign(ATSSAssigner(topk=3, ignore_iof_thr=0.5), ROW, [4], gt, labels, ignore)
@@ -149,7 +149,7 @@ def test_build_from_config():
 # ----------------------------------------------------------------------------- oracle parity
 def _parity_case(seed):
     g = torch.Generator().manual_seed(seed)
-    ratios = (1.0,) if seed % 2 else (0.5, 1.0, 2.0)   # 3 ratios: many exact centre-distance ties
+    ratios = (1.0,) if seed % 2 else (0.5, 1.0, 2.0)   # 3 ratios: many exact center-distance ties
     priors, levels = make_priors(ratios=ratios)
     m = [0, 1, 2, 5, 9, 14][seed % 6]
     kind = seed % 5
@@ -236,6 +236,11 @@ def test_odd_levels_match_mmdet():
 
 
 # ----------------------------------------------------------------------------- batched
+def batch(assigner, priors, levels, labels, boxes, mask=None, scores=None, bboxes=None):
+    """The batched interface on anchor boxes [A, 4] with their level sizes."""
+    return assigner.assign_batch(scores, bboxes, Priors.from_boxes(priors, levels), labels, boxes, mask)
+
+
 def _batch(g, B, max_m, ratios=(1.0,), ddod=False, interleave=False):
     priors, levels = make_priors(ratios=ratios)
     ms = [int(x) for x in torch.randint(0, max_m + 1, (B,), generator=g)]
@@ -254,7 +259,7 @@ def _batch(g, B, max_m, ratios=(1.0,), ddod=False, interleave=False):
 
 
 def _check_batch_equals_per_image(assigner, priors, levels, labels, boxes, mask, scores, bboxes):
-    res = assigner.assign_batch(priors, levels, labels, boxes, mask, scores, bboxes)
+    res = batch(assigner, priors, levels, labels, boxes, mask, scores, bboxes)
     assert res.gt_inds.shape == (len(mask), len(priors))
     for i in range(len(mask)):
         valid = torch.nonzero(mask[i]).squeeze(1)            # per-image index j -> padded index valid[j]
@@ -283,7 +288,7 @@ def test_batched_matches_mmdet_loop():
     O = mmdet()
     g = torch.Generator().manual_seed(7)
     priors, levels, labels, boxes, mask, _, _ = _batch(g, 6, 10)
-    res = ATSSAssigner().assign_batch(priors, levels, labels, boxes, mask)
+    res = batch(ATSSAssigner(), priors, levels, labels, boxes, mask)
     ref = O.assigners.ATSSAssigner(topk=9)
     for i in range(6):
         r = ref.assign(O.InstanceData(priors=priors), levels, O.InstanceData(bboxes=boxes[i][mask[i]],
@@ -294,14 +299,14 @@ def test_batched_matches_mmdet_loop():
 def test_batched_empty_shapes():
     a = ATSSAssigner()
     priors, levels = make_priors()
-    res = a.assign_batch(priors, levels, torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, 0, 4))
+    res = batch(a, priors, levels, torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, 0, 4))
     assert res.gt_inds.shape == (3, len(priors)) and (res.gt_inds == 0).all() and (res.max_overlaps == 0).all()
-    res = a.assign_batch(torch.zeros(0, 4), [0, 0], torch.zeros(2, 3, dtype=torch.long), torch.rand(2, 3, 4) * 10 +
-                         torch.tensor([0.0, 0, 10, 10]))
+    res = batch(a, torch.zeros(0, 4), [0, 0], torch.zeros(2, 3, dtype=torch.long), torch.rand(2, 3, 4) * 10 +
+                torch.tensor([0.0, 0, 10, 10]))
     assert res.gt_inds.shape == (2, 0)
     # all GTs masked out: every prior negative, max_overlaps 0 as per image
     boxes = torch.tensor([[[10.0, 10, 50, 50]]]).expand(2, 1, 4)
-    res = a.assign_batch(priors, levels, torch.zeros(2, 1, dtype=torch.long), boxes, torch.tensor([[True], [False]]))
+    res = batch(a, priors, levels, torch.zeros(2, 1, dtype=torch.long), boxes, torch.tensor([[True], [False]]))
     assert (res.gt_inds[1] == 0).all() and (res.max_overlaps[1] == 0).all() and (res.gt_inds[0] > 0).any()
 
 
@@ -309,8 +314,8 @@ def test_batched_empty_shapes():
 def test_batched_cuda_equals_cpu():
     g = torch.Generator().manual_seed(3)
     data = _batch(g, 4, 8)
-    cpu = ATSSAssigner().assign_batch(*data)
-    gpu = ATSSAssigner().assign_batch(*[d.cuda() if isinstance(d, torch.Tensor) else d for d in data])
+    cpu = batch(ATSSAssigner(), *data)
+    gpu = batch(ATSSAssigner(), *[d.cuda() if isinstance(d, torch.Tensor) else d for d in data])
     assert torch.equal(gpu.gt_inds.cpu(), cpu.gt_inds)
 
 
@@ -347,9 +352,9 @@ def test_positives_lie_inside_their_gt(seed, m):
     gt, labels = make_gts(g, m, img=96), torch.randint(0, 3, (m,), generator=g)
     res = assign(ATSSAssigner(), priors, levels, gt, labels)
     pos = res.gt_inds > 0
-    centres = (priors[pos, :2] + priors[pos, 2:]) / 2
+    centers = (priors[pos, :2] + priors[pos, 2:]) / 2
     boxes = gt[res.gt_inds[pos] - 1]
-    assert ((centres > boxes[:, :2] + 0.01) & (centres < boxes[:, 2:] - 0.01)).all()
+    assert ((centers > boxes[:, :2] + 0.01) & (centers < boxes[:, 2:] - 0.01)).all()
     assert (res.max_overlaps[pos] > 0).all() and (res.max_overlaps[~pos] == NEG).all()
 
 
@@ -391,16 +396,34 @@ def test_bad_batch_inputs():
     priors, levels = make_priors()
     boxes, labels = torch.tensor([[[0.0, 0, 10, 10]]]), torch.tensor([[0]])
     with pytest.raises(ValueError, match="priors"):
-        a.assign_batch(priors[None], levels, labels, boxes)
+        a.assign_batch(None, None, priors[None], labels, boxes)
+    with pytest.raises(ValueError, match="ATSSAssigner needs priors.level_sizes"):
+        a.assign_batch(None, None, priors, labels, boxes)                  # anchor boxes without levels
     with pytest.raises(ValueError, match="gt_bboxes"):
-        a.assign_batch(priors, levels, labels, boxes[0])
-    with pytest.raises(ValueError, match="num_level_priors"):
-        a.assign_batch(priors, levels[:2], labels, boxes)
+        batch(a, priors, levels, labels, boxes[0])
+    with pytest.raises(ValueError, match="level_sizes"):
+        batch(a, priors, levels[:2], labels, boxes)
     with pytest.raises(TypeError, match="pred_scores"):
-        ATSSAssigner(alpha=0.8).assign_batch(priors, levels, labels, boxes)
+        batch(ATSSAssigner(alpha=0.8), priors, levels, labels, boxes)
     with pytest.raises(ValueError, match="pred_scores"):
-        ATSSAssigner(alpha=0.8).assign_batch(priors, levels, labels, boxes, None, torch.zeros(1, 5, 3),
-                                             torch.zeros(1, 5, 4))
+        batch(ATSSAssigner(alpha=0.8), priors, levels, labels, boxes, None, torch.zeros(1, 5, 3), torch.zeros(1, 5, 4))
+    with pytest.raises(ValueError, match="needs priors.boxes"):
+        a.assign_batch(None, None, Priors(torch.zeros(3, 2), level_sizes=[3]), labels, boxes)
+
+
+def test_batched_priors_without_boxes_use_octave_base_scale_squares():
+    # points with strides and no anchor boxes: mmdet's ATSS anchors, squares of 8 strides (here 5)
+    points = Priors.grid((64, 64), (8, 16))
+    g = torch.Generator().manual_seed(2)
+    boxes = make_gts(g, 4, off=0.0)[None] * 0.5
+    labels = torch.zeros(1, 4, dtype=torch.long)
+    for scale in (8.0, 5.0):
+        squares = Priors.from_boxes(points.square_boxes(scale), points.level_sizes)
+        derived = ATSSAssigner(octave_base_scale=scale).assign_batch(None, None, points, labels, boxes)
+        given = ATSSAssigner().assign_batch(None, None, squares, labels, boxes)
+        assert torch.equal(derived.gt_inds, given.gt_inds) and torch.equal(derived.max_overlaps, given.max_overlaps)
+    half = 8.0 * 8 / 2       # the first prior: center (4, 4), stride 8
+    assert points.square_boxes(8.0)[0].tolist() == [4 - half, 4 - half, 4 + half, 4 + half]
 
 
 # ----------------------------------------------------------------------------- grid window (step 1 fast path)
@@ -409,7 +432,7 @@ from detassign.assigners.atss import level_grids, nearest_in_window, nearest_per
 
 
 def tie_gts(g, m, img=128, step=4.0):
-    """GTs whose centres sit on the 4-px lattice: exactly on cell centres or cell borders of every level,
+    """GTs whose centers sit on the 4-px lattice: exactly on cell centers or cell borders of every level,
     so 2 or 4 cells are equidistant (distance ties), mixed with random and off-image ones."""
     c = torch.randint(-4, int(img / step) + 4, (m, 2), generator=g).float() * step
     wh = torch.randint(1, 12, (m, 2), generator=g).float() * step
@@ -423,7 +446,7 @@ def test_level_grids_detects_single_anchor_levels_only():
     grids = level_grids(priors, levels)
     assert [(gr.start, gr.H, gr.W) for gr in grids] == [(0, 16, 16), (256, 8, 8), (320, 4, 4)]
     assert torch.equal(grids[1].cx, ((torch.arange(8) + 0.5) * 16).float())
-    three, levels3 = make_priors(ratios=(0.5, 1.0, 2.0))                 # 3 anchors per cell: centres tie
+    three, levels3 = make_priors(ratios=(0.5, 1.0, 2.0))                 # 3 anchors per cell: centers tie
     assert level_grids(three, levels3) == [None, None, None]
     g = torch.Generator().manual_seed(0)
     shuffled = priors[torch.randperm(len(priors), generator=g)]
@@ -440,7 +463,7 @@ def test_window_equals_full_topk_including_ties(topk):
     full = nearest_per_level(pc, centers, levels, topk)
     fast = nearest_per_level(pc, centers, levels, topk, grids=grids)
     assert torch.equal(full, fast)
-    # both outcomes of the proof occur: ties fall back to the full level, random centres do not
+    # both outcomes of the proof occur: ties fall back to the full level, random centers do not
     _, ok = nearest_in_window(grids[0], centers[0, :, 0].contiguous(), centers[0, :, 1].contiguous(), topk)
     assert 0 < int(ok.sum()) < len(ok)
 
@@ -471,9 +494,9 @@ def test_batched_window_path_equals_full_path(monkeypatch):
     boxes = torch.stack([tie_gts(g, 9) for _ in range(7)])
     labels = torch.randint(0, 5, (7, 9), generator=g)
     mask = torch.rand(7, 9, generator=g) < 0.8
-    full = ATSSAssigner(grid_window=False).assign_batch(priors, levels, labels, boxes, mask)
+    full = batch(ATSSAssigner(grid_window=False), priors, levels, labels, boxes, mask)
     monkeypatch.setattr(atss_module, "CPU_CHUNK", len(priors) * 2)           # 2 images per chunk
-    fast = ATSSAssigner().assign_batch(priors, levels, labels, boxes, mask)
+    fast = batch(ATSSAssigner(), priors, levels, labels, boxes, mask)
     assert torch.equal(full.gt_inds, fast.gt_inds) and torch.equal(full.labels, fast.labels)
     assert torch.equal(full.max_overlaps, fast.max_overlaps)
     with pytest.raises(ValueError, match="grid_window"):

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detassign import Instances, build_assigner
+from detassign import Instances, Priors, build_assigner
 from detassign.assigners._batch import pad_gts
 from detassign.assigners.batch_max_iou import BatchMaxIoUAssigner
 from detassign.assigners.max_iou import MaxIoUAssigner
@@ -28,6 +28,12 @@ def padded(gts, labels, ignores):
     return gt_boxes, gt_mask, gt_labels, ignore_boxes, ignore_mask
 
 
+def batch(assigner, priors, gt_bboxes, gt_mask=None, gt_labels=None, gt_bboxes_ignore=None, ignore_mask=None):
+    """The batched interface (no predictions) called with the arguments in the order :func:`padded` gives."""
+    return assigner.assign_batch(None, None, priors, gt_labels, gt_bboxes, gt_mask, gt_bboxes_ignore=gt_bboxes_ignore,
+                                 ignore_mask=ignore_mask)
+
+
 # ----------------------------------------------------------------------------- hand-worked
 def test_hand_worked_padded_batch():
     # image 0: GT [0,0,10,9] (label 5) vs prior0 [0,0,10,10]: IoU 90/100 = 0.9 -> positive; prior1 [10,10,20,20]
@@ -38,7 +44,7 @@ def test_hand_worked_padded_batch():
                              [[10.0, 10, 20, 20], [0, 0, 10, 10]]])
     gt_mask = torch.tensor([[True, False], [False, False]])
     gt_labels = torch.tensor([[5, 6], [7, 8]])
-    res = BatchMaxIoUAssigner(0.5, 0.5).assign_batch(priors, gt_boxes, gt_mask, gt_labels)
+    res = batch(BatchMaxIoUAssigner(0.5, 0.5), priors, gt_boxes, gt_mask, gt_labels)
     assert res.gt_inds.tolist() == [[1, 0], [0, 0]]
     assert res.labels.tolist() == [[5, -1], [-1, -1]]
     assert res.num_gts.tolist() == [1, 0]
@@ -49,9 +55,9 @@ def test_hand_worked_low_quality_last_gt_wins_batched():
     # same as the per-image case: prior0 is the best prior of GT0 (IoU 1) and GT1 (0.8): GT1, the last, wins.
     priors = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]])
     gt_boxes = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 8]]]).repeat(2, 1, 1)
-    res = BatchMaxIoUAssigner(0.5, 0.4).assign_batch(priors, gt_boxes, None, torch.tensor([[1, 2], [1, 2]]))
+    res = batch(BatchMaxIoUAssigner(0.5, 0.4), priors, gt_boxes, None, torch.tensor([[1, 2], [1, 2]]))
     assert res.gt_inds.tolist() == [[2, 0], [2, 0]]
-    res = BatchMaxIoUAssigner(0.5, 0.4, low_quality_mode="argmax").assign_batch(priors, gt_boxes)
+    res = batch(BatchMaxIoUAssigner(0.5, 0.4, low_quality_mode="argmax"), priors, gt_boxes)
     assert res.gt_inds.tolist() == [[1, 0], [1, 0]] and res.labels is None
 
 
@@ -64,7 +70,7 @@ def test_parity_with_mmdet_per_image(knobs):
     ours = BatchMaxIoUAssigner(**knobs)
     for seed in range(30):
         priors, gts, labels, ignores = random_batch(seed)
-        res = ours.assign_batch(priors, *padded(gts, labels, ignores))
+        res = batch(ours, priors, *padded(gts, labels, ignores))
         assert res.gt_inds.shape == (len(gts), len(priors))
         for i in range(len(gts)):
             expected = ref.assign(mm.InstanceData(priors=priors.float()),
@@ -82,7 +88,7 @@ def test_parity_per_image_priors():
         g = torch.Generator().manual_seed(seed)
         priors = torch.stack([random_boxes(A, g) for _ in range(B)])
         _, gts, labels, ignores = random_batch(seed, B=B)
-        res = BatchMaxIoUAssigner(**knobs).assign_batch(priors, *padded(gts, labels, ignores))
+        res = batch(BatchMaxIoUAssigner(**knobs), priors, *padded(gts, labels, ignores))
         for i in range(B):
             expected = mm.assigners.MaxIoUAssigner(**knobs).assign(
                 mm.InstanceData(priors=priors[i]), mm.InstanceData(bboxes=gts[i], labels=labels[i]),
@@ -102,7 +108,7 @@ def test_batched_equals_per_image_with_padding_holes(seed, mode, assign_all, wrt
     order = torch.argsort(torch.rand(gt_mask.shape, generator=g), dim=1)       # scatter padding into holes
     take = order[..., None].expand(-1, -1, 4)
     gt_boxes, gt_mask, gt_labels = gt_boxes.gather(1, take), gt_mask.gather(1, order), gt_labels.gather(1, order)
-    res = BatchMaxIoUAssigner(**knobs).assign_batch(priors, gt_boxes, gt_mask, gt_labels, ignore_boxes, ignore_mask)
+    res = batch(BatchMaxIoUAssigner(**knobs), priors, gt_boxes, gt_mask, gt_labels, ignore_boxes, ignore_mask)
     single = MaxIoUAssigner(**knobs)
     for i in range(3):
         valid = torch.nonzero(gt_mask[i]).squeeze(1)                              # padded index of each valid GT
@@ -118,10 +124,10 @@ def test_chunking_and_cpu_switch_do_not_change_results():
     priors, gts, labels, ignores = random_batch(3, B=5)
     inputs = padded(gts, labels, ignores)
     knobs = dict(pos_iou_thr=0.5, neg_iou_thr=0.4, ignore_iof_thr=0.3)
-    full = BatchMaxIoUAssigner(**knobs).assign_batch(priors, *inputs)
+    full = batch(BatchMaxIoUAssigner(**knobs), priors, *inputs)
     for other in (BatchMaxIoUAssigner(**knobs, chunk_elements=1), BatchMaxIoUAssigner(**knobs, chunk_elements=200),
                   BatchMaxIoUAssigner(**knobs, gpu_assign_thr=1)):
-        res = other.assign_batch(priors, *inputs)
+        res = batch(other, priors, *inputs)
         assert torch.equal(res.gt_inds, full.gt_inds) and torch.equal(res.max_overlaps, full.max_overlaps)
 
 
@@ -129,11 +135,11 @@ def test_chunking_and_cpu_switch_do_not_change_results():
 def test_empty_shapes():
     assigner = BatchMaxIoUAssigner(0.5, 0.4)
     priors = torch.tensor([[0.0, 0, 10, 10]])
-    res = assigner.assign_batch(priors, torch.zeros(2, 0, 4), None, torch.zeros(2, 0, dtype=torch.long))
+    res = batch(assigner, priors, torch.zeros(2, 0, 4), None, torch.zeros(2, 0, dtype=torch.long))
     assert res.gt_inds.tolist() == [[0], [0]] and res.labels.tolist() == [[-1], [-1]]
-    res = assigner.assign_batch(torch.zeros(0, 4), torch.tensor([[[0.0, 0, 1, 1]]]))
+    res = batch(assigner, torch.zeros(0, 4), torch.tensor([[[0.0, 0, 1, 1]]]))
     assert res.gt_inds.shape == (1, 0)
-    res = assigner.assign_batch(priors, torch.zeros(0, 3, 4))
+    res = batch(assigner, priors, torch.zeros(0, 3, 4))
     assert res.gt_inds.shape == (0, 1)
 
 
@@ -143,7 +149,7 @@ def test_assign_per_image_and_registry_alias():
         assert isinstance(assigner, BatchMaxIoUAssigner)
     priors, gts, labels, ignores = random_batch(4, B=1)
     one = assigner.assign(Instances(priors=priors), Instances(bboxes=gts[0], labels=labels[0]))
-    res = assigner.assign_batch(priors, *padded(gts, labels, ignores)[:3])
+    res = batch(assigner, priors, *padded(gts, labels, ignores)[:3])
     assert torch.equal(one.gt_inds, res.gt_inds[0])
 
 
@@ -151,21 +157,34 @@ def test_bad_inputs():
     assigner = BatchMaxIoUAssigner(0.5, 0.4)
     priors, boxes = torch.zeros(3, 4), torch.zeros(2, 1, 4)
     with pytest.raises(ValueError, match="gt_bboxes"):
-        assigner.assign_batch(priors, torch.zeros(1, 4))
+        batch(assigner, priors, torch.zeros(1, 4))
     with pytest.raises(ValueError, match="priors"):
-        assigner.assign_batch(torch.zeros(3, 2, 3, 4), boxes)
+        batch(assigner, torch.zeros(3, 2, 3, 4), boxes)
     with pytest.raises(ValueError, match="priors"):
-        assigner.assign_batch(torch.zeros(3, 3, 4), boxes)                  # B = 3 priors for 2 images
+        batch(assigner, torch.zeros(3, 3, 4), boxes)                  # B = 3 priors for 2 images
     with pytest.raises(ValueError, match="gt_mask"):
-        assigner.assign_batch(priors, boxes, torch.ones(2, 2, dtype=torch.bool))
+        batch(assigner, priors, boxes, torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="gt_labels"):
-        assigner.assign_batch(priors, boxes, None, torch.zeros(2, 3, dtype=torch.long))
+        batch(assigner, priors, boxes, None, torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="ignore_mask"):
-        assigner.assign_batch(priors, boxes, ignore_mask=torch.ones(2, 1, dtype=torch.bool))
+        batch(assigner, priors, boxes, ignore_mask=torch.ones(2, 1, dtype=torch.bool))
     with pytest.raises(ValueError, match="gt_bboxes_ignore"):
-        assigner.assign_batch(priors, boxes, gt_bboxes_ignore=torch.zeros(3, 1, 4))
+        batch(assigner, priors, boxes, gt_bboxes_ignore=torch.zeros(3, 1, 4))
     with pytest.raises(ValueError, match="gt_bboxes"):
-        assigner.assign_batch(priors, torch.tensor([[[5.0, 0, 1, 1]]]))
+        batch(assigner, priors, torch.tensor([[[5.0, 0, 1, 1]]]))
+    with pytest.raises(ValueError, match="BatchMaxIoUAssigner needs priors.boxes"):
+        batch(assigner, Priors(priors[:, :2]), boxes)
+    with pytest.raises(ValueError, match="no rotated batched form"):
+        batch(BatchMaxIoUAssigner(0.5, 0.4, iou_calculator=dict(type="RBboxOverlaps2D")), priors, boxes)
+
+
+def test_priors_object_equals_box_tensor():
+    priors, gts, labels, ignores = random_batch(2)
+    priors = priors.float()
+    inputs = padded(gts, labels, ignores)[:3]
+    a = BatchMaxIoUAssigner(0.5, 0.4)
+    res, ref = batch(a, Priors.from_boxes(priors), *inputs), batch(a, priors, *inputs)
+    assert torch.equal(res.gt_inds, ref.gt_inds) and torch.equal(res.max_overlaps, ref.max_overlaps)
     with pytest.raises(ValueError, match="chunk_elements"):
         BatchMaxIoUAssigner(0.5, 0.4, chunk_elements=0)
 
@@ -176,8 +195,8 @@ def test_cuda_matches_cpu():
     for seed in range(10):
         priors, gts, labels, ignores = random_batch(seed)
         inputs = padded(gts, labels, ignores)
-        cpu = BatchMaxIoUAssigner(**knobs).assign_batch(priors, *inputs)
-        gpu = BatchMaxIoUAssigner(**knobs).assign_batch(priors.cuda(), *(t.cuda() for t in inputs))
+        cpu = batch(BatchMaxIoUAssigner(**knobs), priors, *inputs)
+        gpu = batch(BatchMaxIoUAssigner(**knobs), priors.cuda(), *(t.cuda() for t in inputs))
         assert gpu.gt_inds.device.type == "cuda"
         assert torch.equal(cpu.gt_inds, gpu.gt_inds.cpu()) and torch.equal(cpu.labels, gpu.labels.cpu())
         torch.testing.assert_close(cpu.max_overlaps, gpu.max_overlaps.cpu(), rtol=0, atol=1e-6)
@@ -288,7 +307,7 @@ def test_parity_with_mmdet_on_anchor_grids(knobs, sparse, request):
     ours = BatchMaxIoUAssigner(**knobs, sparse=sparse)
     for seed in range(12):
         priors, gts, labels, ignores = lattice_batch(seed)
-        res = ours.assign_batch(priors, *padded(gts, labels, ignores))
+        res = batch(ours, priors, *padded(gts, labels, ignores))
         for i in range(len(gts)):
             expected = ref.assign(mm.InstanceData(priors=priors), mm.InstanceData(bboxes=gts[i], labels=labels[i]),
                                   mm.InstanceData(bboxes=ignores[i]))
@@ -310,7 +329,7 @@ def test_sparse_parity_zero_iou_quirk_and_threshold_edges(no_dense):
                   dict(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=-1.0, ignore_iof_thr=0.5),
                   dict(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0.0, ignore_iof_thr=0.5,
                        gt_max_assign_all=False)):
-        res = BatchMaxIoUAssigner(**knobs, sparse=True).assign_batch(priors, *padded(gts, labels, ignores))
+        res = batch(BatchMaxIoUAssigner(**knobs, sparse=True), priors, *padded(gts, labels, ignores))
         for i in range(2):
             expected = mm.assigners.MaxIoUAssigner(**knobs).assign(
                 mm.InstanceData(priors=priors), mm.InstanceData(bboxes=gts[i], labels=labels[i]),
@@ -334,10 +353,10 @@ def test_sparse_equals_dense(seed, mode, assign_all, ignore, dtype):
     gt_boxes, gt_mask, gt_labels = gt_boxes.gather(1, order[..., None].expand(-1, -1, 4)), gt_mask.gather(1, order), \
         gt_labels.gather(1, order)
     args = (priors, gt_boxes, gt_mask, gt_labels, ignore_boxes, ignore_mask)
-    dense = BatchMaxIoUAssigner(**knobs, sparse=False).assign_batch(*args)
+    dense = batch(BatchMaxIoUAssigner(**knobs, sparse=False), *args)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(bmi, "SPARSE_MAX_FRACTION", 1.0)
-        sparse = BatchMaxIoUAssigner(**knobs, sparse=True).assign_batch(*args)
+        sparse = batch(BatchMaxIoUAssigner(**knobs, sparse=True), *args)
     assert torch.equal(sparse.gt_inds, dense.gt_inds) and torch.equal(sparse.labels, dense.labels)
     assert sparse.max_overlaps.dtype == dense.max_overlaps.dtype
     assert torch.equal(sparse.max_overlaps, dense.max_overlaps)
@@ -347,13 +366,13 @@ def test_sparse_chunks_and_fallbacks_do_not_change_results(monkeypatch):
     priors, gts, labels, ignores = lattice_batch(5, B=6)
     inputs = padded(gts, labels, ignores)
     knobs = dict(pos_iou_thr=0.5, neg_iou_thr=0.4, ignore_iof_thr=0.3)
-    dense = BatchMaxIoUAssigner(**knobs, sparse=False).assign_batch(priors, *inputs)
+    dense = batch(BatchMaxIoUAssigner(**knobs, sparse=False), priors, *inputs)
     monkeypatch.setattr(bmi, "SPARSE_MAX_FRACTION", 1.0)
-    auto = BatchMaxIoUAssigner(**knobs).assign_batch(priors, *inputs)            # CPU: sparse
+    auto = batch(BatchMaxIoUAssigner(**knobs), priors, *inputs)            # CPU: sparse
     monkeypatch.setattr(bmi, "SPARSE_CPU_CHUNK", 1)                              # one image per chunk
-    one = BatchMaxIoUAssigner(**knobs).assign_batch(priors, *inputs)
+    one = batch(BatchMaxIoUAssigner(**knobs), priors, *inputs)
     monkeypatch.setattr(bmi, "SPARSE_MAX_FRACTION", 0.0)                         # every chunk falls back
-    fallback = BatchMaxIoUAssigner(**knobs).assign_batch(priors, *inputs)
+    fallback = batch(BatchMaxIoUAssigner(**knobs), priors, *inputs)
     for res in (auto, one, fallback):
         assert torch.equal(res.gt_inds, dense.gt_inds) and torch.equal(res.max_overlaps, dense.max_overlaps)
         assert torch.equal(res.labels, dense.labels)

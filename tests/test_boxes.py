@@ -37,7 +37,7 @@ def test_iou_giou_hand_worked():
 def test_diou_ciou_hand_worked():
     a = torch.tensor([0.0, 0.0, 2.0, 2.0])
     b = torch.tensor([2.0, 0.0, 4.0, 2.0])
-    # IoU 0; centre distance^2 = 4; enclosing diagonal^2 = 4^2 + 2^2 = 20 -> DIoU = -0.2 (eps-level error)
+    # IoU 0; center distance^2 = 4; enclosing diagonal^2 = 4^2 + 2^2 = 20 -> DIoU = -0.2 (eps-level error)
     assert B.aligned_diou(a, b).item() == pytest.approx(-0.2, abs=1e-6)
     # same aspect ratio -> v = 0 -> CIoU == DIoU
     assert B.aligned_ciou(a, b).item() == pytest.approx(-0.2, abs=1e-6)

@@ -277,7 +277,7 @@ def test_bad_inputs():
         with pytest.raises(ValueError, match=next(iter(bad))):
             CenterRegionAssigner(**{"pos_scale": 0.2, "neg_scale": 0.5, **bad})
     with pytest.raises(ValueError, match="iou_calculator"):
-        CenterRegionAssigner(0.2, 0.5, iou_calculator=dict(type="BboxOverlaps2D", dtype="fp16"))
+        CenterRegionAssigner(0.2, 0.5, iou_calculator=dict(type="BboxOverlaps2D", dtype="fp32"))
     with pytest.raises(TypeError, match="iou_calculator"):
         CenterRegionAssigner(0.2, 0.5, iou_calculator="iof")
 

@@ -61,7 +61,7 @@ def test_parse_assigners_presets_arguments_and_continuations():
     specs = parse_assigners("tal,MaxIoUAssigner:pos_iou_thr=0.5,neg_iou_thr=0.4,atss:topk=13,simota")
     assert [s.label for s in specs] == ["tal", "MaxIoUAssigner:pos_iou_thr=0.5,neg_iou_thr=0.4", "atss:topk=13",
                                         "simota"]
-    assert specs[0].config == dict(type="TaskAlignedAssigner", preset="ultralytics", topk=10, alpha=0.5, beta=6.0)
+    assert specs[0].config == dict(type="TaskAlignedAssigner", preset="ultralytics_loss")   # loss' DEFAULT_ASSIGNER
     assert specs[1].config == dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.4)
     assert specs[2].config == dict(type="ATSSAssigner", topk=13)  # the argument overrides the preset's 9
     assert specs[3].name == "SimOTAAssigner" and specs[1].slug == "MaxIoUAssigner_pos_iou_thr-0.5_neg_iou_thr-0.4"
@@ -210,7 +210,9 @@ def test_compare_command_training_static_and_errors(tmp_path, capsys, monkeypatc
     errors = {
         ("--static",): "--static needs --weights",
         ("--weights", str(weights)): "--weights is for --static",
-        ("--assigners", "tal,MaxIoUAssigner:pos_iou_thr=0.5,neg_iou_thr=0.4"): "the YOLO loss cannot train with",
+        # every assigner with the batched interface trains (MaxIoU included); mask matching has no boxes to train on
+        ("--assigners", "tal,MaskHungarianAssigner"): "the YOLO loss cannot train with it: MaskHungarianAssigner "
+                                                      "cannot run on grid priors",
         ("--assigners", "tal,nope"): "'nope' is not an assigner",
     }
     for extra, words in errors.items():

@@ -13,7 +13,7 @@ import torch
 
 import detassign.assigners._blocks as blocks
 import detassign.assigners.hungarian as hungarian
-from detassign import Instances
+from detassign import Instances, Priors
 from detassign.assigners.approx_max_iou import ApproxMaxIoUAssigner
 from detassign.assigners.batch_max_iou import BatchMaxIoUAssigner
 from detassign.assigners.dynamic_soft_label import DynamicSoftLabelAssigner, center_of_mass
@@ -22,7 +22,6 @@ from detassign.assigners.max_iou import MaxIoUAssigner
 from detassign.assigners.multi_instance import MultiInstanceAssigner
 from detassign.assigners.sim_ota import SimOTAAssigner
 from detassign.assigners.topk_hungarian import TopkHungarianAssigner
-from detassign.boxes import xyxy_to_cxcywh
 from tests.memory import measure_in_child
 from tests.test_hungarian import FixedCost
 
@@ -95,9 +94,10 @@ def test_dynamic_k_assigners_blocked_equal_whole(monkeypatch, seed, M, C, intege
         assert_identical(small, whole)
     batch = (d["gt"][None].repeat(2, 1, 1), torch.stack([torch.ones(M, dtype=torch.bool), torch.arange(M) % 3 > 0]))
     labels = d["labels"][None].repeat(2, 1)
-    for cls, scores in ((DynamicSoftLabelAssigner, d["logits"]), (SimOTAAssigner, d["logits"].sigmoid())):
-        run = [cls(block_pairs=pairs).assign_batch(scores[None].repeat(2, 1, 1), d["pred"][None].repeat(2, 1, 1),
-                                                   d["points"], labels, *batch) for pairs in (1, None)]
+    priors = Priors.from_points(d["points"][:, :2], d["points"][:, 2:])          # the batched interface's priors
+    for cls in (DynamicSoftLabelAssigner, SimOTAAssigner):                        # both take logits there
+        run = [cls(block_pairs=pairs).assign_batch(d["logits"][None].repeat(2, 1, 1), d["pred"][None].repeat(2, 1, 1),
+                                                   priors, labels, *batch) for pairs in (1, None)]
         assert torch.equal(run[0].gt_inds, run[1].gt_inds) and torch.equal(run[0].labels, run[1].labels)
         assert torch.equal(run[0].max_overlaps, run[1].max_overlaps) and (run[0].gt_inds > 0).sum() > 50
 
@@ -117,8 +117,8 @@ def test_max_iou_family_blocked_equal_whole(monkeypatch, seed, M, C, integer):
         gts = torch.stack([d["gt"], d["gt"].flip(0)])
         mask = torch.stack([torch.ones(M, dtype=torch.bool), torch.arange(M) % 4 > 0])
         run = [BatchMaxIoUAssigner(0.5, 0.4, sparse=False, chunk_elements=chunk, **kw).assign_batch(
-            d["anchors"], gts, mask, d["labels"][None].repeat(2, 1), ignore.bboxes[None].repeat(2, 1, 1))
-            for chunk in (1, None)]
+            None, None, d["anchors"], d["labels"][None].repeat(2, 1), gts, mask,
+            gt_bboxes_ignore=ignore.bboxes[None].repeat(2, 1, 1)) for chunk in (1, None)]
         assert torch.equal(run[0].gt_inds, run[1].gt_inds) and torch.equal(run[0].max_overlaps, run[1].max_overlaps)
 
 
@@ -144,10 +144,9 @@ def test_multi_instance_and_hungarians_blocked_equal_whole(monkeypatch, seed, M,
         small, whole = blocked_and_whole(monkeypatch, lambda: HungarianAssigner(costs).assign(pred, gt, img_meta=meta))
         assert_identical(small, whole)
     mask = torch.stack([torch.ones(M, dtype=torch.bool), torch.arange(M) % 3 > 0])
-    normalised = (xyxy_to_cxcywh(d["pred"][:M // 2]) / IMG)[None].repeat(2, 1, 1)
     small, whole = blocked_and_whole(monkeypatch, lambda: HungarianAssigner(costs).assign_batch(
-        d["logits"][None, :M // 2].repeat(2, 1, 1), normalised, d["labels"][None].repeat(2, 1),
-        d["gt"][None].repeat(2, 1, 1), mask, (IMG, IMG)))
+        d["logits"][None, :M // 2].repeat(2, 1, 1), d["pred"][None, :M // 2].repeat(2, 1, 1), None,
+        d["labels"][None].repeat(2, 1), d["gt"][None].repeat(2, 1, 1), mask, img_shapes=(IMG, IMG)))
     for x, y in ((small.gt_inds, whole.gt_inds), (small.labels, whole.labels),
                  (small.get_extra_property("match_cost"), whole.get_extra_property("match_cost"))):
         assert torch.equal(x, y)

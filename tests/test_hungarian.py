@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detassign import Instances, build_assigner
+from detassign import Instances, Priors, build_assigner
 from detassign.assigners._batch import pad_gts
 from detassign.assigners.hungarian import HungarianAssigner
 from detassign.assigners.match_costs import BaseMatchCost, BBoxL1Cost, ClassificationCost
@@ -138,9 +138,18 @@ def test_matches_mmdet_edge_cases():
         _check_parity(mm, "detr", seed, Q=9, M=4, dtype=torch.bfloat16)
 
 
+
+def detr_batch(assigner, scores, pred_cxcywh, gt_labels, gt_bboxes, gt_mask, img_shapes):
+    """The batched interface from a DETR head's normalised (cx, cy, w, h), converted to xyxy px as mmdet's
+    DETRHead converts them before calling its assigner."""
+    shapes = torch.as_tensor(img_shapes, dtype=torch.float32).reshape(-1, 2).expand(len(scores), 2)
+    h, w = shapes.unbind(-1)
+    xyxy = cxcywh_to_xyxy(pred_cxcywh) * torch.stack((w, h, w, h), -1)[:, None, :]
+    return assigner.assign_batch(scores, xyxy, None, gt_labels, gt_bboxes, gt_mask, img_shapes=img_shapes)
+
 @pytest.mark.oracle
 def test_batched_matches_mmdet_detr_head_convention():
-    """assign_batch (normalised cxcywh predictions) == mmdet per image after DETRHead's conversion."""
+    """assign_batch (xyxy px from normalised cxcywh predictions) == mmdet per image after DETRHead's conversion."""
     mm = oracles.mmdet()
     ours = HungarianAssigner(DEFORMABLE)
     ref = mm.task_utils.build(dict(type="HungarianAssigner", match_costs=DEFORMABLE))
@@ -154,7 +163,7 @@ def test_batched_matches_mmdet_detr_head_convention():
         gt_list = [rand_boxes(m, gen, size=90.0) for m in Ms]
         lab_list = [torch.randint(0, C, (m,), generator=gen) for m in Ms]
         gt_labels, gt_bboxes, gt_mask = pad_gts(gt_list, lab_list)
-        batch = ours.assign_batch(scores, pred_cxcywh, gt_labels, gt_bboxes, gt_mask, shapes)
+        batch = detr_batch(ours, scores, pred_cxcywh, gt_labels, gt_bboxes, gt_mask, shapes)
         for b in range(B):
             h, w = shapes[b].tolist()
             xyxy = cxcywh_to_xyxy(pred_cxcywh[b]) * torch.tensor([w, h, w, h])
@@ -211,7 +220,7 @@ def test_batched_equals_per_image(B, Q, M, seed):
     if gt_labels.shape[1]:
         gt_labels[~gt_mask] = -5  # padding labels are never read
     assigner = HungarianAssigner(DETR)
-    batch = assigner.assign_batch(scores, pred_cxcywh, gt_labels, gt_bboxes, gt_mask, shapes)
+    batch = detr_batch(assigner, scores, pred_cxcywh, gt_labels, gt_bboxes, gt_mask, shapes)
     assert batch.gt_inds.shape == (B, Q)
     for b in range(B):
         h, w = shapes[b].tolist()
@@ -230,7 +239,7 @@ def test_batched_non_contiguous_gt_mask():
     gt_bboxes = rand_boxes(4, gen, size=50.0)[None]
     gt_labels = torch.randint(0, C, (1, 4), generator=gen)
     mask = torch.tensor([[True, False, True, False]])
-    res = HungarianAssigner(DETR).assign_batch(scores, pred, gt_labels, gt_bboxes, mask, (100, 100))
+    res = detr_batch(HungarianAssigner(DETR), scores, pred, gt_labels, gt_bboxes, mask, (100, 100))
     assert sorted(res.gt_inds[res.gt_inds > 0].tolist()) == [1, 3]
     assert int(res.num_gts[0]) == 2
 
@@ -254,7 +263,7 @@ def test_nan_cost_batched_names_image_index():
     pred = torch.rand(B, Q, 4, generator=gen) * 0.5 + 0.2
     gt_labels, gt_bboxes, gt_mask = pad_gts([rand_boxes(3, gen, 50.0)] * B, [torch.tensor([0, 1, 2])] * B)
     with pytest.raises(ValueError, match=r"FocalLossCost produced 3 NaN values for image 2"):
-        HungarianAssigner(DEFORMABLE).assign_batch(scores, pred, gt_labels, gt_bboxes, gt_mask, (100, 100))
+        detr_batch(HungarianAssigner(DEFORMABLE), scores, pred, gt_labels, gt_bboxes, gt_mask, (100, 100))
 
 
 def test_nan_in_padding_is_ignored():
@@ -262,8 +271,8 @@ def test_nan_in_padding_is_ignored():
     scores, pred = torch.randn(1, 4, C, generator=gen), torch.rand(1, 4, 4, generator=gen) * 0.5 + 0.2
     gt_bboxes = torch.tensor([[[10.0, 10.0, 40.0, 40.0], [0.0, 0.0, 0.0, 0.0]]])
     assigner = HungarianAssigner([FixedCost(torch.tensor([[[1.0, float("nan")]] * 4]))])
-    res = assigner.assign_batch(scores, pred, torch.tensor([[1, 0]]), gt_bboxes, torch.tensor([[True, False]]),
-                                (64, 64))
+    res = detr_batch(assigner, scores, pred, torch.tensor([[1, 0]]), gt_bboxes, torch.tensor([[True, False]]),
+                     (64, 64))
     assert (res.gt_inds > 0).sum() == 1
 
 
@@ -278,13 +287,24 @@ def test_bad_batched_inputs():
     scores, pred = torch.randn(2, 4, C), torch.rand(2, 4, 4)
     gt_labels, gt_bboxes, gt_mask = torch.zeros(2, 1, dtype=torch.long), torch.tensor([[[0.0, 0, 5, 5]]] * 2), None
     with pytest.raises(ValueError, match="pred_bboxes"):
-        assigner.assign_batch(scores, pred[:, :3], gt_labels, gt_bboxes, gt_mask, (10, 10))
+        assigner.assign_batch(scores, pred[:, :3], None, gt_labels, gt_bboxes, gt_mask, img_shapes=(10, 10))
     with pytest.raises(ValueError, match="img_shapes"):
-        assigner.assign_batch(scores, pred, gt_labels, gt_bboxes, gt_mask, None)
+        assigner.assign_batch(scores, pred, None, gt_labels, gt_bboxes, gt_mask)
     with pytest.raises(ValueError, match="img_shapes"):
-        assigner.assign_batch(scores, pred, gt_labels, gt_bboxes, gt_mask, torch.ones(3, 2))
+        assigner.assign_batch(scores, pred, None, gt_labels, gt_bboxes, gt_mask, img_shapes=torch.ones(3, 2))
     with pytest.raises(ValueError, match="gt_bboxes"):
-        assigner.assign_batch(scores, pred, gt_labels, gt_bboxes.flip(-1), gt_mask, (10, 10))
+        assigner.assign_batch(scores, pred, None, gt_labels, gt_bboxes.flip(-1), gt_mask, img_shapes=(10, 10))
+
+
+def test_batched_img_shapes_default_to_the_priors_image_size():
+    gen = torch.Generator().manual_seed(4)
+    scores, pred = torch.randn(2, 6, C, generator=gen), rand_boxes(12, gen, size=60.0).view(2, 6, 4)
+    gt_labels, gt_bboxes, gt_mask = pad_gts([rand_boxes(3, gen, 60.0)] * 2, [torch.tensor([0, 1, 2])] * 2)
+    assigner = HungarianAssigner(DETR)
+    given_shapes = assigner.assign_batch(scores, pred, None, gt_labels, gt_bboxes, gt_mask, img_shapes=(64, 80))
+    from_priors = assigner.assign_batch(scores, pred, Priors.grid((64, 80), (32,)), gt_labels, gt_bboxes, gt_mask)
+    assert torch.equal(given_shapes.gt_inds, from_priors.gt_inds)
+    assert torch.equal(given_shapes.match_cost, from_priors.match_cost)
 
 
 def test_result_is_plain_numpy_free_and_on_input_device():

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
 from detassign.assigners.hungarian import HungarianAssigner
+from detassign.assigners.lsa_solvers import resolve_solver
 from detassign.integrations import detr
 from detassign.integrations.detr import MATCHER_PRESETS, HungarianMatcher
 from detassign.structures import Instances
@@ -268,8 +269,27 @@ def test_batched_solver_glue_equals_scipy(monkeypatch):
             assert torch.equal(q, cq) and torch.equal(g, cg)
 
 
+def test_one_matching_call_per_matcher_call_on_float32_blocks(monkeypatch):
+    # groups, repeats and the solver have one implementation (one_to_many.match_blocks): the matcher hands it
+    # the per-image [B, Q, M] float32 costs and the GT mask once per call, whatever the options
+    calls = []
+    real = detr.match_blocks
+
+    def spy(cost, gt_mask, **kwargs):
+        calls.append((cost.dtype, tuple(cost.shape), gt_mask.tolist(), kwargs))
+        return real(cost, gt_mask, **kwargs)
+
+    monkeypatch.setattr(detr, "match_blocks", spy)
+    outputs, targets = detr_case(12, sizes=(2, 0, 3), Q=12, dtype=torch.float16)
+    HungarianMatcher.preset("dino")(outputs, targets, num_groups=3, repeat_gts=2)
+    (dtype, shape, mask, kwargs), = calls
+    assert dtype == torch.float32 and shape == (3, 12, 3)
+    assert mask == [[True, True, False], [False] * 3, [True] * 3]
+    assert kwargs == dict(repeat=2, groups=3, layout="tile", solver="scipy")   # H-DETR's column order
+
+
 def test_auto_solver_is_scipy_on_cpu_and_missing_gpu_solver_is_named():
-    assert not detr._gpu_solver_ok(torch.device("cpu"))
+    assert resolve_solver("auto", torch.device("cpu")) == "scipy"
     if "torch_linear_assignment" not in sys.modules and importlib.util.find_spec("torch_linear_assignment") is None:
         with pytest.raises(ImportError, match="pip install torch-linear-assignment"):
             HungarianMatcher(solver="torch_linear_assignment")

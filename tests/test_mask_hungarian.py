@@ -104,7 +104,8 @@ def test_batched_equals_per_image(B, Q, M, seed):
     gt_labels = torch.randint(0, C, (B, M), generator=gen)
     gt_mask = torch.arange(M)[None] < torch.tensor(Ms)[:, None]
     assigner = MaskHungarianAssigner()
-    batch = assigner.assign_batch(scores, pred_masks, gt_labels, gt_masks, gt_mask)
+    batch = assigner.assign_batch(scores, None, None, gt_labels, None, gt_mask, pred_masks=pred_masks,
+                                  gt_masks=gt_masks)
     for b in range(B):
         m = Ms[b]
         single = assigner.assign(Instances(scores=scores[b], masks=pred_masks[b]),
@@ -118,12 +119,16 @@ def test_errors():
     with pytest.raises(ValueError, match="same number of pixels"):
         assigner.assign(Instances(scores=torch.zeros(2, C), masks=torch.zeros(2, 4, 4)),
                         Instances(labels=torch.tensor([0]), masks=torch.zeros(1, 5, 5)))
+    labels = torch.zeros(1, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="gt_masks"):
-        assigner.assign_batch(torch.zeros(1, 2, C), torch.zeros(1, 2, 9), torch.zeros(1, 3, dtype=torch.long),
-                              torch.zeros(1, 2, 9))
+        assigner.assign_batch(torch.zeros(1, 2, C), None, None, labels, None, pred_masks=torch.zeros(1, 2, 9),
+                              gt_masks=torch.zeros(1, 2, 9))
     with pytest.raises(ValueError, match="pred_masks"):
-        assigner.assign_batch(torch.zeros(1, 2, C), torch.zeros(2, 9), torch.zeros(1, 3, dtype=torch.long),
-                              torch.zeros(1, 3, 9))
+        assigner.assign_batch(torch.zeros(1, 2, C), None, None, labels, None, pred_masks=torch.zeros(2, 9),
+                              gt_masks=torch.zeros(1, 3, 9))
+    with pytest.raises(ValueError, match="masks"):        # on boxes alone (grid priors): the mask costs say so
+        assigner.assign_batch(torch.zeros(1, 2, C), torch.rand(1, 2, 4), None, labels,
+                              torch.tensor([[[0.0, 0, 2, 2]]]).expand(1, 3, 4))
     masks = torch.zeros(3, 9)
     masks[1, 2] = float("nan")
     with pytest.raises(ValueError, match="CrossEntropyLossCost produced 2 NaN values.*DiceCost produced 2 NaN"):

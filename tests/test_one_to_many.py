@@ -210,7 +210,7 @@ def test_several_decoder_layers_in_one_call(monkeypatch):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(groups=7), "groups=7 must divide"),
-    (dict(repeat=0), "repeat must be an int >= 1"),
+    (dict(repeat=0), "repeat must be >= 1"),
     (dict(layout="blocks"), "layout must be one of"),
     (dict(gt_mask=torch.ones(3, dtype=torch.bool)), "gt_mask must end in M=4"),
     (dict(gt_mask=torch.ones(5, 4, dtype=torch.bool)), "does not broadcast"),
@@ -235,16 +235,37 @@ def detr_batch(seed, L_=None, B=3, Q=30, M=6, C=7):
     return logits, boxes, labels, gt, mask
 
 
+def test_non_finite_costs_name_the_image_layer_term_and_input():
+    logits, boxes, labels, gt, mask = detr_batch(5, L_=3)
+    logits[2, 1, 4] = float("nan")             # layer 2, image 1, query 4: NaN focal costs for its 4 valid GTs
+    assigner = OneToManyHungarianAssigner(DINO_COSTS, repeat=2)
+    with pytest.raises(ValueError, match=r"FocalLossCost produced 4 NaN values for image 1 of layer 2; .*"
+                                         r"non-finite inputs: pred_scores \(7 NaN values\)"):
+        assigner.assign_batch(logits, boxes, labels, gt, mask, [(600, 640)] * 3)
+    one = logits[0].clone()
+    one[0, 0, :] = float("inf")
+    with pytest.raises(ValueError, match="pred_scores must be finite, got 7 Inf"):
+        assigner.assign_batch(one, boxes[0], labels, gt, mask, [(600, 640)] * 3)
+
+
+def test_resolve_solver():
+    assert L.resolve_solver("auto", "cpu") == "scipy"
+    assert L.resolve_solver("scipy", torch.device("cpu")) == "scipy"
+    with pytest.raises(ValueError, match="solver must be one of"):
+        L.resolve_solver("lapx", "cpu")
+
+
 def test_one_to_one_equals_hungarian_assigner_and_mmdet():
     logits, boxes, labels, gt, mask = detr_batch(0)
     shapes = [(600, 640)] * 3
     ours = OneToManyHungarianAssigner(DINO_COSTS).assign_batch(logits, boxes, labels, gt, mask, shapes)
-    ref = HungarianAssigner(DINO_COSTS).assign_batch(logits, boxes, labels, gt, mask, shapes)
+    scale = torch.tensor([640.0, 600.0, 640.0, 600.0])
+    xyxy = torch.cat((boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2), -1) * scale
+    # HungarianAssigner's batched interface takes xyxy px boxes
+    ref = HungarianAssigner(DINO_COSTS).assign_batch(logits, xyxy, None, labels, gt, mask, img_shapes=shapes)
     assert torch.equal(ours.gt_inds, ref.gt_inds) and torch.equal(ours.labels, ref.labels)
     torch.testing.assert_close(ours.match_cost, ref.match_cost)
     mm = oracles.mmdet()
-    scale = torch.tensor([640.0, 600.0, 640.0, 600.0])
-    xyxy = torch.cat((boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2), -1) * scale
     mm_assigner = mm.task_utils.build(dict(type="HungarianAssigner", match_costs=DINO_COSTS))
     for b in range(3):
         keep = mask[b]
@@ -312,6 +333,7 @@ def test_stage2_by_hand():
     (queries, gts), = out.indices
     assert queries.tolist() == [3, 1, 0] and gts.tolist() == [1, 0, 0]
     assert out.gt_inds.tolist() == [[1, 1, 0, 2, 0, 0]] and out.num_sampled.tolist() == [3]
+    assert out.labels.tolist() == [[0, 0, -1, 1, -1, -1]]                      # GT0 is class 0, GT1 class 1
     (queries, _), = Stage2Assigner(iou_weight=1.0, score_weight=0.0, num_samples=12, topk=1).assign_batch(
         logits, boxes, torch.tensor([[0, 1]]), gt).indices
     assert queries.tolist() == [3, 0]
@@ -363,7 +385,48 @@ def test_stage2_edges_and_bad_input():
         Stage2Assigner(topk=0)
     with pytest.raises(ValueError, match="positive_fraction"):
         Stage2Assigner(positive_fraction=1.5)
-    with pytest.raises(ValueError, match=r"gt_bboxes must have shape \[2, M, 4\]"):
+    with pytest.raises(ValueError, match=r"gt_bboxes must have shape \[B, M, 4\]"):
         assigner.assign_batch(torch.randn(2, 5, 3), torch.rand(2, 5, 4), torch.zeros(2, 1, dtype=torch.long),
                               torch.zeros(2, 1, 5))
+    with pytest.raises(ValueError, match="gt_bboxes has B=3"):
+        assigner.assign_batch(torch.randn(2, 5, 3), torch.rand(2, 5, 4), torch.zeros(3, 1, dtype=torch.long),
+                              torch.zeros(3, 1, 4))
     assert isinstance(build_assigner(dict(type="Stage2Assigner", topk=4, threshold=0.6)), Stage2Assigner)
+    # per image, an empty tensor of any dtype or rank is an image without GT (mmdet's convention)
+    pred = Instances(scores=torch.randn(5, 3), bboxes=torch.tensor([[0, 0, 4, 4.0]]).repeat(5, 1))
+    for empty in (torch.empty(0), torch.LongTensor([]), torch.empty(0, 4).long()):
+        out = assigner.assign(pred, Instances(bboxes=empty, labels=empty))
+        assert out.num_gts == 0 and out.gt_inds.tolist() == [0] * 5 and out.labels.tolist() == [-1] * 5
+        assert out.pairs_query.numel() == 0 and out.quality.shape == (0, 5)
+
+
+def test_stage2_per_image_result_is_mmdets_with_the_pairs_as_extras():
+    # the hand-worked image of test_stage2_by_hand, through the mmdet-style per-image call
+    gt = torch.tensor([[0.0, 0, 10, 10], [20, 0, 30, 10]])
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [0, 0, 10, 3], [20, 0, 30, 3], [50, 50, 60, 60],
+                          [20, 0, 30, 2]])
+    res = Stage2Assigner(iou_weight=1.0, score_weight=0.0, num_samples=12).assign(
+        Instances(scores=torch.zeros(6, 2), bboxes=boxes), Instances(bboxes=gt, labels=torch.tensor([0, 1])))
+    assert res.num_gts == 2 and res.gt_inds.tolist() == [1, 1, 0, 2, 0, 0] and res.labels.tolist() == [0, 0, -1, 1,
+                                                                                                          -1, -1]
+    torch.testing.assert_close(res.max_overlaps, torch.tensor([1.0, 0.5, 0, 0.3, 0, 0]))   # the pair's IoU
+    assert res.pairs_query.tolist() == [3, 1, 0] and res.pairs_gt.tolist() == [1, 0, 0] and int(res.num_sampled) == 3
+    # built from an mmdet config in the 'detassign' scope, a head gets mmdet's AssignResult with the same extras
+    mm = oracles.mmdet()
+    import detassign.integrations.mmdet  # noqa: F401  (registers the scope)
+
+    facing = mm.task_utils.build(dict(type="detassign.Stage2Assigner", iou_weight=1.0, score_weight=0.0,
+                                      num_samples=12))
+    out = facing.assign(mm.InstanceData(scores=torch.zeros(6, 2), bboxes=boxes),
+                        mm.InstanceData(bboxes=gt, labels=torch.tensor([0, 1])))
+    assert isinstance(out, mm.assigners.AssignResult)
+    assert torch.equal(out.gt_inds, res.gt_inds) and torch.equal(out.get_extra_property("pairs_query"), res.pairs_query)
+
+
+@pytest.mark.parametrize("kwargs, error, name", [
+    (dict(threshold=float("nan")), ValueError, "threshold"), (dict(topk=2.0), TypeError, "topk"),
+    (dict(iou_weight="0.7"), TypeError, "iou_weight"), (dict(score_weight=-1), ValueError, "score_weight"),
+    (dict(num_samples=-1), ValueError, "num_samples"), (dict(low_quality="yes"), TypeError, "low_quality")])
+def test_stage2_hyper_parameters_checked_when_built(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        Stage2Assigner(**kwargs)

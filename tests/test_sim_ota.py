@@ -6,7 +6,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from detassign import BatchAssignResult, Instances, build_assigner
+from detassign import BatchAssignResult, Instances, Priors, build_assigner
 from detassign.assigners import _dynamic_k as DK
 from detassign.assigners._batch import pad_gts
 from detassign.assigners.sim_ota import SimOTAAssigner, candidate_regions, candidate_rules, exact_cls_cost, total_cost
@@ -115,8 +115,8 @@ def tiny_case():
 
 @pytest.mark.parametrize("exact", [True, False])
 def test_hand_worked_mmdet_mode(exact):
-    # GT [0, 0, 16, 8], centre (8, 4); radius 2.5 * stride 8 = 20 -> centre square (-12, -16, 28, 24).
-    #   prior (4, 4): in box, in centre | (12, 4): in box, in centre | (20, 4): centre only (+1e5) |
+    # GT [0, 0, 16, 8], center (8, 4); radius 2.5 * stride 8 = 20 -> center square (-12, -16, 28, 24).
+    #   prior (4, 4): in box, in center | (12, 4): in box, in center | (20, 4): center only (+1e5) |
     #   (36, 36): neither -> not a candidate.
     # IoU with the GT: 1, 64 / 128 = 0.5, 1.  Class cost (p = 0.5 for both classes): 2 ln 2 = 1.386 each.
     # cost: 1.386 + 3 * -ln(1 + 1e-7) = 1.386 | 1.386 + 3 ln 2 = 3.466 | 1.386 + 1e5.
@@ -129,7 +129,7 @@ def test_hand_worked_mmdet_mode(exact):
 
 @pytest.mark.parametrize("exact", [True, False])
 def test_hand_worked_yolox_mode(exact):
-    # YOLOX: centre region only, radius 1.5 * 8 = 12 -> square (-4, -8, 20, 16); (20, 4) is on the edge
+    # YOLOX: center region only, radius 1.5 * 8 = 12 -> square (-4, -8, 20, 16); (20, 4) is on the edge
     # (strict test) so only priors 0 and 1 are candidates, IoUs 1 and 0.5 -> k = floor(1.5) = 1:
     # prior 0 (cost 1.386) beats prior 1 (3.466).
     res = run(SimOTAAssigner.yolox(exact=exact), *tiny_case())
@@ -222,7 +222,7 @@ def naive_simota(priors, pred, scores, gt, labels, radius, mode, topk=10):
 
 @pytest.mark.parametrize("mode", ["center", "box_or_center"])
 def test_candidate_modes_match_naive_reference(mode):
-    """YOLOX's rule (centre squares only, radius 1.5) and mmdet's, against a loop-per-pair reference."""
+    """YOLOX's rule (center squares only, radius 1.5) and mmdet's, against a loop-per-pair reference."""
     radius = 1.5 if mode == "center" else 2.5
     assigner = SimOTAAssigner.yolox(exact=False) if mode == "center" else SimOTAAssigner(exact=False)
     checked = 0
@@ -288,10 +288,19 @@ def test_build_from_mmdet_config_and_custom_iou():
 
 
 # ----------------------------------------------------------------------------- batched
-def batch_from_cases(cases, interleave_padding=False, seed=0):
+def as_priors(point_priors):
+    """Point priors (cx, cy, sw, sh) [A, 4] -> the batched interface's Priors."""
+    return Priors.from_points(point_priors[:, :2], point_priors[:, 2:])
+
+
+def batch_from_cases(cases, interleave_padding=False, seed=0, logits=True):
+    """Stacked cases; ``logits``: the scores become logits (the batched interface's input) whose sigmoid,
+    taken over the whole batch as the assigner takes it, is what per-image references are given."""
     priors = cases[0][0]
     pred = torch.stack([c[1] for c in cases])
     scores = torch.stack([c[2] for c in cases])
+    if logits:
+        scores = torch.logit(scores.clamp(1e-4, 1 - 1e-4))
     labels, boxes, mask = pad_gts([c[3] for c in cases], [c[4] for c in cases])
     if interleave_padding and boxes.shape[1]:
         perm = torch.randperm(boxes.shape[1], generator=torch.Generator().manual_seed(seed))
@@ -315,11 +324,12 @@ def test_batched_equals_per_image(block_pairs):
     cases = [(c[0], c[1], c[2][:, :8], c[3], c[4] % 8) for c in cases]        # one class count for the batch
     assigner = SimOTAAssigner(exact=False, block_pairs=block_pairs)
     for interleave in (False, True):
-        priors, pred, scores, labels, boxes, mask = batch_from_cases(cases, interleave, seed=1)
-        res = assigner.assign_batch(scores, pred, priors, labels, boxes, mask)
+        priors, pred, logits, labels, boxes, mask = batch_from_cases(cases, interleave, seed=1)
+        res = assigner.assign_batch(logits, pred, as_priors(priors), labels, boxes, mask)
         assert isinstance(res, BatchAssignResult) and res.num_gts.tolist() == [3, 0, 8, 1, 5, 2]
+        probs = logits.sigmoid()                                               # the assigner's own op
         for i, case in enumerate(cases):
-            case = (priors, pred[i], scores[i], boxes[i][mask[i]], labels[i][mask[i]])   # padded order
+            case = (priors, pred[i], probs[i], boxes[i][mask[i]], labels[i][mask[i]])   # padded order
             single = run(assigner, *case)                                      # exact=False: bit-identical
             assert torch.equal(res.gt_inds[i], per_image_gt_inds(single.gt_inds, mask[i]))
             assert torch.equal(res.labels[i], single.labels)
@@ -331,16 +341,17 @@ def test_batched_equals_per_image(block_pairs):
 
 def test_batched_fp16_scores_and_empty_batch():
     cases = [make_case(400 + i, num_gts=4) for i in range(3)]
-    priors, pred, scores, labels, boxes, mask = batch_from_cases(cases)
-    res16 = SimOTAAssigner().assign_batch(scores.half(), pred, priors, labels, boxes, mask)
+    priors, pred, logits, labels, boxes, mask = batch_from_cases(cases)
+    res16 = SimOTAAssigner().assign_batch(logits.half(), pred, as_priors(priors), labels, boxes, mask)
+    probs16 = logits.half().sigmoid()                                          # the sigmoid in half, as inside
     for i, case in enumerate(cases):
-        single = run(SimOTAAssigner(exact=False), case[0], case[1], case[2].half(), case[3], case[4])
+        single = run(SimOTAAssigner(exact=False), case[0], case[1], probs16[i], case[3], case[4])
         assert torch.equal(res16.gt_inds[i], single.gt_inds)
     assert res16.max_overlaps.dtype == torch.float32
-    empty = SimOTAAssigner().assign_batch(scores, pred, priors, labels[:, :0], boxes[:, :0], mask[:, :0])
+    empty = SimOTAAssigner().assign_batch(logits, pred, as_priors(priors), labels[:, :0], boxes[:, :0], mask[:, :0])
     assert empty.gt_inds.abs().sum() == 0 and bool((empty.max_overlaps == 0).all())
     assert bool((empty.labels == -1).all())
-    none = SimOTAAssigner().assign_batch(scores[:0], pred[:0], priors, labels[:0], boxes[:0], mask[:0])
+    none = SimOTAAssigner().assign_batch(logits[:0], pred[:0], as_priors(priors), labels[:0], boxes[:0], mask[:0])
     assert none.gt_inds.shape == (0, len(priors))
 
 
@@ -375,18 +386,23 @@ def test_bad_inputs():
         run(a, priors, pred, scores, gt[:, [2, 1, 0, 3]], labels)             # x1 > x2
     with pytest.raises(ValueError, match="priors"):
         a.assign(Instances(bboxes=pred, scores=scores), Instances(bboxes=gt, labels=labels))
+    points = as_priors(priors)
     with pytest.raises(ValueError, match="gt_mask"):
-        a.assign_batch(scores[None], pred[None], priors, labels[None], gt[None], torch.ones(1, 4, dtype=torch.bool))
+        a.assign_batch(scores[None], pred[None], points, labels[None], gt[None], torch.ones(1, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="pred_bboxes"):
-        a.assign_batch(scores[None], pred[None, :-1], priors, labels[None], gt[None])
-    with pytest.raises(ValueError, match="pred_scores"):
-        a.assign_batch(scores[None] + 2, pred[None], priors, labels[None], gt[None])
+        a.assign_batch(scores[None], pred[None, :-1], points, labels[None], gt[None])
+    with pytest.raises(ValueError, match="pred_scores must be finite"):
+        a.assign_batch(torch.full_like(scores, float("inf"))[None], pred[None], points, labels[None], gt[None])
+    with pytest.raises(ValueError, match="SimOTAAssigner needs priors.strides"):
+        a.assign_batch(scores[None], pred[None], priors[:, :2], labels[None], gt[None])   # bare points
     with pytest.raises(ValueError, match="candidate_mode"):
         SimOTAAssigner(candidate_mode="inside")
     with pytest.raises(ValueError, match="candidate_topk"):
         SimOTAAssigner(candidate_topk=0)
     with pytest.raises(ValueError, match="iou_calculator"):
-        SimOTAAssigner(iou_calculator=dict(type="BboxOverlaps2D", scale=2.0))
+        SimOTAAssigner(iou_calculator=dict(type="BboxOverlaps2D", scale=0.0))
+    with pytest.raises(ValueError, match="SimOTAAssigner has no rotated form"):
+        SimOTAAssigner(iou_calculator=dict(type="RBboxOverlaps2D"))
     assert "candidate_mode='box_or_center'" in repr(a) and DK.check_block_pairs(None) is None
 
 
@@ -394,8 +410,9 @@ def test_bad_inputs():
 def test_cuda_matches_cpu():
     cases = [make_case(500 + i, num_gts=6) for i in range(4)]
     priors, pred, scores, labels, boxes, mask = batch_from_cases(cases)
-    cpu = SimOTAAssigner().assign_batch(scores, pred, priors, labels, boxes, mask)
-    gpu = SimOTAAssigner().assign_batch(*(t.cuda() for t in (scores, pred, priors, labels, boxes, mask)))
+    cpu = SimOTAAssigner().assign_batch(scores, pred, as_priors(priors), labels, boxes, mask)
+    gpu = SimOTAAssigner().assign_batch(scores.cuda(), pred.cuda(), as_priors(priors).to("cuda"), labels.cuda(),
+                                        boxes.cuda(), mask.cuda())
     assert gpu.gt_inds.device.type == "cuda"
     for i, case in enumerate(cases):
         if not near_tie_at_decisions(*simota_cost(*case), topk=10):
@@ -411,5 +428,5 @@ def test_gt_major_iou_is_bit_identical_to_bbox_overlaps():
     boxes[..., 2:] += boxes[..., :2]
     boxes[0, :5] = gt[0, :5]                                                   # exact matches: IoU 1
     for dtype in (torch.float32, torch.float64, torch.float16):
-        ours = DK.pairwise_iou_gt_major(gt.to(dtype), boxes.to(dtype))
+        ours = DK.batched_ious(SimOTAAssigner().iou_calculator, gt.to(dtype), boxes.to(dtype))
         assert torch.equal(ours, bbox_overlaps(boxes.to(dtype), gt.to(dtype)).transpose(1, 2))

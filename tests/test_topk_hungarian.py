@@ -74,7 +74,7 @@ def test_edge_cases():
     with pytest.raises(ValueError, match="topk"):
         TopkHungarianAssigner(topk=0)
     with pytest.raises(ValueError, match="iou_calculator"):
-        TopkHungarianAssigner(topk=2, iou_calculator=dict(type="BboxOverlaps2D", dtype="fp16"))
+        TopkHungarianAssigner(topk=2, iou_calculator=dict(type="BboxOverlaps2D", mode="iof"))
     with pytest.raises(ValueError, match="decode_bboxes"):
         assigner.assign(torch.rand(4, C), torch.rand(3, 4), gt, labels, META)
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from detassign import Instances, build_assigner, build_match_cost
+from detassign import Instances, Priors, build_assigner, build_match_cost
 from detassign import _validate as V
 from detassign.assigners.approx_max_iou import ApproxMaxIoUAssigner
 from detassign.assigners.atss import ATSSAssigner
@@ -39,9 +39,13 @@ from detassign.assigners.match_costs import (BBoxL1Cost, BinaryFocalLossCost, Cl
                                              CrossEntropyLossCost, DiceCost, FocalLossCost, IoUCost)
 from detassign.assigners.max_iou import MaxIoUAssigner
 from detassign.assigners.multi_instance import MultiInstanceAssigner
+from detassign.assigners.one_to_many import OneToManyHungarianAssigner
 from detassign.assigners.point import PointAssigner
 from detassign.assigners.region import RegionAssigner
+from detassign.assigners.rotated_calculators import RotatedATSSAssigner
+from detassign.assigners.rotated_task_aligned import RotatedTaskAlignedAssigner
 from detassign.assigners.sim_ota import SimOTAAssigner
+from detassign.assigners.stage2 import Stage2Assigner
 from detassign.assigners.task_aligned import TaskAlignedAssigner
 from detassign.assigners.topk_hungarian import TopkHungarianAssigner
 from detassign.assigners.uniform import UniformAssigner
@@ -69,6 +73,12 @@ REGION_META = dict(img_shape=(20, 30))
 HUNGARIAN_META = dict(img_shape=(40, 40))
 DETR = [dict(type="ClassificationCost", weight=1.0), dict(type="BBoxL1Cost", weight=5.0),
         dict(type="IoUCost", iou_mode="giou", weight=2.0)]
+# oriented (xywhr) twins: the priors' centres with 10 px sides, predictions moved and turned, two turned GTs
+RPRIORS = torch.cat([POINTS[:, :2], torch.full((6, 2), 10.0), torch.zeros(6, 1)], 1)
+RPRED = RPRIORS + torch.tensor([1.0, 1.0, 1.0, 2.0, 0.1])
+RGT = torch.tensor([[6.0, 6.0, 12.0, 12.0, 0.1], [22.5, 12.5, 15.0, 15.0, -0.2]])
+RIGNORE = torch.tensor([[27.5, 17.5, 5.0, 5.0, 0.3]])
+RBOX = dict(type="RBboxOverlaps2D")
 
 
 def batched(x: torch.Tensor) -> torch.Tensor:
@@ -109,8 +119,8 @@ def per_image(assigner, *extra_args, **extra_kwargs):
     return run
 
 
-def gt_slots(boxes=GT, labels=LABELS):
-    return [Slot("gt_instances.bboxes", boxes, "gt_boxes", 0), Slot("gt_instances.labels", labels, "labels", 0)]
+def gt_slots(boxes=GT, labels=LABELS, kind="gt_boxes"):
+    return [Slot("gt_instances.bboxes", boxes, kind, 0), Slot("gt_instances.labels", labels, "labels", 0)]
 
 
 def entries():
@@ -202,34 +212,42 @@ def entries():
 
     # ---- batched paths
     bm = BatchMaxIoUAssigner(0.5, 0.4)
-    e.append(Entry("BatchMaxIoU.assign_batch", lambda v: bm.assign_batch(v["priors"], v["gt_bboxes"], v["gt_mask"],
-                                                                        v["gt_labels"]),
+    # (the batched interface: assign_batch(pred_scores, pred_bboxes, priors, gt_labels, gt_bboxes, gt_mask))
+    e.append(Entry("BatchMaxIoU.assign_batch", lambda v: bm.assign_batch(None, None, v["priors"], v["gt_labels"],
+                                                                        v["gt_bboxes"], v["gt_mask"]),
                    batch_gt_slots() + [Slot("priors", PRIORS, "boxes")]))
-    e.append(Entry("ATSS.assign_batch", lambda v: atss.assign_batch(v["priors"], [6], v["gt_labels"], v["gt_bboxes"],
-                                                                   v["gt_mask"]),
-                   batch_gt_slots() + [Slot("priors", PRIORS, "boxes")]))
+    e.append(Entry("ATSS.assign_batch", lambda v: atss.assign_batch(None, None, box_priors(v), v["gt_labels"],
+                                                                   v["gt_bboxes"], v["gt_mask"]),
+                   batch_gt_slots() + [Slot("priors.boxes", PRIORS, "boxes")]))
     e.append(Entry("ATSS-DDOD.assign_batch", lambda v: ddod.assign_batch(
-        v["priors"], [6], v["gt_labels"], v["gt_bboxes"], v["gt_mask"], v["pred_scores"], v["pred_bboxes"]),
-        batch_gt_slots() + [Slot("priors", PRIORS, "boxes", 0), Slot("pred_scores", batched(LOGITS), "logits", 1),
+        v["pred_scores"], v["pred_bboxes"], box_priors(v), v["gt_labels"], v["gt_bboxes"], v["gt_mask"]),
+        batch_gt_slots() + [Slot("priors.boxes", PRIORS, "boxes", 0), Slot("pred_scores", batched(LOGITS), "logits", 1),
                             Slot("pred_bboxes", batched(PRED), "boxes", 1)], num_classes=C))
     tal = TaskAlignedAssigner(topk=3)
     e.append(Entry("TAL.assign_batch", lambda v: tal.assign_batch(v["pred_scores"], v["pred_bboxes"],
                                                                  v["anchor_points"], v["gt_labels"], v["gt_bboxes"],
                                                                  v["gt_mask"]),
-                   batch_gt_slots() + [Slot("pred_scores", batched(PROBS), "probs", 1),
+                   batch_gt_slots() + [Slot("pred_scores", batched(LOGITS), "logits", 1),
                                        Slot("pred_bboxes", batched(PRED), "boxes", 1),
                                        Slot("anchor_points", POINTS[:, :2], "boxes", 0)], num_classes=C))
-    for name, assigner, scores, kind in (("SimOTA", SimOTAAssigner(candidate_topk=3), PROBS, "probs"),
-                                         ("DynamicSoftLabel", DynamicSoftLabelAssigner(topk=3), LOGITS, "logits")):
+    for name, assigner in (("SimOTA", SimOTAAssigner(candidate_topk=3)), ("DynamicSoftLabel",
+                                                                           DynamicSoftLabelAssigner(topk=3))):
         e.append(Entry(f"{name}.assign_batch", (lambda a: lambda v: a.assign_batch(
-            v["pred_scores"], v["pred_bboxes"], v["priors"], v["gt_labels"], v["gt_bboxes"], v["gt_mask"]))(assigner),
-            batch_gt_slots() + [Slot("pred_scores", batched(scores), kind, 1),
-                                Slot("pred_bboxes", batched(PRED), "boxes", 1), Slot("priors", POINTS, "points", 0)],
+            v["pred_scores"], v["pred_bboxes"], Priors(v["priors.points"], v["priors.strides"]), v["gt_labels"],
+            v["gt_bboxes"], v["gt_mask"]))(assigner),
+            batch_gt_slots() + [Slot("pred_scores", batched(LOGITS), "logits", 1),
+                                Slot("pred_bboxes", batched(PRED), "boxes", 1), *prior_point_slots()],
             num_classes=C))
+    simota = SimOTAAssigner(candidate_topk=3)
+    e.append(Entry("SimOTA.assign_batch_probs", lambda v: simota.assign_batch_probs(
+        v["pred_scores"], v["pred_bboxes"], Priors(v["priors.points"], v["priors.strides"]), v["gt_labels"],
+        v["gt_bboxes"], v["gt_mask"]),
+        batch_gt_slots() + [Slot("pred_scores", batched(PROBS), "probs", 1),
+                            Slot("pred_bboxes", batched(PRED), "boxes", 1), *prior_point_slots()], num_classes=C))
     e.append(Entry("Hungarian.assign_batch", lambda v: hungarian.assign_batch(
-        v["pred_scores"], v["pred_bboxes"], v["gt_labels"], v["gt_bboxes"], v["gt_mask"], (40, 40)),
+        v["pred_scores"], v["pred_bboxes"], None, v["gt_labels"], v["gt_bboxes"], v["gt_mask"], img_shapes=(40, 40)),
         batch_gt_slots() + [Slot("pred_scores", batched(LOGITS), "nan_logits", 1),
-                            Slot("pred_bboxes", batched(BOXES_NORM), "nan_boxes", 1)], num_classes=C))
+                            Slot("pred_bboxes", batched(PRED), "nan_boxes", 1)], num_classes=C))
     e.append(Entry("Hungarian.assign_instances_batch", lambda v: hungarian.assign_instances_batch(
         inst(v, "pred_instances"), inst(v, "gt_instances"), v["gt_mask"], [(40, 40)] * B),
         [Slot("pred_instances.scores", batched(LOGITS), "nan_logits", 1),
@@ -238,11 +256,66 @@ def entries():
          Slot("gt_instances.labels", batched(LABELS), "labels", 1),
          Slot("gt_mask", GT_MASK, "flags", 1)], num_classes=C))
     e.append(Entry("MaskHungarian.assign_batch", lambda v: masked.assign_batch(
-        v["pred_scores"], v["pred_masks"], v["gt_labels"], v["gt_masks"], v["gt_mask"]),
+        v["pred_scores"], None, None, v["gt_labels"], None, v["gt_mask"], pred_masks=v["pred_masks"],
+        gt_masks=v["gt_masks"]),
         [Slot("pred_scores", batched(LOGITS[:4]), "nan_logits", 1),
          Slot("pred_masks", batched(MASKS_PRED), "nan_logits", 1),
          Slot("gt_labels", batched(LABELS), "labels", 1), Slot("gt_masks", batched(MASKS_GT), "masks", 1),
          Slot("gt_mask", GT_MASK, "flags", 1)], num_classes=C))
+    # ---- one-to-many matching (DETR family): HungarianAssigner's calls, so its entries' slots
+    o2m = OneToManyHungarianAssigner(DETR, repeat=2, groups=2)
+    hungarian_slots = {x.name: x.slots for x in e if x.name.startswith("Hungarian")}
+    for call, run in (("", lambda v: o2m.assign(inst(v, "pred_instances"), inst(v, "gt_instances"), HUNGARIAN_META)),
+                      (".assign_batch", lambda v: o2m.assign_batch(v["pred_scores"], v["pred_bboxes"], v["gt_labels"],
+                                                                   v["gt_bboxes"], v["gt_mask"], (40, 40))),
+                      (".assign_instances_batch", lambda v: o2m.assign_instances_batch(
+                          inst(v, "pred_instances"), inst(v, "gt_instances"), v["gt_mask"], [(40, 40)] * B))):
+        e.append(Entry(f"OneToManyHungarian{call}", run, hungarian_slots[f"Hungarian{call}"], num_classes=C))
+    stage2 = Stage2Assigner()
+    e.append(Entry("Stage2", lambda v: stage2.assign(inst(v, "pred_instances"), inst(v, "gt_instances"),
+                                                    generator=torch.Generator().manual_seed(0)),
+                   [Slot("pred_instances.scores", LOGITS, "logits", 0), Slot("pred_instances.bboxes", PRED, "boxes", 0),
+                    *gt_slots()], num_classes=C))
+    e.append(Entry("Stage2.assign_batch", lambda v: stage2.assign_batch(
+        v["pred_scores"], v["pred_bboxes"], v["gt_labels"], v["gt_bboxes"], v["gt_mask"],
+        torch.Generator().manual_seed(0)),
+        batch_gt_slots() + [Slot("pred_scores", batched(LOGITS), "logits", 1),
+                            Slot("pred_bboxes", batched(PRED), "boxes", 1)], num_classes=C))
+    # ---- oriented boxes (xywhr): rotated TAL and the mmrotate calculators
+    rtal = RotatedTaskAlignedAssigner(preset="ultralytics_loss", topk=3)
+    e.append(Entry("RotatedTAL", per_image(rtal),
+                   [Slot("pred_instances.priors", POINTS[:, :2], "boxes", 0),
+                    Slot("pred_instances.bboxes", RPRED, "boxes", 0), Slot("pred_instances.scores", PROBS, "probs", 0),
+                    *gt_slots(RGT, kind="gt_rboxes")], num_classes=C))
+    for entry, scores, kind in (("assign_batch", LOGITS, "logits"), ("assign_batch_probs", PROBS, "probs")):
+        e.append(Entry(f"RotatedTAL.{entry}", (lambda call: lambda v: call(
+            v["pred_scores"], v["pred_bboxes"], v["anchor_points"], v["gt_labels"], v["gt_bboxes"], v["gt_mask"]))(
+            getattr(rtal, entry)),
+            batch_gt_slots(RGT, kind="gt_rboxes") + [Slot("pred_scores", batched(scores), kind, 1),
+                                                      Slot("pred_bboxes", batched(RPRED), "boxes", 1),
+                                                      Slot("anchor_points", POINTS[:, :2], "boxes", 0)],
+            num_classes=C))
+    e.append(Entry("RotatedMaxIoU", per_image(MaxIoUAssigner(0.5, 0.4, ignore_iof_thr=0.5, iou_calculator=RBOX)),
+                   [Slot("pred_instances.priors", RPRIORS, "boxes"), *gt_slots(RGT, kind="gt_rboxes"),
+                    Slot("gt_instances_ignore.bboxes", RIGNORE, "gt_rboxes")]))
+    ratss = RotatedATSSAssigner(topk=3)
+    e.append(Entry("RotatedATSS", lambda v: ratss.assign(inst(v, "pred_instances"), levels(v), inst(v, "gt_instances")),
+                   [Slot("pred_instances.priors", RPRIORS, "boxes"), *gt_slots(RGT, kind="gt_rboxes")]))
+    e.append(Entry("RotatedATSS.assign_batch", lambda v: ratss.assign_batch(
+        None, None, box_priors(v), v["gt_labels"], v["gt_bboxes"], v["gt_mask"]),
+        batch_gt_slots(RGT, kind="gt_rboxes") + [Slot("priors.boxes", RPRIORS, "boxes")]))
+    rdsl = DynamicSoftLabelAssigner(topk=3, iou_calculator=RBOX)
+    e.append(Entry("RotatedDSL", per_image(rdsl),
+                   [Slot("pred_instances.priors", POINTS, "points", 0),
+                    Slot("pred_instances.bboxes", RPRED, "boxes", 0),
+                    Slot("pred_instances.scores", LOGITS, "logits", 0), *gt_slots(RGT, kind="gt_rboxes")],
+                   num_classes=C))
+    e.append(Entry("RotatedDSL.assign_batch", lambda v: rdsl.assign_batch(
+        v["pred_scores"], v["pred_bboxes"], Priors(v["priors.points"], v["priors.strides"]), v["gt_labels"],
+        v["gt_bboxes"], v["gt_mask"]),
+        batch_gt_slots(RGT, kind="gt_rboxes") + [Slot("pred_scores", batched(LOGITS), "logits", 1),
+                                                  Slot("pred_bboxes", batched(RPRED), "boxes", 1),
+                                                  *prior_point_slots()], num_classes=C))
     return {x.name: x for x in e}
 
 
@@ -255,8 +328,19 @@ def vars_of(instances):
     return {k: instances.get(k) for k in instances.keys()}
 
 
-def batch_gt_slots():
-    return [Slot("gt_bboxes", batched(GT), "gt_boxes", 1), Slot("gt_labels", batched(LABELS), "labels", 1),
+def box_priors(values):
+    """Priors of the anchor boxes of slot ``priors.boxes``, one pyramid level holding them all."""
+    boxes = values["priors.boxes"]
+    return Priors.from_boxes(boxes, [len(getattr(boxes, "tensor", boxes))])   # box objects: .tensor
+
+
+def prior_point_slots():
+    """A Priors of points and strides, as the batched interface reads it: its two fields' slots."""
+    return [Slot("priors.points", POINTS[:, :2], "points", 0), Slot("priors.strides", POINTS[:, 2], "points", 0)]
+
+
+def batch_gt_slots(boxes=GT, kind="gt_boxes"):
+    return [Slot("gt_bboxes", batched(boxes), kind, 1), Slot("gt_labels", batched(LABELS), "labels", 1),
             Slot("gt_mask", GT_MASK, "flags", 1)]
 
 
@@ -282,7 +366,8 @@ def inverted(x):
     return x
 
 
-FLOATS = ("boxes", "gt_boxes", "points", "probs", "logits", "nan_boxes", "nan_logits", "inf_scores", "masks", "any")
+FLOATS = ("boxes", "gt_boxes", "gt_rboxes", "points", "probs", "logits", "nan_boxes", "nan_logits", "inf_scores",
+          "masks", "any")
 
 
 def mutations(entry, slot):
@@ -292,12 +377,14 @@ def mutations(entry, slot):
            ("extra_dim", x[None], ValueError, slot.name), ("meta_device", x.to("meta"), ValueError, "device")]
     if slot.axis is not None:
         out.append(("one_row_fewer", cut(x, slot.axis), ValueError, slot.name))
-    if slot.kind in ("boxes", "gt_boxes", "points", "probs", "logits", "nan_boxes", "nan_logits"):
+    if slot.kind in ("boxes", "gt_boxes", "gt_rboxes", "points", "probs", "logits", "nan_boxes", "nan_logits"):
         out.append(("nan", with_value(x, math.nan), ValueError, slot.name))
-    if slot.kind in ("boxes", "gt_boxes", "points", "probs", "logits", "inf_scores"):
+    if slot.kind in ("boxes", "gt_boxes", "gt_rboxes", "points", "probs", "logits", "inf_scores"):
         out.append(("inf", with_value(x, math.inf), ValueError, slot.name))
     if slot.kind == "gt_boxes":
         out.append(("inverted", inverted(x), ValueError, slot.name))
+    if slot.kind == "gt_rboxes":   # oriented GT (xywhr) with a negative width
+        out.append(("negative_side", with_value(x, -1.0, index=2), ValueError, slot.name))
     if slot.kind == "probs":
         out.append(("logit_not_probability", with_value(x, 3.0), ValueError, slot.name))
     if slot.kind == "flags":
@@ -339,7 +426,8 @@ def test_case_count():
     names = {n.split(".")[0].split("-")[0] for n in ENTRIES}
     assert {"MaxIoU", "ApproxMaxIoU", "Grid", "ATSS", "TAL", "SimOTA", "DynamicSoftLabel", "Hungarian",
             "MaskHungarian", "TopkHungarian", "MultiInstance", "Uniform", "Region", "CenterRegion", "Point",
-            "BatchMaxIoU"} <= names
+            "BatchMaxIoU", "OneToManyHungarian", "Stage2", "RotatedTAL", "RotatedMaxIoU", "RotatedATSS",
+            "RotatedDSL"} <= names
     assert len(CASES) > 300
 
 
@@ -372,8 +460,8 @@ def test_hungarian_lists_and_mismatched_images():
         HungarianAssigner(DETR).assign(Instances(scores=LOGITS, bboxes=PRED), Instances(labels=[0, 2], bboxes=GT),
                                        HUNGARIAN_META)
     with pytest.raises(ValueError, match="B"):  # 2 images of predictions, 3 of GTs: torch.stack errors before
-        HungarianAssigner(DETR).assign_batch(batched(LOGITS), batched(BOXES_NORM), torch.zeros(3, 2).long(),
-                                             GT.expand(3, 2, 4), None, (40, 40))
+        HungarianAssigner(DETR).assign_batch(batched(LOGITS), batched(PRED), None, torch.zeros(3, 2).long(),
+                                             GT.expand(3, 2, 4), None, img_shapes=(40, 40))
 
 
 def test_max_iou_nan_neg_thr_refused():
@@ -437,17 +525,17 @@ def test_hungarian_nan_error_names_the_input():
         HungarianAssigner(DETR).assign(Instances(scores=LOGITS, bboxes=with_value(PRED, math.nan)),
                                        Instances(labels=LABELS, bboxes=GT), HUNGARIAN_META)
     with pytest.raises(ValueError, match=r"non-finite inputs: pred_bboxes \(1 NaN"):
-        HungarianAssigner(DETR).assign_batch(batched(LOGITS), with_value(batched(BOXES_NORM), math.nan),
-                                             batched(LABELS), batched(GT), None, (40, 40))
+        HungarianAssigner(DETR).assign_batch(batched(LOGITS), with_value(batched(PRED), math.nan), None,
+                                             batched(LABELS), batched(GT), None, img_shapes=(40, 40))
 
 
 def test_img_shapes_must_be_positive():
     with pytest.raises(ValueError, match="img_shapes must be positive"):
-        HungarianAssigner(DETR).assign_batch(batched(LOGITS), batched(BOXES_NORM), batched(LABELS), batched(GT),
-                                             None, (0, 40))
+        HungarianAssigner(DETR).assign_batch(batched(LOGITS), batched(PRED), None, batched(LABELS), batched(GT),
+                                             None, img_shapes=(0, 40))
     with pytest.raises(TypeError, match="img_shapes"):
-        HungarianAssigner(DETR).assign_batch(batched(LOGITS), batched(BOXES_NORM), batched(LABELS), batched(GT),
-                                             None, ("h", "w"))
+        HungarianAssigner(DETR).assign_batch(batched(LOGITS), batched(PRED), None, batched(LABELS), batched(GT),
+                                             None, img_shapes=("h", "w"))
 
 
 def test_value_checks_off_keeps_shape_checks():
@@ -544,6 +632,35 @@ BAD_PARAMETERS = [
     (DiceCost, dict(pred_act=1), TypeError, "pred_act"),
     (CrossEntropyLossCost, dict(use_sigmoid="yes"), TypeError, "use_sigmoid"),
     (BinaryFocalLossCost, dict(gamma=NAN), ValueError, "gamma"),
+    (OneToManyHungarianAssigner, dict(match_costs=DETR, repeat=2.0), TypeError, "repeat"),
+    (OneToManyHungarianAssigner, dict(match_costs=DETR, groups=0), ValueError, "groups"),
+    (OneToManyHungarianAssigner, dict(match_costs=DETR, layout="blocks"), ValueError, "layout"),
+    (OneToManyHungarianAssigner, dict(match_costs=DETR, solver="lapx"), ValueError, "solver"),
+    (OneToManyHungarianAssigner, dict(match_costs=[dict(type="IoUCost", weight="2")]), TypeError, "weight"),
+    (Stage2Assigner, dict(threshold=NAN), ValueError, "threshold"),
+    (Stage2Assigner, dict(topk=2.0), TypeError, "topk"),
+    (Stage2Assigner, dict(iou_weight="0.7"), TypeError, "iou_weight"),
+    (Stage2Assigner, dict(score_weight=-1), ValueError, "score_weight"),
+    (Stage2Assigner, dict(positive_fraction=1.5), ValueError, "positive_fraction"),
+    (Stage2Assigner, dict(num_samples=-1), ValueError, "num_samples"),
+    (Stage2Assigner, dict(low_quality="yes"), TypeError, "low_quality"),
+    (RotatedTaskAlignedAssigner, dict(alpha=NAN), ValueError, "alpha"),
+    (RotatedTaskAlignedAssigner, dict(beta="6"), TypeError, "beta"),
+    (RotatedTaskAlignedAssigner, dict(topk="9"), TypeError, "topk"),
+    (RotatedTaskAlignedAssigner, dict(topk2=0), ValueError, "topk2"),
+    (RotatedTaskAlignedAssigner, dict(num_classes=2.0), TypeError, "num_classes"),
+    (RotatedTaskAlignedAssigner, dict(strides=(8, "16")), TypeError, r"strides\[1\]"),
+    (RotatedTaskAlignedAssigner, dict(strides=8), TypeError, "strides"),
+    (RotatedTaskAlignedAssigner, dict(widen_small_gt=1), TypeError, "widen_small_gt"),
+    (RotatedTaskAlignedAssigner, dict(eps=NAN), ValueError, "eps"),
+    (RotatedTaskAlignedAssigner, dict(tie_break="random"), ValueError, "tie_break"),
+    (RotatedTaskAlignedAssigner, dict(preset="yolo99"), ValueError, "preset"),
+    (RotatedTaskAlignedAssigner, dict(max_chunk_mib=-1), ValueError, "max_chunk_mib"),
+    (RotatedATSSAssigner, dict(topk=9.0), TypeError, "topk"),
+    (RotatedATSSAssigner, dict(alpha=NAN), ValueError, "alpha"),
+    (RotatedATSSAssigner, dict(iou_calculator=dict(type="RBboxOverlaps2D", scale=2.0)), ValueError, "no other keys"),
+    (DynamicSoftLabelAssigner, dict(iou_calculator=dict(type="RBboxOverlaps2D", mode="iof")), ValueError,
+     "no other keys"),
 ]
 
 
@@ -587,6 +704,12 @@ MMDET_CONFIGS = [  # configs from mmdet 3.3.0's model zoo (thresholds of -1, (lo
     dict(type="RegionAssigner", center_ratio=0.2, ignore_ratio=0.5),
     dict(type="CenterRegionAssigner", pos_scale=0.2, neg_scale=0.2, min_pos_iof=0.01),
     dict(type="PointAssigner", scale=4, pos_num=1),
+    # mmrotate 1.x configs (rotated RetinaNet, rotated ATSS, rotated RTMDet) and the ultralytics OBB presets
+    dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0, ignore_iof_thr=-1,
+         iou_calculator=dict(type="RBboxOverlaps2D")),
+    dict(type="RotatedATSSAssigner", topk=9, iou_calculator=dict(type="RBboxOverlaps2D")),
+    dict(type="DynamicSoftLabelAssigner", topk=13, iou_calculator=dict(type="RBboxOverlaps2D")),
+    dict(type="RotatedTaskAlignedAssigner", preset="yolo26_one2one", num_classes=15),
 ]
 
 
@@ -610,7 +733,7 @@ def test_check_number_and_choice():
 EMPTIES = [torch.empty(0), torch.FloatTensor([]), torch.LongTensor([]), torch.empty(0, 2), torch.empty(0, 4).long()]
 PER_IMAGE = ["MaxIoU", "ApproxMaxIoU", "Grid", "ATSS", "ATSS-DDOD", "TAL-mmdet", "TAL-ultralytics", "SimOTA",
              "DynamicSoftLabel", "Hungarian", "TopkHungarian", "MultiInstance", "Uniform", "Region", "CenterRegion",
-             "Point"]
+             "Point", "OneToManyHungarian", "Stage2", "RotatedTAL", "RotatedMaxIoU", "RotatedATSS", "RotatedDSL"]
 
 
 def gt_keys(values):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from detassign.viz import (aspect_curves, assignment_figure, compute_assignment, iou_curves, iou_figure,
-                           make_priors, plot_loss_curves, save_overlay)
+from detassign.viz import (aspect_curves, assignment_figure, compute_assignment, grid_inputs, iou_curves, iou_figure,
+                           plot_loss_curves, save_overlay)
 
 
 def _png_ok(path):
@@ -17,10 +17,10 @@ def _png_ok(path):
 
 
 def test_iou_curves_by_hand():
-    # fixed 10x10 box centred at 0; the sliding 10x10 box sits 2 px lower (0.2 * h) and dx to the right.
+    # fixed 10x10 box centered at 0; the sliding 10x10 box sits 2 px lower (0.2 * h) and dx to the right.
     # dx = 4: intersection 6 * 8 = 48, union 200 - 48 = 152 -> IoU 0.3158;
     # enclosing box 14 x 12 = 168 -> GIoU = 0.3158 - (168 - 152) / 168 = 0.2206;
-    # centre distance^2 = 16 + 4 = 20, enclosing diagonal^2 = 196 + 144 = 340 -> DIoU = 0.3158 - 0.0588 = 0.2570;
+    # center distance^2 = 16 + 4 = 20, enclosing diagonal^2 = 196 + 144 = 340 -> DIoU = 0.3158 - 0.0588 = 0.2570;
     # same aspect ratio -> CIoU = DIoU.
     c = iou_curves(np.array([4.0, 30.0]))
     assert c["IoU"][0] == pytest.approx(48 / 152, abs=1e-6)
@@ -34,8 +34,8 @@ def test_iou_curves_by_hand():
 
 
 def test_aspect_curves_by_hand():
-    # same centre and area (100 px^2), w / h = 4: a 20 x 5 box on a 10 x 10 one. Intersection 10 * 5 = 50,
-    # union 150 -> IoU 1/3; the centres coincide, so DIoU = IoU; v = 4 / pi^2 * (atan(4) - atan(1))^2 = 0.118360,
+    # same center and area (100 px^2), w / h = 4: a 20 x 5 box on a 10 x 10 one. Intersection 10 * 5 = 50,
+    # union 150 -> IoU 1/3; the centers coincide, so DIoU = IoU; v = 4 / pi^2 * (atan(4) - atan(1))^2 = 0.118360,
     # alpha = v / (1 - IoU + v) = 0.150774 -> CIoU = 1/3 - alpha * v = 0.315488
     c = aspect_curves(np.array([4.0, 1.0]))
     v = 4 / math.pi ** 2 * (math.atan(4) - math.atan(1)) ** 2
@@ -54,11 +54,11 @@ def test_iou_figure_and_loss_curves_write_pngs(tmp_path):
     assert _png_ok(plot_loss_curves(hist, tmp_path / "loss.png"))
 
 
-def test_make_priors_layout():
-    points, priors, strides, counts, shapes = make_priors((64, 96), (8, 16, 32), prior_scale=5)
-    assert counts == [8 * 12, 4 * 6, 2 * 3] and shapes == [(8, 12), (4, 6), (2, 3)]
-    assert points[0].tolist() == [4.0, 4.0] and priors[0].tolist() == [-16.0, -16.0, 24.0, 24.0]  # 5 * 8 = 40 px
-    assert strides[-1] == 32 and len(points) == sum(counts)
+def test_grid_priors_layout():
+    priors = grid_inputs(torch.zeros(0, 4), torch.zeros(0), (64, 96), 1, strides=(8, 16, 32), prior_scale=5).priors
+    assert list(priors.level_sizes) == [8 * 12, 4 * 6, 2 * 3] and list(priors.level_shapes) == [(8, 12), (4, 6), (2, 3)]
+    assert priors.points[0].tolist() == [4.0, 4.0] and priors.boxes[0].tolist() == [-16.0, -16.0, 24.0, 24.0]  # 40 px
+    assert priors.strides[-1] == 32 and len(priors) == sum(priors.level_sizes) and priors.image_size == (64, 96)
 
 
 @pytest.mark.parametrize("spec", [
@@ -73,7 +73,7 @@ def test_compute_assignment_and_figure(tmp_path, spec):
     gi = out["gt_inds"]
     assert gi.shape == (sum(out["num_level_priors"]),) and gi.max() <= 2 and gi.min() >= 0
     assert (gi > 0).sum() > 0
-    # a positive prior's centre lies inside its GT (every one of these assigners requires it by default)
+    # a positive prior's center lies inside its GT (every one of these assigners requires it by default)
     pts = out["points"][gi > 0]
     boxes = gt[gi[gi > 0] - 1]
     assert bool(((pts >= boxes[:, :2]) & (pts <= boxes[:, 2:])).all())
@@ -98,7 +98,7 @@ def test_compute_assignment_with_a_model():
 def test_save_overlay(tmp_path):
     image = np.zeros((120, 150, 3), np.uint8)
     path = save_overlay(image, tmp_path / "o.png", torch.tensor([[10.0, 10, 50, 50], [0, 0, 5, 5]]),
-                        torch.tensor([0.9, 0.1]), gt_boxes=torch.tensor([[12.0, 12, 48, 52]]), conf=0.25)
+                        torch.tensor([0.9, 0.1]), gt_bboxes=torch.tensor([[12.0, 12, 48, 52]]), conf=0.25)
     from PIL import Image
 
     arr = np.asarray(Image.open(path))

@@ -30,8 +30,8 @@ def random_case(seed, B=3, nc=5, H=64, W=96, n=12, empty_last=True, tiny=False):
     cls = torch.randint(0, nc, (n, 1), generator=g).float()
     side = 0.01 if tiny else 0.5
     wh = torch.rand(n, 2, generator=g) * side + 0.02
-    centre = torch.rand(n, 2, generator=g) * 0.8 + 0.1
-    return feats, dict(batch_idx=batch_idx, cls=cls, bboxes=torch.cat((centre, wh), 1))
+    center = torch.rand(n, 2, generator=g) * 0.8 + 0.1
+    return feats, dict(batch_idx=batch_idx, cls=cls, bboxes=torch.cat((center, wh), 1))
 
 
 def ultralytics_loss(feats, batch, nc):
@@ -335,7 +335,7 @@ def test_ciou_loss_gradcheck_float64():
 def test_ciou_loss_values():
     box = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     assert bbox_ciou_loss(box, box).abs().item() < 1e-6
-    # disjoint equal squares side 1, centres 3 apart on x: IoU 0, rho^2 = 9, c^2 = 4^2 + 1^2 = 17, v = 0
+    # disjoint equal squares side 1, centers 3 apart on x: IoU 0, rho^2 = 9, c^2 = 4^2 + 1^2 = 17, v = 0
     a, b = torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([[3.0, 0.0, 4.0, 1.0]])
     torch.testing.assert_close(bbox_ciou_loss(a, b), torch.tensor([1 + 9 / 17]), rtol=1e-5, atol=1e-5)
 

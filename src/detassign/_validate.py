@@ -312,6 +312,25 @@ def check_boxes(name: str, boxes: Optional[Tensor], mask: Optional[Tensor] = Non
                          f"{boxes[idx].tolist()} (degenerate: {int(inverted.sum())} box(es))")
 
 
+def check_rboxes(name: str, boxes: Optional[Tensor], mask: Optional[Tensor] = None) -> None:
+    """Finite oriented boxes ``[..., 5]`` xywhr with w >= 0 and h >= 0 (padding rows excluded by ``mask``).
+
+    A zero side is accepted, as both references take it (ultralytics widens it for the candidate test
+    and its ProbIoU has an eps; mmrotate clamps sides at 1e-3); a negative one is an error, as an
+    inverted xyxy box is.
+    """
+    if boxes is None or not _VALUE_CHECKS or boxes.numel() == 0:
+        return
+    check_finite(name, boxes)
+    negative = (boxes[..., 2] < 0) | (boxes[..., 3] < 0)
+    if mask is not None:
+        negative = negative & mask.bool()
+    if bool(negative.any()):
+        idx = tuple(int(i) for i in torch.nonzero(negative)[0])
+        raise ValueError(f"{name} must be xywhr with non-negative w and h; box at index {idx} is "
+                         f"{boxes[idx].tolist()} ({int(negative.sum())} box(es) with a negative side)")
+
+
 def check_labels(name: str, labels: Optional[Tensor], num_classes: Optional[int] = None,
                  mask: Optional[Tensor] = None) -> None:
     """Labels >= 0 (< num_classes when known), integral and finite for float dtypes; only where ``mask``."""

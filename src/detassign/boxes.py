@@ -22,6 +22,7 @@ upcast to float32 as well. Every function is differentiable.
 from __future__ import annotations
 
 import math
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -45,8 +46,12 @@ __all__ = [
     "aligned_diou",
     "aligned_ciou",
     "bbox_overlaps",
+    "overlaps_of_coordinates",
     "points_in_boxes",
+    "aligned_points_in_boxes",
     "box_centers",
+    "compute_dtype",
+    "to_compute_dtype",
 ]
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
@@ -54,14 +59,28 @@ MMDET_EPS = 1e-6
 ULTRALYTICS_EPS = 1e-7
 
 
+def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    """The dtype box arithmetic runs in: float64 when an input is float64, else float32 (float16,
+    bfloat16, integer and bool inputs are computed in float32, see the module docstring). None entries
+    are skipped. Every assigner computes in this dtype."""
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def to_compute_dtype(x: Tensor) -> Tensor:
+    """``x`` in :func:`compute_dtype`: half, bfloat16, integer and bool -> float32; float32 / float64 unchanged."""
+    if x.dtype in (torch.float16, torch.bfloat16) or not x.is_floating_point():
+        return x.float()
+    return x
+
+
 def _as_float(boxes: Tensor, name: str = "boxes") -> Tensor:
     if not isinstance(boxes, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(boxes).__name__}")
     if boxes.shape[-1:] != (4,):
         raise ValueError(f"{name} must have shape [..., 4], got {tuple(boxes.shape)}")
-    if boxes.dtype in (torch.float16, torch.bfloat16) or not boxes.is_floating_point():
-        return boxes.float()
-    return boxes
+    return to_compute_dtype(boxes)
 
 
 def _common(a: Tensor, b: Tensor):
@@ -127,44 +146,68 @@ def box_area(boxes: Tensor) -> Tensor:
 
 
 def box_centers(boxes: Tensor) -> Tensor:
-    """[..., 4] xyxy -> [..., 2] centre points."""
+    """[..., 4] xyxy -> [..., 2] center points."""
     return torch.stack(((boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2), dim=-1)
 
 
-def points_in_boxes(points: Tensor, boxes: Tensor, eps: float = 0.0, inclusive: bool = False) -> Tensor:
-    """Which points lie inside which boxes.
+def aligned_points_in_boxes(points: Tensor, boxes: Tensor, eps: float = 0.0, inclusive: bool = False) -> Tensor:
+    """Whether each point lies inside its box. points [..., 2], boxes [..., 4] xyxy (broadcast) -> [...] bool.
 
-    points [A, 2], boxes [..., M, 4] xyxy -> [..., M, A] bool.
-    ``inclusive=False``: every distance to a side must be ``> eps`` (ultralytics uses eps=1e-9,
-    mmdet ATSS / TAL use ``> 0.01`` via ``eps=0.01``). ``inclusive=True``: ``x1 <= x <= x2``.
+    ``inclusive=False``: each of the four distances ``x - x1, y - y1, x2 - x, y2 - y`` is ``> eps``, the
+    references' test (``min(deltas) > eps``: ultralytics eps 1e-9, mmdet's ATSS / TAL 0.01, mmdet's
+    SimOTA / DSL / CenterRegion 0, which for IEEE floats is ``x1 < x < x2`` and ``y1 < y < y2``, so
+    that case skips the subtractions). ``inclusive=True``: ``x1 <= x <= x2`` and ``y1 <= y <= y2``.
+    NaN anywhere gives False.
     """
-    x, y = points[:, 0], points[:, 1]
-    x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))
-    left, top, right, bottom = x - x1, y - y1, x2 - x, y2 - y
+    x, y = points[..., 0], points[..., 1]
+    x1, y1, x2, y2 = boxes.unbind(-1)
     if inclusive:
-        return (left >= 0) & (top >= 0) & (right >= 0) & (bottom >= 0)
-    return torch.stack((left, top, right, bottom), dim=-1).amin(dim=-1) > eps
+        return (x >= x1) & (y >= y1) & (x <= x2) & (y <= y2)
+    if eps == 0:
+        return (x > x1) & (y > y1) & (x < x2) & (y < y2)
+    return (x - x1 > eps) & (y - y1 > eps) & (x2 - x > eps) & (y2 - y > eps)
+
+
+def points_in_boxes(points: Tensor, boxes: Tensor, eps: float = 0.0, inclusive: bool = False) -> Tensor:
+    """Which points lie inside which boxes. points [A, 2], boxes [..., M, 4] xyxy -> [..., M, A] bool.
+
+    The test of :func:`aligned_points_in_boxes` for every (box, point) pair.
+    """
+    return aligned_points_in_boxes(points, boxes[..., None, :], eps, inclusive)
 
 
 # ------------------------------------------------------- mmdetection convention (bbox_overlaps)
-def _mm_pairwise(a: Tensor, b: Tensor, mode: str, eps: float) -> Tensor:
-    """Pairwise mmdet overlaps computed one coordinate at a time. [..., N, 4], [..., M, 4] -> [..., N, M].
+Coordinates = Sequence[Tensor]
 
-    Same element-wise operations in the same order as ``bbox_overlaps`` (so bit-identical), but no
-    temporary is larger than [..., N, M] (``bbox_overlaps`` holds [..., N, M, 2] corners), and when no
-    gradient is needed the arithmetic runs in place.
+
+def overlaps_of_coordinates(a: Coordinates, b: Coordinates, mode: str = "iou", eps: float = MMDET_EPS,
+                            area_a: Optional[Tensor] = None, area_b: Optional[Tensor] = None,
+                            inplace: bool = False) -> Tensor:
+    """mmdet's ``bbox_overlaps`` arithmetic, the one kernel of every mmdet-convention overlap here.
+
+    a, b: the four coordinates (x1, y1, x2, y2) of each side as separate tensors, all broadcastable
+    (``[N, 1]`` with ``[1, M]`` for pairwise overlaps, ``[P]`` with ``[P]`` for matching rows); area_a /
+    area_b: ``(x2 - x1) * (y2 - y1)`` when the caller holds them. Same element-wise operations in the
+    same order as mmdet, so the same bits; no temporary is larger than the broadcast result.
+    ``inplace``: the arithmetic may run in place on its own temporaries (only without autograd).
     """
-    x1a, y1a, x2a, y2a = (a[..., :, i, None].contiguous() for i in range(4))   # [..., N, 1]
-    x1b, y1b, x2b, y2b = (b[..., None, :, i].contiguous() for i in range(4))   # [..., 1, M]
-    inplace = not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
-    w = (torch.minimum(x2a, x2b) - torch.maximum(x1a, x1b)).clamp(min=0)
-    h = (torch.minimum(y2a, y2b) - torch.maximum(y1a, y1b)).clamp(min=0)
-    overlap = w.mul_(h) if inplace else w * h                                  # [..., N, M]
-    area1 = (x2a - x1a) * (y2a - y1a)
-    if mode == "iof":
-        union = area1.clamp(min=eps)
+    x1a, y1a, x2a, y2a = a
+    x1b, y1b, x2b, y2b = b
+    w, h = torch.minimum(x2a, x2b), torch.minimum(y2a, y2b)
+    if inplace:
+        w = w.sub_(torch.maximum(x1a, x1b)).clamp_(min=0)
+        overlap = w.mul_(h.sub_(torch.maximum(y1a, y1b)).clamp_(min=0))
     else:
-        union = area1 + (x2b - x1b) * (y2b - y1b)
+        overlap = (w - torch.maximum(x1a, x1b)).clamp(min=0) * (h - torch.maximum(y1a, y1b)).clamp(min=0)
+    if area_a is None:
+        area_a = (x2a - x1a) * (y2a - y1a)
+    if mode == "iof":
+        union = area_a.clamp(min=eps)
+    else:
+        if area_b is None:
+            area_b = (x2b - x1b) * (y2b - y1b)
+        union = area_a + area_b
+        # clamp(min=eps) equals mmdet's max(union, tensor([eps])) without a host-to-device copy (a sync on CUDA)
         union = union.sub_(overlap).clamp_(min=eps) if inplace else (union - overlap).clamp(min=eps)
     if mode != "giou":
         return overlap.div_(union) if inplace else overlap / union
@@ -180,23 +223,13 @@ def _mm_pairwise(a: Tensor, b: Tensor, mode: str, eps: float) -> Tensor:
 
 def _mm_overlaps(a: Tensor, b: Tensor, mode: str, pairwise: bool, eps: float) -> Tensor:
     a, b = _common(a, b)
+    inplace = not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
     # Empty inputs go through the same arithmetic: the result is empty but stays in the autograd graph.
-    if pairwise:
-        return _mm_pairwise(a, b, mode, eps)
-    area1, area2 = box_area(a), box_area(b)
-    lt = torch.max(a[..., :2], b[..., :2])
-    rb = torch.min(a[..., 2:], b[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[..., 0] * wh[..., 1]
-    union = area1 + area2 - overlap if mode != "iof" else area1
-    # clamp(min=eps) equals mmdet's max(union, tensor([eps])) without a host-to-device copy (a sync on CUDA)
-    union = union.clamp(min=eps)
-    ious = overlap / union
-    if mode != "giou":
-        return ious
-    enclose_wh = (torch.max(a[..., 2:], b[..., 2:]) - torch.min(a[..., :2], b[..., :2])).clamp(min=0)
-    enclose = (enclose_wh[..., 0] * enclose_wh[..., 1]).clamp(min=eps)
-    return ious - (enclose - union) / enclose
+    if pairwise:   # [..., N, 1] against [..., 1, M]: contiguous coordinate vectors, no [..., N, M, 2] corners
+        coords_a = [a[..., :, i, None].contiguous() for i in range(4)]
+        coords_b = [b[..., None, :, i].contiguous() for i in range(4)]
+        return overlaps_of_coordinates(coords_a, coords_b, mode, eps, inplace=inplace)
+    return overlaps_of_coordinates(a.unbind(-1), b.unbind(-1), mode, eps, inplace=inplace)
 
 
 def pairwise_iou(boxes1: Tensor, boxes2: Tensor, eps: float = MMDET_EPS) -> Tensor:

@@ -239,14 +239,13 @@ def _check_device(text: str) -> str:
 def _check_assigner(text: str, trainable: bool, extra_args: Sequence[str] = (), single: bool = False):
     """--assigner / --assigners: comma-separated presets or registered names, each optionally with arguments
     (``NAME:key=value,...``, and ``--assigner-args``; ``detassign.compare.parse_assigners``), that build; to
-    train a YOLO, ones the detection loss knows how to feed (``detassign.yolo.loss.ADAPTERS``); to draw, ones
-    that run on grid priors. Returns the parsed ``AssignerSpec`` list."""
+    train a YOLO or to draw, ones that run through the batched interface on grid priors, as the detection
+    loss calls them (``detassign.viz.check_on_grid``). Returns the parsed ``AssignerSpec`` list."""
     import difflib
 
     from .compare import EXAMPLE_ARGUMENTS, missing_arguments, parse_assigners
     from .registry import ASSIGNERS, build_assigner
-    from .viz import _check_on_grid
-    from .yolo.loss import ADAPTERS
+    from .viz import check_on_grid
     from .yolo.train import ASSIGNER_PRESETS
 
     try:
@@ -258,20 +257,12 @@ def _check_assigner(text: str, trainable: bool, extra_args: Sequence[str] = (), 
                          f"trains one model per assigner")
     for spec in specs:
         kind, name = spec.name, spec.label
-        accepted = sorted(ADAPTERS) if trainable else list(ASSIGNERS)
+        accepted = list(ASSIGNERS)
         if kind not in ASSIGNERS:
             near = difflib.get_close_matches(kind, accepted + list(ASSIGNER_PRESETS), n=1, cutoff=0.5)
             hint = f"did you mean {near[0]}? " if near else ""
             raise UsageError(f"--assigner {name!r} is not an assigner; {hint}accepted: "
                              f"{', '.join(sorted(ASSIGNER_PRESETS))} or {', '.join(accepted)}")
-        if trainable and kind not in ADAPTERS:
-            raise UsageError(f"--assigner {name}: the YOLO loss cannot train with {kind} (it feeds "
-                             f"{', '.join(sorted(ADAPTERS))}); 'detassign show --assigner {kind}' draws it")
-        if not trainable:
-            try:
-                _check_on_grid(kind)
-            except ValueError as err:
-                raise UsageError(f"--assigner {name}: {_first_line(err)}") from None
         missing = missing_arguments(spec.config)
         if missing:
             example = EXAMPLE_ARGUMENTS.get(kind, ",".join(f"{m}=..." for m in missing))
@@ -281,6 +272,11 @@ def _check_assigner(text: str, trainable: bool, extra_args: Sequence[str] = (), 
             build_assigner(spec.config)
         except (TypeError, ValueError) as err:
             raise UsageError(f"--assigner {name}: {_first_line(err)}") from None
+        try:   # the loss and the pictures call it through the batched interface on grid priors
+            check_on_grid(spec.config)
+        except ValueError as err:
+            what = "the YOLO loss cannot train with it: " if trainable else ""
+            raise UsageError(f"--assigner {name}: {what}{_first_line(err)}") from None
     return specs
 
 

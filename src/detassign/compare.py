@@ -400,9 +400,9 @@ def _bars(ax, summary, columns, labels, scale=1.0, title=""):
 def plot_training_comparison(summary, histories, path: Path, header: str = "") -> Path:
     """compare.png: held-out mAP, AP by size, GTs without a positive, positives per GT, time; and the share of
     GTs without a positive per epoch (does it fall as the model learns?)."""
-    from .viz import _plt, _save_figure
+    from .viz import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     axes = axes.reshape(-1)
     _bars(axes[0], summary, ["mAP50", "mAP50-95"], ["mAP50", "mAP50-95"], title="held-out mAP (final EMA model)")
@@ -432,7 +432,7 @@ def plot_training_comparison(summary, histories, path: Path, header: str = "") -
     if header:
         fig.suptitle(header, fontsize=9)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- static comparison
@@ -469,12 +469,12 @@ def compare_static(assigners: Union[str, Sequence[Union[str, AssignerSpec]]], we
     from .data.neon import load_neon
     from .data.readers import load_image
     from .stats import combine_stats
-    from .viz import _check_on_grid, assign_on_grid, assignment_figure, grid_inputs
+    from .viz import assign_on_grid, assignment_figure, check_on_grid, grid_inputs
     from .yolo.train import model_from_checkpoint
 
     specs = _specs(assigners)
     for spec in specs:
-        _check_on_grid(spec.name)
+        check_on_grid(spec.config)
     model, class_names, _ = model_from_checkpoint(weights)
     model.to(device).eval()
     data = load_neon("train") if data is None else data

@@ -131,7 +131,7 @@ def run_demo(out: str = "results/demo", epochs: Optional[int] = None, scale: Opt
     from .data.readers import load_image
 
     val_image = load_image(val.records[0].image)
-    save_overlay(val_image, out_dir / "predictions.png", preds[0]["boxes"], preds[0]["scores"], gt_boxes=gts[0]["boxes"],
+    save_overlay(val_image, out_dir / "predictions.png", preds[0]["boxes"], preds[0]["scores"], gt_bboxes=gts[0]["boxes"],
                  conf=OVERLAY_CONF)
     _assignment_picture(model, out_dir / "assignment.png", cfg, compute_assignment, assignment_figure,
                         resolve_assigner)

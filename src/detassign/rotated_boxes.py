@@ -515,18 +515,18 @@ def is_rotated_calculator(cfg) -> bool:
     return True
 
 
-def rotated_box_tensor(name: str, boxes, lead: Tuple = ("N",)) -> Tensor:
+def rotated_box_tensor(name: str, boxes, lead: Tuple = ("N",), *, empty_rows: bool = False) -> Tensor:
     """mmrotate boxes ``[..., N, 5]`` xywhr, or ``[..., N, 6]`` with a score column (dropped); box objects
-    with a ``.tensor`` (mmrotate ``RotatedBoxes``) are unwrapped. Checks shape and finiteness."""
-    if boxes is not None and not isinstance(boxes, Tensor) and isinstance(getattr(boxes, "tensor", None), Tensor):
-        boxes = boxes.tensor
-    V.check_tensor(name, boxes, tuple(lead) + (None,), floating=True)
-    if boxes.shape[-1] not in (5, 6):
+    with a ``.tensor`` (mmrotate ``RotatedBoxes``) are unwrapped, lists / numpy arrays refused naming
+    ``name``; ``empty_rows=True`` (per-image inputs) reads an empty tensor of any dtype or rank as zero
+    boxes, as mmdet does. Checks the shape only: values are checked after the device check
+    (:func:`detassign._validate.check_finite`, and ``check_rboxes`` for GT boxes)."""
+    boxes = V.as_tensor(name, boxes)
+    if boxes.numel() and boxes.dim() == len(lead) + 1 and boxes.shape[-1] not in (5, 6):
         raise ValueError(f"{name} must have shape [{', '.join(map(str, lead))}, 5] xywhr (or 6 columns with a "
                          f"score), got {tuple(boxes.shape)}")
-    boxes = boxes[..., :5]
-    V.check_finite(name, boxes)
-    return boxes
+    width = 6 if boxes.dim() == len(lead) + 1 and boxes.shape[-1] == 6 else 5
+    return V.tensor_input(name, boxes, tuple(lead) + (width,), floating=True, empty_rows=empty_rows)[..., :5]
 
 
 def rotated_centers(boxes: Tensor) -> Tensor:

@@ -5,16 +5,229 @@ Coding of ``gt_inds`` (all assigners, per image and batched):
     gt_inds[i] == 0  negative (background)
     gt_inds[i] == -1 ignored (excluded from the loss)
 ``labels`` is the assigned GT's class for positives and -1 elsewhere (RegionAssigner's
-``mmdet_labels=True`` option reproduces mmdet's 0 for non-positives).
+``mmdet_labels=True`` option reproduces mmdet's 0 for non-positives); :func:`labels_from_gt_inds`
+computes it.
+
+:class:`Priors` describes where a dense head predicts (points, strides, levels, anchor boxes); every
+batched assigner takes one as ``assign_batch``'s third argument.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["AssignResult", "BatchAssignResult", "Instances"]
+from . import _validate as V
+
+__all__ = ["AssignResult", "BatchAssignResult", "Instances", "Priors", "as_priors", "labels_from_gt_inds"]
+
+
+def labels_from_gt_inds(gt_inds: Tensor, gt_labels: Optional[Tensor], fill: int = -1) -> Tensor:
+    """The class of each prior's GT. gt_inds [..., A] (1-based, 0 negative, -1 ignored), gt_labels [..., M]
+    (same leading dims) -> [..., A] long: the label where ``gt_inds > 0``, ``fill`` elsewhere.
+
+    A gather and a ``where``, so no host synchronisation on CUDA. No GT (``M == 0`` or None): all ``fill``.
+    """
+    if gt_labels is None or gt_labels.numel() == 0:
+        return torch.full_like(gt_inds, fill)
+    gathered = gt_labels.long().gather(-1, (gt_inds - 1).clamp(min=0))
+    return torch.where(gt_inds > 0, gathered, torch.full_like(gathered, fill))
+
+
+class Priors:
+    """The priors of a dense head, shared by every image of a batch (``assign_batch``'s ``priors``).
+
+    Attributes:
+        points (Tensor[A, 2]): anchor points (x, y) in pixels, e.g. the centers of the grid cells.
+        strides (Tensor[A] | Tensor[A, 2] | None): each prior's stride in pixels, one value or (w, h).
+        level_sizes (tuple of int | None): priors per pyramid level, in layout order (summing to A).
+        boxes (Tensor[A, 4] | None): anchor boxes xyxy px (``[A, 5]`` xywhr with a rotated calculator).
+        image_size ((h, w) | None): the input the priors were laid out on.
+        level_shapes (tuple of (h_l, w_l) | None): the grid of each level, when the priors are grids.
+
+    Each assigner reads what its algorithm needs and says so when it is missing: TaskAligned the
+    points; ATSS the boxes (or squares of side ``octave_base_scale * stride`` when there are none) and
+    the level sizes; SimOTA / DynamicSoftLabel the points and strides; MaxIoU the boxes; Hungarian
+    nothing. Build one with :meth:`grid`, :meth:`from_points` or :meth:`from_boxes`::
+
+        priors = Priors.grid((640, 640), strides=(8, 16, 32))      # A = 8400 cell centers, offset 0.5
+        priors.points.shape, priors.level_sizes                     # (torch.Size([8400, 2]), (6400, 1600, 400))
+    """
+
+    def __init__(self, points: Tensor, strides: Optional[Tensor] = None,
+                 level_sizes: Optional[Sequence[int]] = None, boxes: Optional[Tensor] = None,
+                 image_size: Optional[Tuple[int, int]] = None,
+                 level_shapes: Optional[Sequence[Tuple[int, int]]] = None) -> None:
+        self.points = V.tensor_input("priors.points", points, ("A", 2), floating=True)
+        self.strides = None
+        if strides is not None:
+            strides = V.as_tensor("priors.strides", strides)
+            self.strides = V.tensor_input("priors.strides", strides, ("A",) if strides.dim() == 1 else ("A", 2),
+                                          floating=True)
+        self.boxes = None
+        if boxes is not None:
+            boxes = V.as_tensor("priors.boxes", boxes)
+            width = boxes.shape[-1] if boxes.dim() == 2 and boxes.shape[-1] in (4, 5) else 4
+            self.boxes = V.tensor_input("priors.boxes", boxes, ("A", width), floating=True)
+        # boxes first: points derived from boxes (from_boxes) would otherwise take the blame
+        fields = [("priors.boxes", self.boxes), ("priors.strides", self.strides), ("priors.points", self.points)]
+        A = V.check_agree("A", [(name, x, 0) for name, x in fields if x is not None])
+        V.check_same_device(**{name: x for name, x in fields})
+        if self.points.device.type != "meta":        # a meta tensor holds no values (shapes only)
+            for name, x in fields:
+                V.check_finite(name, x)
+            if self.strides is not None and V.value_checks_enabled() and bool((self.strides <= 0).any()):
+                raise ValueError(f"priors.strides must be positive, got a minimum of {float(self.strides.min())}")
+        self.level_sizes = None if level_sizes is None else check_level_sizes(level_sizes, A)
+        self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        self.level_shapes = None if level_shapes is None else tuple((int(h), int(w)) for h, w in level_shapes)
+        if self.level_shapes is not None and (self.level_sizes is None or
+                                              [h * w for h, w in self.level_shapes] != list(self.level_sizes)):
+            raise ValueError(f"level_shapes {list(self.level_shapes)} must multiply out to level_sizes "
+                             f"{None if self.level_sizes is None else list(self.level_sizes)}")
+
+    # ---------------------------------------------------------------- constructors
+    @classmethod
+    def from_points(cls, points: Tensor, strides: Optional[Tensor] = None,
+                    level_sizes: Optional[Sequence[int]] = None, **kwargs) -> "Priors":
+        """points [A, 2] px, strides [A] or [A, 2] px. Without ``level_sizes``, a level is a run of equal
+        strides (one host read of the strides)."""
+        if level_sizes is None and strides is not None:
+            per_prior = V.as_tensor("priors.strides", strides)
+            per_prior = per_prior[:, 0] if per_prior.dim() == 2 else per_prior
+            level_sizes = torch.unique_consecutive(per_prior, return_counts=True)[1].tolist() if len(per_prior) else []
+        return cls(points, strides, level_sizes, **kwargs)
+
+    @classmethod
+    def from_boxes(cls, boxes: Tensor, level_sizes: Optional[Sequence[int]] = None,
+                   strides: Optional[Tensor] = None, **kwargs) -> "Priors":
+        """Anchor boxes [A, 4] xyxy px (mmdet's ``priors``), or [A, 5] xywhr (mmrotate's, for the rotated
+        calculator); the points are their centers."""
+        from .boxes import box_centers
+
+        boxes = V.as_tensor("priors.boxes", boxes)
+        width = 5 if boxes.dim() == 2 and boxes.shape[1] == 5 else 4
+        boxes = V.tensor_input("priors.boxes", boxes, ("A", width), floating=True)
+        return cls(box_centers(boxes) if width == 4 else boxes[:, :2], strides, level_sizes, boxes, **kwargs)
+
+    @classmethod
+    def grid(cls, image_size: Tuple[int, int], strides: Sequence[float] = (8, 16, 32), offset: float = 0.5,
+             anchor_scale: Optional[float] = None, device=None, dtype: torch.dtype = torch.float32) -> "Priors":
+        """Row-major grids of an (h, w) input, one prior per cell of each stride's level: ``ceil(h / s)`` rows
+        of ``ceil(w / s)`` points at ``((ix + offset) * s, (iy + offset) * s)`` (ultralytics ``make_anchors``,
+        mmdet's point generator with ``offset=0.5``). ``anchor_scale``: also square anchor boxes of side
+        ``anchor_scale * s`` centered on the points."""
+        h, w = int(image_size[0]), int(image_size[1])
+        points, per_prior, shapes = [], [], []
+        for s in strides:
+            rows, cols = int(-(-h // s)), int(-(-w // s))
+            xs = (torch.arange(cols, device=device, dtype=dtype) + offset) * s
+            ys = (torch.arange(rows, device=device, dtype=dtype) + offset) * s
+            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+            points.append(torch.stack((gx, gy), dim=-1).reshape(-1, 2))
+            per_prior.append(torch.full((rows * cols,), float(s), device=device, dtype=dtype))
+            shapes.append((rows, cols))
+        priors = cls(torch.cat(points), torch.cat(per_prior), [r * c for r, c in shapes], image_size=(h, w),
+                     level_shapes=shapes)
+        return priors if anchor_scale is None else priors.with_square_boxes(anchor_scale)
+
+    # ---------------------------------------------------------------- what assigners read
+    def __len__(self) -> int:
+        return self.points.shape[0]
+
+    @property
+    def stride_xy(self) -> Optional[Tensor]:
+        """[A, 2] strides (w, h), or None."""
+        if self.strides is None or self.strides.dim() == 2:
+            return self.strides
+        return self.strides[:, None].expand(-1, 2)
+
+    def square_boxes(self, scale: float) -> Tensor:
+        """[A, 4] xyxy squares of side ``scale * stride`` centered on the points (RetinaNet / ATSS anchors with
+        one scale and ratio 1; a (w, h) stride gives a rectangle)."""
+        self.require("strides", "square anchor boxes")
+        half = scale * self.stride_xy / 2                                      # [A, 2]
+        return torch.cat((self.points - half, self.points + half), dim=-1)
+
+    def with_square_boxes(self, scale: float) -> "Priors":
+        """These priors with :meth:`square_boxes` of ``scale`` as their anchor boxes."""
+        return Priors(self.points, self.strides, self.level_sizes, self.square_boxes(scale), self.image_size,
+                      self.level_shapes)
+
+    def anchor_boxes(self, scale: float, by: str = "this assigner") -> Tensor:
+        """The anchor boxes [A, 4]: :attr:`boxes` when given, else :meth:`square_boxes` of ``scale``."""
+        if self.boxes is not None:
+            return self.boxes
+        if self.strides is None:
+            raise ValueError(f"{by} needs priors.boxes (anchor boxes) or priors.strides to derive square anchors "
+                             f"from; build the priors with Priors.from_boxes, Priors.from_points(points, strides) "
+                             f"or Priors.grid")
+        return self.square_boxes(scale)
+
+    def point_priors(self, by: str = "this assigner") -> Tensor:
+        """[A, 4] ``(cx, cy, stride_w, stride_h)``: mmdet's point priors (``with_stride=True``)."""
+        self.require("strides", by)
+        return torch.cat((self.points, self.stride_xy), dim=-1)
+
+    def require(self, field: str, by: str = "this assigner"):
+        """The field, or ValueError naming the assigner that needs it and how to provide it."""
+        value = getattr(self, field)
+        if value is None:
+            how = {"strides": "Priors.from_points(points, strides) or Priors.grid",
+                   "level_sizes": "level_sizes= (priors per pyramid level), or Priors.grid",
+                   "level_shapes": "Priors.grid (the priors laid out as grids)",
+                   "image_size": "image_size=(h, w), or Priors.grid",
+                   "boxes": "Priors.from_boxes(boxes, level_sizes) or Priors.grid(..., anchor_scale=)"}.get(field, "")
+            raise ValueError(f"{by} needs priors.{field}; pass {how}")
+        return value
+
+    def to(self, device) -> "Priors":
+        move = (lambda t: None if t is None else t.to(device))
+        return Priors(move(self.points), move(self.strides), self.level_sizes, move(self.boxes), self.image_size,
+                      self.level_shapes)
+
+    def __repr__(self) -> str:
+        parts = [f"A={len(self)}"]
+        if self.level_sizes is not None:
+            parts.append(f"level_sizes={list(self.level_sizes)}")
+        parts += [f"{k}" for k in ("strides", "boxes") if getattr(self, k) is not None]
+        if self.image_size is not None:
+            parts.append(f"image_size={self.image_size}")
+        return f"Priors({', '.join(parts)})"
+
+
+PriorsLike = Union[Priors, Tensor]
+
+
+def as_priors(priors: PriorsLike, name: str = "priors") -> Priors:
+    """``assign_batch``'s priors: a :class:`Priors`; a tensor [A, 2] (anchor points, ultralytics' call) or
+    [A, 4] (anchor boxes xyxy, mmdet's priors) is read as :meth:`Priors.from_points` /
+    :meth:`Priors.from_boxes` without strides or levels (an assigner that needs them says so)."""
+    if isinstance(priors, Priors):
+        return priors
+    priors = V.as_tensor(name, priors)
+    if priors.dim() == 2 and priors.shape[1] in (2, 4):
+        priors = V.tensor_input(name, priors, ("A", priors.shape[1]), floating=True)
+        if priors.device.type != "meta":
+            V.check_finite(name, priors)      # named as the caller passed it
+        return Priors(priors) if priors.shape[1] == 2 else Priors.from_boxes(priors)
+    raise ValueError(f"{name} must be a detassign.Priors, anchor points [A, 2] or anchor boxes [A, 4], got a "
+                     f"tensor of shape {tuple(priors.shape)}")
+
+
+def check_level_sizes(level_sizes: Sequence[int], num_priors: int, name: str = "level_sizes") -> Tuple[int, ...]:
+    """Priors per pyramid level: non-negative ints summing to ``num_priors`` -> a tuple."""
+    if isinstance(level_sizes, Tensor):
+        level_sizes = level_sizes.tolist()
+    try:
+        sizes = tuple(int(n) for n in level_sizes)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {level_sizes!r}") from None
+    if any(n < 0 for n in sizes) or sum(sizes) != num_priors:
+        raise ValueError(f"{name} must be non-negative and sum to the number of priors ({num_priors}), "
+                         f"got {list(sizes)} (sum {sum(sizes)})")
+    return sizes
 
 
 class Instances:

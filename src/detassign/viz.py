@@ -5,26 +5,28 @@ Everything renders off-screen (matplotlib ``Agg``; overlays with Pillow) and wri
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from .structures import Priors
+
 __all__ = [
-    "draw_boxes", "save_overlay", "plot_loss_curves", "iou_curves", "aspect_curves", "iou_figure", "make_priors",
-    "GridInputs", "grid_inputs", "assign_on_grid", "compute_assignment", "per_gt_counts", "assignment_summary",
-    "assignment_figure", "draw_assignments", "drawable_assigners", "GRID_FEEDERS", "NOT_ON_GRID", "gt_colors",
+    "draw_boxes", "save_overlay", "plot_loss_curves", "iou_curves", "aspect_curves", "iou_figure",
+    "GridInputs", "grid_inputs", "assign_on_grid", "compute_assignment", "check_on_grid", "per_gt_counts",
+    "assignment_summary", "assignment_figure", "draw_assignments", "drawable_assigners", "gt_colors",
     "class_colors", "draw_detections", "save_detections",
 ]
 
 PathLike = Union[str, Path]
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot, off-screen (Agg) unless the user already chose a backend."""
     import sys
 
     import matplotlib
@@ -36,9 +38,9 @@ def _plt():
     return plt
 
 
-def _save_figure(fig, path: PathLike, dpi: int = 110) -> Path:
+def save_figure(fig, path: PathLike, dpi: int = 110) -> Path:
     """Write ``fig`` to ``path`` (parents created) and close it."""
-    plt = _plt()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
@@ -48,7 +50,7 @@ def _save_figure(fig, path: PathLike, dpi: int = 110) -> Path:
 
 def gt_colors(n: int) -> np.ndarray:
     """``n`` distinct RGB colours in [0, 1] ([n, 3]), cycling through tab20."""
-    plt = _plt()
+    plt = pyplot()
     cmap = plt.get_cmap("tab20")
     return np.array([cmap(i % 20)[:3] for i in range(n)], dtype=np.float32).reshape(-1, 3)
 
@@ -67,12 +69,12 @@ def draw_boxes(image: np.ndarray, boxes, color=(0, 255, 0), width: int = 2, labe
     return im
 
 
-def save_overlay(image: np.ndarray, path: PathLike, pred_boxes=None, pred_scores=None, gt_boxes=None,
+def save_overlay(image: np.ndarray, path: PathLike, pred_boxes=None, pred_scores=None, gt_bboxes=None,
                  conf: float = 0.25, show_scores: bool = False) -> Path:
     """Ground truth in blue (thin), predictions scoring >= ``conf`` in yellow; writes a PNG."""
     from PIL import ImageDraw
 
-    im = draw_boxes(image, gt_boxes if gt_boxes is not None else np.zeros((0, 4)), color=(40, 120, 255), width=1)
+    im = draw_boxes(image, gt_bboxes if gt_bboxes is not None else np.zeros((0, 4)), color=(40, 120, 255), width=1)
     draw = ImageDraw.Draw(im)
     if pred_boxes is not None:
         boxes = np.asarray(torch.as_tensor(pred_boxes).detach().cpu().float()).reshape(-1, 4)
@@ -92,7 +94,7 @@ def save_overlay(image: np.ndarray, path: PathLike, pred_boxes=None, pred_scores
 
 def plot_loss_curves(history: Dict[str, list], path: PathLike) -> Path:
     """Box / cls / DFL loss per epoch (with the per-step values faint behind) and validation mAP."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     steps = np.asarray(history.get("step_loss") or np.zeros((0, 3)), dtype=np.float64).reshape(-1, 3)
     epochs = np.asarray(history.get("epoch", []), dtype=np.float64)
@@ -120,7 +122,7 @@ def plot_loss_curves(history: Dict[str, list], path: PathLike) -> Path:
     if ax.lines:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- IoU variants
@@ -128,9 +130,9 @@ def plot_loss_curves(history: Dict[str, list], path: PathLike) -> Path:
 
 def iou_curves(offsets: np.ndarray, size: Tuple[float, float] = (10.0, 10.0),
                moving: Tuple[float, float] = (10.0, 10.0), dy: Optional[float] = None) -> Dict[str, np.ndarray]:
-    """IoU / GIoU / DIoU / CIoU between a fixed box of ``size`` (w, h) centred at (0, 0) and a ``moving``
-    box (w, h) whose centre is at (offset, dy) for each of ``offsets``. ``dy`` defaults to 0.2 * h of the
-    fixed box (2 px for 10 x 10), so that the centres never coincide exactly; y grows downwards."""
+    """IoU / GIoU / DIoU / CIoU between a fixed box of ``size`` (w, h) centered at (0, 0) and a ``moving``
+    box (w, h) whose center is at (offset, dy) for each of ``offsets``. ``dy`` defaults to 0.2 * h of the
+    fixed box (2 px for 10 x 10), so that the centers never coincide exactly; y grows downwards."""
     w, h = size
     mw, mh = moving
     dy = 0.2 * h if dy is None else float(dy)
@@ -153,8 +155,8 @@ def _iou_variants(boxes1: torch.Tensor, boxes2: torch.Tensor) -> Dict[str, np.nd
 
 
 def aspect_curves(ratios: np.ndarray, size: Tuple[float, float] = (10.0, 10.0)) -> Dict[str, np.ndarray]:
-    """The four variants between a fixed box of ``size`` and a box of the same area and the same centre
-    whose aspect ratio w / h is each of ``ratios``: the centres coincide, so DIoU equals IoU and only
+    """The four variants between a fixed box of ``size`` and a box of the same area and the same center
+    whose aspect ratio w / h is each of ``ratios``: the centers coincide, so DIoU equals IoU and only
     CIoU's aspect term ``alpha * v`` separates them."""
     w, h = size
     r = torch.as_tensor(ratios, dtype=torch.float64)
@@ -174,10 +176,10 @@ def _sketch(ax, fixed: Tuple[float, float], moving: Tuple[float, float], offsets
     inset = ax.inset_axes(list(where))
     w, h = fixed
     mw, mh = moving
-    inset.add_patch(_plt().Rectangle((-w / 2, -h / 2), w, h, fill=False, lw=1.5, color="black"))
+    inset.add_patch(pyplot().Rectangle((-w / 2, -h / 2), w, h, fill=False, lw=1.5, color="black"))
     last = len(offsets) - 1
     for k, dx in enumerate(offsets):  # earlier positions dashed and paler, the last one solid
-        inset.add_patch(_plt().Rectangle((dx - mw / 2, dy - mh / 2), mw, mh, fill=False, lw=1.0, color="C0",
+        inset.add_patch(pyplot().Rectangle((dx - mw / 2, dy - mh / 2), mw, mh, fill=False, lw=1.0, color="C0",
                                          ls="-" if k == last else "--", alpha=0.5 + 0.5 * k / max(last, 1)))
     if len(offsets) > 1:
         inset.annotate("", xy=(offsets[-1], dy), xytext=(offsets[0], dy),
@@ -193,11 +195,11 @@ def _sketch(ax, fixed: Tuple[float, float], moving: Tuple[float, float], offsets
 
 def iou_figure(path: PathLike, span: float = 25.0, num: int = 401) -> Path:
     """Three panels. Left and middle: a 10 x 10 and a 20 x 10 box slide horizontally past a fixed 10 x 10
-    box, their centre 2 px below the fixed centre; the x axis is the horizontal offset of the centres.
-    IoU is flat at 0 once they separate, GIoU / DIoU keep a gradient. Right: the centres coincide and the
+    box, their center 2 px below the fixed center; the x axis is the horizontal offset of the centers.
+    IoU is flat at 0 once they separate, GIoU / DIoU keep a gradient. Right: the centers coincide and the
     moving box keeps the area (100 px^2) but changes its aspect ratio: DIoU equals IoU there, CIoU is
     lower by its aspect term ``alpha * v`` (drawn on the right axis)."""
-    plt = _plt()
+    plt = pyplot()
     offsets = np.linspace(-span, span, num)
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
     dy = 2.0
@@ -207,8 +209,8 @@ def iou_figure(path: PathLike, span: float = 25.0, num: int = 401) -> Path:
             ax.plot(offsets, curves[name], style, lw=2, label=name)
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_title(f"{moving[0]:g} x {moving[1]:g} box sliding past a fixed 10 x 10 box\n"
-                     f"(its centre {dy:g} px below; x = horizontal offset)", fontsize=10)
-        ax.set_xlabel("horizontal offset of the moving box's centre (px)")
+                     f"(its center {dy:g} px below; x = horizontal offset)", fontsize=10)
+        ax.set_xlabel("horizontal offset of the moving box's center (px)")
         ax.set_ylim(-1.05, 1.05)
         ax.grid(alpha=0.3)
         _sketch(ax, (10.0, 10.0), moving, [-0.6 * span, 0.0, 0.6 * span], dy, where=(0.02, 0.03, 0.3, 0.3))
@@ -224,8 +226,8 @@ def iou_figure(path: PathLike, span: float = 25.0, num: int = 401) -> Path:
     ax.set_xticks(ticks)
     ax.set_xticklabels(["1/8", "1/4", "1/2", "1", "2", "4", "8"])
     ax.minorticks_off()
-    ax.set_xlabel("aspect ratio w / h of the moving box (same centre, same 100 px^2 area)")
-    ax.set_title("same centre, different aspect ratio:\nDIoU = IoU, CIoU lower by alpha * v", fontsize=10)
+    ax.set_xlabel("aspect ratio w / h of the moving box (same center, same 100 px^2 area)")
+    ax.set_title("same center, different aspect ratio:\nDIoU = IoU, CIoU lower by alpha * v", fontsize=10)
     ax.set_ylim(-0.3, 1.05)
     ax.grid(alpha=0.3)
     twin = ax.twinx()
@@ -246,278 +248,151 @@ def iou_figure(path: PathLike, span: float = 25.0, num: int = 401) -> Path:
     inset.set_yticks([])
     inset.set_title("w / h = 1 and 4", fontsize=8)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- assignments
 
 
-def make_priors(image_size: Tuple[int, int], strides: Sequence[int] = (8, 16, 32), prior_scale: float = 5.0):
-    """Grid priors for an (H, W) input: (anchor_points [A, 2] px cell centres, priors [A, 4] xyxy squares of side
-    ``prior_scale * stride`` centred on them, strides [A], num_level_priors list, level shapes list)."""
-    h, w = image_size
-    points, boxes, strides_all, counts, shapes = [], [], [], [], []
-    for s in strides:
-        gh, gw = math.ceil(h / s), math.ceil(w / s)
-        ys, xs = torch.meshgrid(torch.arange(gh) + 0.5, torch.arange(gw) + 0.5, indexing="ij")
-        pts = torch.stack((xs, ys), -1).reshape(-1, 2).float() * s
-        half = prior_scale * s / 2
-        points.append(pts)
-        boxes.append(torch.cat((pts - half, pts + half), 1))
-        strides_all.append(torch.full((len(pts),), float(s)))
-        counts.append(len(pts))
-        shapes.append((gh, gw))
-    return torch.cat(points), torch.cat(boxes), torch.cat(strides_all), counts, shapes
-
-
 def _model_predictions(model, image: torch.Tensor, num_classes: int):
-    """(pred_scores [1, A, C] probabilities, pred_bboxes [1, A, 4] xyxy px) from a YOLO11 in eval mode."""
+    """(class logits [1, A, C], pred_bboxes [1, A, 4] xyxy px) from a YOLO11 in eval mode."""
     from .boxes import cxcywh_to_xyxy
 
     was = model.training
     model.eval()
     with torch.no_grad():
-        out = model(image)  # [1, 4 + C, A]
+        out = model(image)  # [1, 4 + C, A], class probabilities
     model.train(was)
     # The picture's priors and GTs live on the CPU: bring a CUDA model's predictions there.
     out = out.transpose(1, 2).float().cpu()
-    return out[..., 4:4 + num_classes], cxcywh_to_xyxy(out[..., :4])
+    probs = out[..., 4:4 + num_classes]
+    return torch.logit(probs.clamp(1e-6, 1 - 1e-6)), cxcywh_to_xyxy(out[..., :4])
 
 
 @dataclass
 class GridInputs:
     """One image on YOLO grid priors, as the detection loss sees it.
 
-    points [A, 2] cell centres px; squares [A, 4] xyxy of side ``prior_scale * stride``; strides [A];
-    level_sizes / level_shapes per level; probs [A, C] and logits [A, C] class scores; pred_boxes [A, 4]
-    xyxy px; gt_boxes [M, 4] xyxy px, gt_labels [M]; image_size (h, w).
+    priors: :class:`detassign.Priors` (``Priors.grid``: cell centers, strides, level shapes, square anchor
+    boxes of side ``prior_scale * stride``, the image size); logits [A, C] class logits; pred_boxes [A, 4]
+    xyxy px; gt_bboxes [M, 4] xyxy px, gt_labels [M].
     """
 
-    points: torch.Tensor
-    squares: torch.Tensor
-    strides: torch.Tensor
-    level_sizes: List[int]
-    level_shapes: List[Tuple[int, int]]
-    probs: torch.Tensor
+    priors: Priors
     logits: torch.Tensor
     pred_boxes: torch.Tensor
-    gt_boxes: torch.Tensor
+    gt_bboxes: torch.Tensor
     gt_labels: torch.Tensor
-    image_size: Tuple[int, int]
-    prior_scale: float
 
     @property
     def level_strides(self) -> List[int]:
-        starts = np.cumsum([0] + list(self.level_sizes[:-1]))
-        return [int(self.strides[s]) for s in starts.tolist()] if len(self.strides) else []
+        starts = np.cumsum([0] + list(self.priors.level_sizes[:-1]))
+        return [int(self.priors.strides[s]) for s in starts.tolist()] if len(self.priors) else []
 
 
-def grid_inputs(gt_boxes: torch.Tensor, gt_labels: torch.Tensor, image_size: Tuple[int, int], num_classes: int,
+def grid_inputs(gt_bboxes: torch.Tensor, gt_labels: torch.Tensor, image_size: Tuple[int, int], num_classes: int,
                 model=None, image: Optional[torch.Tensor] = None, strides: Sequence[int] = (8, 16, 32),
                 prior_scale: float = 5.0) -> GridInputs:
     """:class:`GridInputs` for one image: ``model``'s predictions on ``image`` (float [1, 3, H, W] in
-    [0, 1]) when both are given, else scores 0.5 and predicted boxes equal to the square priors."""
-    points, squares, stride_t, counts, shapes = make_priors(image_size, strides, prior_scale)
-    a = len(points)
+    [0, 1]) when both are given, else logits 0 (scores 0.5) and predicted boxes equal to the square priors."""
+    priors = Priors.grid(image_size, strides, anchor_scale=prior_scale)
+    a = len(priors)
     if model is not None and image is not None:
-        probs, pred_boxes = _model_predictions(model, image, num_classes)
-        if probs.shape[1] != a:
-            raise ValueError(f"model gives {probs.shape[1]} predictions but the grid has {a} priors: pass "
+        logits, pred_boxes = _model_predictions(model, image, num_classes)
+        if logits.shape[1] != a:
+            raise ValueError(f"model gives {logits.shape[1]} predictions but the grid has {a} priors: pass "
                              f"an image whose sides are multiples of {max(strides)}")
-        probs, pred_boxes = probs[0], pred_boxes[0]
+        logits, pred_boxes = logits[0], pred_boxes[0]
     else:
-        probs = torch.full((a, num_classes), 0.5)
-        pred_boxes = squares.clone()
-    logits = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
-    return GridInputs(points, squares, stride_t, counts, shapes, probs, logits, pred_boxes,
-                      torch.as_tensor(gt_boxes).float().reshape(-1, 4), torch.as_tensor(gt_labels).long().reshape(-1),
-                      (int(image_size[0]), int(image_size[1])), float(prior_scale))
+        logits = torch.zeros(a, num_classes)
+        pred_boxes = priors.boxes.clone()
+    return GridInputs(priors, logits, pred_boxes, torch.as_tensor(gt_bboxes).float().reshape(-1, 4),
+                      torch.as_tensor(gt_labels).long().reshape(-1))
 
 
-def _responsible_flags(g: GridInputs) -> torch.Tensor:
-    """[A] bool: the prior's grid cell holds a GT centre (YOLOv3's responsible cells, on every level)."""
-    if len(g.gt_boxes) == 0:
-        return torch.zeros(len(g.points), dtype=torch.bool)
-    centres = (g.gt_boxes[:, :2] + g.gt_boxes[:, 2:]) / 2                                   # [M, 2]
-    cell = torch.floor(g.points / g.strides[:, None])                                      # [A, 2]
-    gt_cell = torch.floor(centres[None] / g.strides[:, None, None])                        # [A, M, 2]
-    return (gt_cell == cell[:, None]).all(-1).any(-1)
+def _one_gt_grid() -> GridInputs:
+    """A 64 x 64 image with one 24 x 20 px GT: the probe :func:`check_on_grid` runs an assigner on."""
+    return grid_inputs(torch.tensor([[20.0, 10.0, 44.0, 30.0]]), torch.tensor([0]), (64, 64), 1)
 
 
-def _approxs(squares: torch.Tensor) -> torch.Tensor:
-    """[A, 3, 4]: each square and its 1:2 and 2:1 boxes of the same area (Guided Anchoring's approxs)."""
-    centre, side = (squares[:, :2] + squares[:, 2:]) / 2, squares[:, 2:] - squares[:, :2]
-    out = []
-    for r in (0.5, 1.0, 2.0):
-        half = side * torch.tensor([math.sqrt(r), 1 / math.sqrt(r)]) / 2
-        out.append(torch.cat((centre - half, centre + half), 1))
-    return torch.stack(out, 1)
+def check_on_grid(assigner) -> None:
+    """Raise ``ValueError`` ("NAME cannot run on grid priors: <the assigner's own reason>") unless
+    ``assigner`` (an object or a config dict) runs through the batched interface on YOLO grid priors.
 
+    It is run once on a one-GT probe image (:func:`_one_gt_grid`), so the answer is the assigner's own, never a
+    list kept here; a config that does not build raises its own error.
+    """
+    from . import build_assigner
 
-def _gts(g: GridInputs):
-    from .structures import Instances
-
-    return Instances(bboxes=g.gt_boxes, labels=g.gt_labels)
-
-
-def _feed_squares(assigner, g: GridInputs, **fields):
-    """mmdet's anchor-based call: ``pred_instances.priors`` = the square priors (plus ``fields``)."""
-    from .structures import Instances
-
-    return assigner.assign(Instances(priors=g.squares, **fields), _gts(g))
-
-
-def _feed_points(assigner, g: GridInputs):
-    """PointAssigner (RepPoints): priors (x, y, stride)."""
-    from .structures import Instances
-
-    return assigner.assign(Instances(priors=torch.cat((g.points, g.strides[:, None]), 1)), _gts(g))
-
-
-def _feed_region(assigner, g: GridInputs):
-    """RegionAssigner (Cascade RPN): square anchors plus the level layout it maps GTs onto."""
-    from .structures import Instances
-
-    return assigner.assign(Instances(priors=g.squares), _gts(g), img_meta={"img_shape": g.image_size},
-                           featmap_sizes=list(g.level_shapes), num_level_anchors=list(g.level_sizes),
-                           anchor_scale=g.prior_scale, anchor_strides=g.level_strides)
-
-
-def _feed_queries(assigner, g: GridInputs):
-    """Set-prediction matchers: every prior's prediction is a query (logits and xyxy px boxes)."""
-    from .structures import Instances
-
-    return assigner.assign(Instances(scores=g.logits, bboxes=g.pred_boxes), _gts(g),
-                           img_meta={"img_shape": g.image_size})
-
-
-def _feed_topk_hungarian(assigner, g: GridInputs):
-    return assigner.assign(g.probs, g.pred_boxes, g.gt_boxes, g.gt_labels, img_meta={"img_shape": g.image_size})
-
-
-def _feed_batch_max_iou(assigner, g: GridInputs):
-    return assigner.assign_batch(g.squares, g.gt_boxes[None], None, g.gt_labels[None])[0]
-
-
-# How each per-image assigner family is fed on grid priors (those the loss trains with are fed by
-# detassign.yolo.loss.assign_like_loss, exactly as in training). Keyed by registry name, like the loss' ADAPTERS.
-GRID_FEEDERS: Dict[str, Callable[[Any, GridInputs], Any]] = {
-    "MaxIoUAssigner": _feed_squares,
-    "ApproxMaxIoUAssigner": lambda a, g: _feed_squares(a, g, approxs=_approxs(g.squares)),
-    "CenterRegionAssigner": _feed_squares,
-    "GridAssigner": lambda a, g: _feed_squares(a, g, responsible_flags=_responsible_flags(g)),
-    "UniformAssigner": lambda a, g: _feed_squares(a, g, decoder_priors=g.pred_boxes),
-    "PointAssigner": _feed_points,
-    "RegionAssigner": _feed_region,
-    "HungarianAssigner": _feed_queries,
-    "OneToManyHungarianAssigner": _feed_queries,
-    "TopkHungarianAssigner": _feed_topk_hungarian,
-    "BatchMaxIoUAssigner": _feed_batch_max_iou,
-}
-GRID_FEEDERS["AscendMaxIoUAssigner"] = GRID_FEEDERS["BatchMaxIoUAssigner"]
-
-# Registered assigners that have no meaning on axis-aligned grid priors, and why.
-NOT_ON_GRID: Dict[str, str] = {
-    "MaskHungarianAssigner": "it matches instance masks, not boxes",
-    "MultiInstanceAssigner": "it gives each proposal k GTs (CrowdDet), not one",
-    "RotatedTaskAlignedAssigner": "it reads rotated boxes (cx, cy, w, h, angle)",
-    "RotatedATSSAssigner": "it reads rotated boxes (cx, cy, w, h, angle)",
-    "Stage2Assigner": "it matches a two-stage DETR decoder's queries, not priors",
-}
-
-
-def _assigner_name(assigner) -> str:
-    return type(assigner).__name__
+    name = str(assigner.get("type", "")).split(".")[-1] if isinstance(assigner, dict) else type(assigner).__name__
+    built = build_assigner(dict(assigner)) if isinstance(assigner, dict) else assigner
+    try:
+        assign_on_grid(built, _one_gt_grid())
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} cannot run on grid priors: {err}") from None
 
 
 def drawable_assigners() -> List[str]:
-    """Registry names that :func:`compute_assignment` can run on grid priors."""
+    """Registry names whose default configuration runs on grid priors (:func:`check_on_grid`; an assigner
+    with required arguments is tried with ``detassign.compare.EXAMPLE_ARGUMENTS``). Builds every assigner."""
+    from .compare import EXAMPLE_ARGUMENTS, parse_assigners
     from .registry import ASSIGNERS
-    from .yolo.loss import ADAPTERS
 
-    return sorted(n for n in ASSIGNERS if n in ADAPTERS or n in GRID_FEEDERS)
-
-
-def _check_on_grid(name: str) -> None:
-    from .yolo.loss import ADAPTERS
-
-    if name in ADAPTERS or name in GRID_FEEDERS:
-        return
-    why = NOT_ON_GRID.get(name, "detassign does not know how to feed it grid priors")
-    raise ValueError(f"{name} cannot run on grid priors: {why}; the assigners that can: "
-                     f"{', '.join(drawable_assigners())}")
-
-
-def _per_image_result(result, num_priors: int):
-    """An AssignResult whose ``max_overlaps`` is per prior (or None): some assigners return one per GT."""
-    from .structures import AssignResult
-
-    overlaps = result.max_overlaps
-    if overlaps is not None and tuple(overlaps.shape) != (num_priors,):
-        overlaps = None
-    return AssignResult(result.num_gts, result.gt_inds.reshape(-1), overlaps, result.labels)
+    names = []
+    for name in sorted(ASSIGNERS):
+        text = f"{name}:{EXAMPLE_ARGUMENTS[name]}" if name in EXAMPLE_ARGUMENTS else name
+        try:
+            check_on_grid(parse_assigners(text)[0].config)
+        except (TypeError, ValueError):
+            continue
+        names.append(name)
+    return names
 
 
 def assign_on_grid(assigner, g: GridInputs) -> Dict[str, Any]:
     """Run ``assigner`` (an object or a config dict) on :class:`GridInputs` and describe what it did.
 
-    The assigners the YOLO loss trains with (TAL, ATSS, SimOTA, DynamicSoftLabel, and any object with TAL's
-    ``assign_batch`` signature) get exactly what :class:`detassign.yolo.loss.DetectionLoss` gives them
-    (:func:`detassign.yolo.loss.assign_like_loss`); the per-image families in :data:`GRID_FEEDERS` get square
-    priors, points, queries or responsible cells as their mmdet signature asks. Anything else raises
-    ``ValueError`` naming the assigners that can run.
+    Every assigner gets exactly what :class:`detassign.yolo.loss.DetectionLoss` gives it, through the
+    batched interface (:func:`detassign.yolo.loss.assign_like_loss` on a batch of one image), and the
+    soft targets are the loss' own. An assigner that cannot run there raises its own error.
 
     Returns dict: ``name``; ``gt_inds`` [A] (1-based, 0 negative, -1 ignored); ``strength`` [A] the soft
     target the loss would train each prior with (max over classes; 0 off the positives); ``stats``
     (:class:`detassign.stats.AssignmentStats`); ``points`` [A, 2], ``strides`` [A], ``num_level_priors``,
     ``level_shapes``; ``assigner`` (repr).
     """
-    from . import build_assigner
     from .stats import assignment_stats
-    from .yolo.loss import ADAPTERS, assign_like_loss, targets_from_gt_inds
+    from .yolo.loss import as_assigner, assign_like_loss
 
-    if isinstance(assigner, dict):
-        _check_on_grid(str(assigner.get("type", "")).split(".")[-1])
-        assigner = build_assigner(assigner)
-    name = _assigner_name(assigner)
-    takes_points = hasattr(assigner, "assign_batch") and \
-        "anchor_points" in inspect.signature(assigner.assign_batch).parameters
-    gt_mask = torch.ones(1, len(g.gt_boxes), dtype=torch.bool)
-    if name in ADAPTERS or (name not in GRID_FEEDERS and takes_points):
-        targets = assign_like_loss(assigner, g.logits[None], g.pred_boxes[None], g.points, g.strides[:, None],
-                                   g.level_sizes, g.gt_labels[None], g.gt_boxes[None], gt_mask,
-                                   g.probs.shape[-1], g.prior_scale)
-        result = targets.result
-        gt_inds = result.gt_inds.reshape(-1)
-    else:
-        _check_on_grid(name)
-        result = _per_image_result(GRID_FEEDERS[name](assigner, g), len(g.points))
-        gt_inds = result.gt_inds
-        targets = targets_from_gt_inds(gt_inds[None], g.gt_labels[None], g.gt_boxes[None], g.pred_boxes[None],
-                                       g.probs.shape[-1])
-    if tuple(gt_inds.shape) != (len(g.points),):
-        raise ValueError(f"{name} returned gt_inds of shape {tuple(gt_inds.shape)}, expected one per prior "
-                         f"({len(g.points)},)")
+    assigner = as_assigner(assigner)
+    name = type(assigner).__name__
+    gt_mask = torch.ones(1, len(g.gt_bboxes), dtype=torch.bool)
+    targets = assign_like_loss(assigner, g.logits[None], g.pred_boxes[None], g.priors, g.gt_labels[None],
+                               g.gt_bboxes[None], gt_mask, g.logits.shape[-1])
+    result = targets.result
+    gt_inds = result.gt_inds.reshape(-1)
+    if tuple(result.gt_inds.shape) != (1, len(g.priors)):
+        raise ValueError(f"{name} returned gt_inds of shape {tuple(result.gt_inds.shape)}, expected one per prior "
+                         f"(1, {len(g.priors)})")
     strength = (targets.target_scores[0].amax(-1) * (gt_inds > 0)).float().cpu()
-    batched = result.gt_inds.dim() == 2  # the loss' path gives a BatchAssignResult of one image
-    stats = assignment_stats(result, g.gt_boxes[None] if batched else g.gt_boxes, gt_mask if batched else None,
-                             level_sizes=g.level_sizes, strides=g.level_strides)
-    return {"name": name, "gt_inds": gt_inds.cpu(), "strength": strength, "stats": stats, "points": g.points,
-            "strides": g.strides, "num_level_priors": list(g.level_sizes), "level_shapes": list(g.level_shapes),
-            "assigner": repr(assigner)}
+    stats = assignment_stats(result, g.gt_bboxes[None], gt_mask, level_sizes=list(g.priors.level_sizes),
+                             strides=g.level_strides)
+    return {"name": name, "gt_inds": gt_inds.cpu(), "strength": strength, "stats": stats, "points": g.priors.points,
+            "strides": g.priors.strides, "num_level_priors": list(g.priors.level_sizes),
+            "level_shapes": list(g.priors.level_shapes), "assigner": repr(assigner)}
 
 
-def compute_assignment(assigner, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, image_size: Tuple[int, int],
+def compute_assignment(assigner, gt_bboxes: torch.Tensor, gt_labels: torch.Tensor, image_size: Tuple[int, int],
                        num_classes: int, model=None, image: Optional[torch.Tensor] = None,
                        strides: Sequence[int] = (8, 16, 32), prior_scale: float = 5.0) -> Dict[str, Any]:
     """Run ``assigner`` (an object or a config dict) on one image's GTs over YOLO grid priors: :func:`grid_inputs`
-    then :func:`assign_on_grid` (see there for what each assigner is fed and what is returned).
+    then :func:`assign_on_grid` (every assigner through the batched interface, as the loss calls it).
 
     Score-based assigners (TAL, SimOTA, DynamicSoftLabel) read ``model``'s predictions on ``image``
     (float [1, 3, H, W] in [0, 1]); without a model, scores are 0.5 and predicted boxes equal the square
     priors of side ``prior_scale * stride``.
     """
-    g = grid_inputs(gt_boxes, gt_labels, image_size, num_classes, model, image, strides, prior_scale)
+    g = grid_inputs(gt_bboxes, gt_labels, image_size, num_classes, model, image, strides, prior_scale)
     return assign_on_grid(assigner, g)
 
 
@@ -532,12 +407,12 @@ def per_gt_counts(assignment: Dict[str, Any], num_gts: int) -> np.ndarray:
     return np.array(out, dtype=np.int64).reshape(len(out), num_gts)
 
 
-def assignment_summary(assignment: Dict[str, Any], gt_boxes) -> Dict[str, Any]:
+def assignment_summary(assignment: Dict[str, Any], gt_bboxes) -> Dict[str, Any]:
     """JSON-ready numbers of one assignment: :meth:`AssignmentStats.to_dict` plus one row per GT (its box,
     area, COCO size, positives in all and per level)."""
     from .stats import SIZE_BUCKETS
 
-    boxes = np.asarray(torch.as_tensor(gt_boxes).float()).reshape(-1, 4)
+    boxes = np.asarray(torch.as_tensor(gt_bboxes).float()).reshape(-1, 4)
     counts = per_gt_counts(assignment, len(boxes))
     rows = []
     for j, box in enumerate(boxes.tolist()):
@@ -559,7 +434,7 @@ _LEVEL_MARKERS = ("o", "s", "^", "D", "v", "P")
 
 def _assignment_colors(n: int) -> np.ndarray:
     """[n, 3] GT colours for assignment pictures: tab20 without its two reds, which mean "no positive" there."""
-    plt = _plt()
+    plt = pyplot()
     cmap = plt.get_cmap("tab20")
     palette = [cmap(i)[:3] for i in range(20) if i not in (6, 7)]
     return np.array([palette[i % len(palette)] for i in range(n)], dtype=np.float32).reshape(-1, 3)
@@ -567,7 +442,7 @@ def _assignment_colors(n: int) -> np.ndarray:
 
 def _draw_gts(ax, boxes: np.ndarray, colors: np.ndarray, totals: np.ndarray, labels: Optional[np.ndarray]) -> None:
     """GT outlines (dashed when the GT has no positive at all) and, where ``labels`` is given, their counts."""
-    plt = _plt()
+    plt = pyplot()
     for j, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
         zero = totals[j] == 0
         ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.6 if zero else 1.2,
@@ -590,7 +465,7 @@ def _draw_priors(ax, points: np.ndarray, gt_inds: np.ndarray, strength: np.ndarr
 
 
 def _legend(fig, num_levels: int, level_names: Sequence[str]) -> None:
-    plt = _plt()
+    plt = pyplot()
     Line2D = __import__("matplotlib.lines", fromlist=["Line2D"]).Line2D
     handles = [Line2D([], [], ls="", marker="o", ms=math.sqrt(6 + 70 * s), mfc="0.6", mec="black", mew=0.4,
                       label=f"soft target {s:g}") for s in (0.1, 0.5, 1.0)]
@@ -615,12 +490,12 @@ def _row_caption(assignment: Dict[str, Any], boxes: np.ndarray, totals: np.ndarr
     return text + (f"\nno positive: {listed}" if len(zero) else "\nevery GT has a positive")
 
 
-def assignment_figure(image: np.ndarray, gt_boxes, assignment, path: PathLike, title: str = "") -> Path:
+def assignment_figure(image: np.ndarray, gt_bboxes, assignment, path: PathLike, title: str = "") -> Path:
     """:func:`draw_assignments` written to ``path`` (PNG, parents created); returns the path."""
-    return _save_figure(draw_assignments(image, gt_boxes, assignment, title), path, dpi=100)
+    return save_figure(draw_assignments(image, gt_bboxes, assignment, title), path, dpi=100)
 
 
-def draw_assignments(image: np.ndarray, gt_boxes, assignment, title: str = ""):
+def draw_assignments(image: np.ndarray, gt_bboxes, assignment, title: str = ""):
     """Which priors an assigner made positive, one row per assignment (``assignment``: one dict from
     :func:`compute_assignment` or a list of them, e.g. several assigners on the same image).
 
@@ -631,11 +506,11 @@ def draw_assignments(image: np.ndarray, gt_boxes, assignment, title: str = ""):
     with; ignored priors are grey crosses; a GT without any positive is dashed red, labelled ``#k: 0`` and
     listed under its row. Returns the matplotlib figure.
     """
-    plt = _plt()
+    plt = pyplot()
     rows = assignment if isinstance(assignment, (list, tuple)) else [assignment]
     if not rows:
         raise ValueError("assignment_figure needs at least one assignment, got an empty list")
-    boxes = np.asarray(torch.as_tensor(gt_boxes).float()).reshape(-1, 4)
+    boxes = np.asarray(torch.as_tensor(gt_bboxes).float()).reshape(-1, 4)
     h, w = image.shape[:2]
     colors = _assignment_colors(len(boxes))
     num_levels = len(rows[0]["num_level_priors"])
@@ -693,7 +568,7 @@ def draw_assignments(image: np.ndarray, gt_boxes, assignment, title: str = ""):
 def class_colors(n: int) -> np.ndarray:
     """``n`` RGB colours as uint8 ([n, 3]), one per class: tab20's saturated half first (tab10: neighbours
     in the class list stay distinct), then its light half, cycling."""
-    cmap = _plt().get_cmap("tab20")
+    cmap = pyplot().get_cmap("tab20")
     order = list(range(0, 20, 2)) + list(range(1, 20, 2))
     colors = np.array([cmap(order[i % 20])[:3] for i in range(n)], dtype=np.float64).reshape(-1, 3)
     return (colors * 255).round().astype(np.uint8)
@@ -708,11 +583,11 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def draw_detections(image: np.ndarray, boxes, scores, labels, class_names: Sequence[str], gt_boxes=None,
+def draw_detections(image: np.ndarray, boxes, scores, labels, class_names: Sequence[str], gt_bboxes=None,
                     legend: bool = True):
     """PIL image of ``image`` ([H, W, 3] uint8) with detections: ``boxes`` [N, 4] xyxy px, ``scores`` [N],
     ``labels`` [N] class indices into ``class_names``. One colour per class; each box carries "name 0.87"
-    on a tab of its colour; a legend (top right) lists the classes present with their counts. ``gt_boxes``
+    on a tab of its colour; a legend (top right) lists the classes present with their counts. ``gt_bboxes``
     [M, 4], when given, are outlined thin in white underneath."""
     from PIL import Image, ImageDraw
 
@@ -730,8 +605,8 @@ def draw_detections(image: np.ndarray, boxes, scores, labels, class_names: Seque
     colors = [tuple(int(v) for v in c) for c in class_colors(len(class_names))]
     side = im.width + im.height
     line, font = max(1, round(side * 0.0015)), _font(max(9, round(side * 0.009)))
-    if gt_boxes is not None:
-        for x1, y1, x2, y2 in np.asarray(torch.as_tensor(gt_boxes).float()).reshape(-1, 4).tolist():
+    if gt_bboxes is not None:
+        for x1, y1, x2, y2 in np.asarray(torch.as_tensor(gt_bboxes).float()).reshape(-1, 4).tolist():
             draw.rectangle([x1, y1, x2, y2], outline=(255, 255, 255), width=1)
     for (x1, y1, x2, y2), s, c in sorted(zip(boxes.tolist(), scores.tolist(), labels.tolist()), key=lambda r: r[1]):
         draw.rectangle([x1, y1, x2, y2], outline=colors[c], width=line)  # low scores first: best drawn on top
@@ -762,9 +637,9 @@ def draw_detections(image: np.ndarray, boxes, scores, labels, class_names: Seque
 
 
 def save_detections(image: np.ndarray, path: PathLike, boxes, scores, labels, class_names: Sequence[str],
-                    gt_boxes=None, legend: bool = True) -> Path:
+                    gt_bboxes=None, legend: bool = True) -> Path:
     """:func:`draw_detections` written to ``path`` (PNG; parents created). Returns the path written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    draw_detections(image, boxes, scores, labels, class_names, gt_boxes, legend).save(path)
+    draw_detections(image, boxes, scores, labels, class_names, gt_bboxes, legend).save(path)
     return path

@@ -10,16 +10,17 @@ from .. import _validate as V
 
 
 def check_padded_gts(gt_labels: Tensor, gt_bboxes: Tensor, gt_mask: Optional[Tensor],
-                     num_classes: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                     num_classes: Optional[int] = None, *, box_format: str = "xyxy") -> Tuple[Tensor, Tensor, Tensor]:
     """Validate padded GTs and normalise them.
 
     gt_labels [B, M] or [B, M, 1] (integer, or float holding integral values), gt_bboxes [B, M, 4] xyxy
     (or a box object with ``.tensor``), gt_mask [B, M] or [B, M, 1] (bool or 0/1; None = all valid) ->
     (labels [B, M] long, boxes [B, M, 4], mask [B, M] bool). Padding rows may hold anything; only
     masked-in rows are checked for inverted boxes and labels (``>= 0``, ``< num_classes`` when known,
-    integral).
+    integral). ``box_format="xywhr"``: oriented boxes [B, M, 5], checked for negative sides instead.
     """
-    gt_bboxes = V.tensor_input("gt_bboxes", gt_bboxes, ("B", "M", 4), floating=True)
+    V.check_choice("box_format", box_format, ("xyxy", "xywhr"))
+    gt_bboxes = V.tensor_input("gt_bboxes", gt_bboxes, ("B", "M", 4 if box_format == "xyxy" else 5), floating=True)
     B, M = gt_bboxes.shape[:2]
     gt_labels = V.as_tensor("gt_labels", gt_labels)
     if gt_labels.dim() == 3 and gt_labels.shape[-1] == 1:
@@ -38,7 +39,7 @@ def check_padded_gts(gt_labels: Tensor, gt_bboxes: Tensor, gt_mask: Optional[Ten
     V.check_binary("gt_mask", gt_mask)
     gt_mask = gt_mask.bool()
     V.check_same_device(gt_labels=gt_labels, gt_bboxes=gt_bboxes, gt_mask=gt_mask)
-    V.check_boxes("gt_bboxes", gt_bboxes, gt_mask)
+    (V.check_boxes if box_format == "xyxy" else V.check_rboxes)("gt_bboxes", gt_bboxes, gt_mask)
     labels = V.labels_input("gt_labels", gt_labels, (B, M), num_classes=num_classes, mask=gt_mask)
     return labels, gt_bboxes, gt_mask
 

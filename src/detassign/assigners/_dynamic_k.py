@@ -22,45 +22,19 @@ block; so dense scenes never hold an [M, A'] matrix and get the one-block result
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import _validate as V
-from ..boxes import bbox_overlaps
 from ..structures import AssignResult, BatchAssignResult
 from ._batch import check_padded_gts
 from ._blocks import row_blocks
-
-IoUCalculator = Callable[[Tensor, Tensor], Tensor]
+from .base import IoUCalculator
 
 
 # ----------------------------------------------------------------------------- configuration
-def resolve_iou_calculator(iou_calculator) -> IoUCalculator:
-    """mmdet's ``iou_calculator`` argument -> a function ``(boxes1 [..., N, 4], boxes2 [..., M, 4]) -> [..., N, M]``.
-
-    Accepts ``None``, ``dict(type="BboxOverlaps2D")`` (the mmdet default; ``scale=1.0`` and
-    ``dtype=None`` only, any ``mmdet.`` prefix allowed) or a callable with that signature (the
-    batched path calls it with a leading batch dimension).
-    """
-    if iou_calculator is None:
-        return bbox_overlaps
-    if callable(iou_calculator):
-        return iou_calculator
-    if isinstance(iou_calculator, dict):
-        cfg = dict(iou_calculator)
-        kind = str(cfg.pop("type", "BboxOverlaps2D"))
-        if kind.startswith("mmdet."):
-            kind = kind[len("mmdet."):]
-        scale, dtype = cfg.pop("scale", 1.0), cfg.pop("dtype", None)
-        if kind != "BboxOverlaps2D" or cfg or scale != 1.0 or dtype is not None:
-            raise ValueError("iou_calculator must be dict(type='BboxOverlaps2D') (scale=1.0, dtype=None) or a "
-                             f"callable (boxes1, boxes2) -> IoU, got {iou_calculator!r}")
-        return bbox_overlaps
-    raise TypeError(f"iou_calculator must be a dict or a callable, got {type(iou_calculator).__name__}")
-
-
 def check_positive_int(name: str, value) -> int:
     return V.check_number(name, value, low=1, integer=True)
 
@@ -101,9 +75,11 @@ def read_image_inputs(pred_instances, gt_instances, probabilities: bool):
     return priors, bboxes, scores, gt_bboxes, gt_labels
 
 
-def read_batch_inputs(pred_scores, pred_bboxes, priors, gt_labels, gt_bboxes, gt_mask, probabilities: bool):
+def read_batch_inputs(pred_scores, pred_bboxes, priors: Tensor, gt_labels, gt_bboxes, gt_mask, probabilities: bool):
     """Validate a padded batch -> (scores [B, A, C], bboxes [B, A, 4], priors [A, 4], labels [B, M] long
-    (0 in padding rows), gt_bboxes [B, M, 4], gt_mask [B, M] bool)."""
+    (0 in padding rows), gt_bboxes [B, M, 4], gt_mask [B, M] bool). ``priors``: the point priors
+    ``(cx, cy, stride_w, stride_h)`` (:meth:`detassign.Priors.point_priors`); ``probabilities``: the
+    scores must lie in [0, 1], else they are logits (finite)."""
     pred_scores = V.tensor_input("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
     pred_bboxes = V.tensor_input("pred_bboxes", pred_bboxes, ("B", "A", 4), floating=True)
     priors = V.tensor_input("priors", priors, ("A", 4), floating=True)
@@ -166,32 +142,16 @@ def bce_negative_(probs: Tensor) -> Tensor:
     return probs.neg_().log1p_().clamp_(min=-100.0).neg_()
 
 
-def pairwise_iou_gt_major(gt_bboxes: Tensor, boxes: Tensor, eps: float = 1e-6) -> Tensor:
-    """gt_bboxes [B, M, 4], boxes [B, A', 4] xyxy -> IoU [B, M, A'] in float32 (or wider).
-
-    Bit-identical to ``bbox_overlaps(boxes, gt_bboxes).transpose(1, 2)`` (the same correctly rounded
-    operations, addition commuted), with in-place steps so that at most three [B, M, A'] tensors live.
-    """
-    half = (torch.float16, torch.bfloat16)                                 # computed in float32, as boxes.py does
-    dtype = torch.promote_types(*(torch.float32 if t.dtype in half else t.dtype for t in (gt_bboxes, boxes)))
-    gt, bx = gt_bboxes.to(dtype), boxes.to(dtype)
-    g = [gt[..., i].unsqueeze(-1) for i in range(4)]                       # [B, M, 1] each
-    b = [bx[..., i].unsqueeze(1) for i in range(4)]                        # [B, 1, A'] each
-    width = torch.minimum(g[2], b[2]).sub_(torch.maximum(g[0], b[0])).clamp_(min=0)
-    height = torch.minimum(g[3], b[3]).sub_(torch.maximum(g[1], b[1])).clamp_(min=0)
-    overlap = width.mul_(height)                                           # [B, M, A']
-    del height
-    area_gt = (g[2] - g[0]) * (g[3] - g[1])
-    area_box = (b[2] - b[0]) * (b[3] - b[1])
-    union = (area_gt + area_box).sub_(overlap).clamp_(min=eps)
-    return overlap.div_(union)
-
-
 def batched_ious(iou_calculator: IoUCalculator, gt_bboxes: Tensor, boxes: Tensor) -> Tensor:
-    """gt_bboxes [B, M, 4], boxes [B, A', 4] -> [B, M, A'] with the configured IoU calculator."""
-    if iou_calculator is bbox_overlaps:
-        return pairwise_iou_gt_major(gt_bboxes, boxes)
-    return iou_calculator(boxes, gt_bboxes).transpose(1, 2)
+    """gt_bboxes [B, M, 4], boxes [B, A', 4] -> [B, M, A'] with the configured IoU calculator.
+
+    BboxOverlaps2D is computed GT-major directly (the same bits as mmdet's ``bbox_overlaps(boxes, gt_bboxes)``
+    transposed: the same correctly rounded operations, the union's addition commuted); a user callable
+    is called in mmdet's argument order and transposed.
+    """
+    if iou_calculator.fn is None:
+        return iou_calculator.pairwise(gt_bboxes, boxes)
+    return iou_calculator.pairwise(boxes, gt_bboxes).transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------- batched matching

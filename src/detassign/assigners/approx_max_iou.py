@@ -10,21 +10,36 @@ squares. The thresholds, low-quality matching (and ``low_quality_mode``), sentin
 """
 from __future__ import annotations
 
-from typing import Tuple
+import math
+from typing import Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor
 
 from .. import _validate as V
-from .max_iou import MaxIoUAssigner, NegThr, box_tensor, calculator_boxes, overlap_matrix
+from ..structures import Instances, Priors
+from .base import IoUCalculator
+from .max_iou import MaxIoUAssigner, NegThr, box_tensor
 
-__all__ = ["ApproxMaxIoUAssigner", "approx_overlaps"]
+__all__ = ["ApproxMaxIoUAssigner", "approx_overlaps", "square_approxs"]
 
 
-def approx_overlaps(gt_boxes: Tensor, approxs: Tensor) -> Tensor:
-    """Group IoU. gt_boxes [M, 4], approxs [N, P, 4] -> [M, N]: max over the P approxs of each square."""
+def square_approxs(squares: Tensor, ratios: Sequence[float] = (0.5, 1.0, 2.0)) -> Tensor:
+    """Approximations of square anchors: each box with its aspect ratio changed, same area and center (mmdet's
+    guided-anchoring approx generator with one scale). squares [N, 4] xyxy -> [N, len(ratios), 4]."""
+    centers, sides = (squares[:, :2] + squares[:, 2:]) / 2, squares[:, 2:] - squares[:, :2]
+    out = []
+    for r in ratios:
+        half = sides * torch.tensor([math.sqrt(r), 1 / math.sqrt(r)], dtype=sides.dtype, device=sides.device) / 2
+        out.append(torch.cat((centers - half, centers + half), 1))
+    return torch.stack(out, 1)
+
+
+def approx_overlaps(gt_bboxes: Tensor, approxs: Tensor, iou_calculator: Optional[IoUCalculator] = None) -> Tensor:
+    """Group IoU. gt_bboxes [M, 4], approxs [N, P, 4] -> [M, N]: max over the P approxs of each square."""
     N, P = approxs.shape[:2]
-    ious = overlap_matrix(gt_boxes, approxs.reshape(N * P, 4))         # [M, N * P]
-    return ious.view(gt_boxes.shape[0], N, P).amax(dim=-1)
+    ious = (iou_calculator or IoUCalculator()).pairwise(gt_bboxes, approxs.reshape(N * P, 4))   # [M, N * P]
+    return ious.view(gt_bboxes.shape[0], N, P).amax(dim=-1)
 
 
 class ApproxMaxIoUAssigner(MaxIoUAssigner):
@@ -56,6 +71,12 @@ class ApproxMaxIoUAssigner(MaxIoUAssigner):
     def _row_elements(self, num_priors: int, extra: dict) -> int:
         return num_priors * extra["approxs"].shape[1]        # a GT's row of the [g, N * P] approx IoUs
 
-    def _overlaps(self, gt_boxes: Tensor, priors: Tensor, extra: dict) -> Tensor:
-        return approx_overlaps(calculator_boxes(gt_boxes, self.iou_calculator),
-                               calculator_boxes(extra["approxs"], self.iou_calculator))
+    def _overlaps(self, gt_bboxes: Tensor, priors: Tensor, extra: dict) -> Tensor:
+        return approx_overlaps(gt_bboxes, extra["approxs"], self.iou_calculator)
+
+    def image_inputs(self, priors: Priors, pred_scores: Optional[Tensor], pred_bboxes: Optional[Tensor],
+                     gt_labels: Tensor, gt_bboxes: Tensor) -> Tuple[tuple, dict]:
+        """Batched interface, one image: the anchor boxes as squares and their :func:`square_approxs`."""
+        squares = priors.require("boxes", type(self).__name__)
+        return (Instances(priors=squares, approxs=square_approxs(squares)),
+                Instances(bboxes=gt_bboxes, labels=gt_labels)), {}

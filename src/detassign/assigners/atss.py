@@ -3,13 +3,13 @@
 For every GT (the steps below are the functions of this module):
 
 1. ``nearest_per_level``: on each pyramid level ``l`` take the ``k_l = min(topk, A_l)`` priors whose
-   centres are nearest (Euclidean) to the GT centre; ``K = sum_l k_l`` candidates per GT;
+   centers are nearest (Euclidean) to the GT center; ``K = sum_l k_l`` candidates per GT;
 2. ``candidate_quality``: quality ``q`` of each candidate, ``IoU(prior, GT)``; in DDOD mode
    (``alpha`` set) ``q = sigmoid(logit[label]) ** (1 - alpha) * IoU(pred_box, GT) ** alpha``;
 3. ``adaptive_threshold``: ``t = mean(q) + std(q)`` over the K candidates (unbiased std);
 4. a candidate is positive when ``q >= t`` (``threshold_compare="ge"``, mmdet) or ``q > t``
-   (``"gt"``, PaddleDetection) and ``centers_inside``: its centre is more than 0.01 px inside the
-   GT on all four sides;
+   (``"gt"``, PaddleDetection) and its center is more than 0.01 px inside the GT on all four sides
+   (:func:`detassign.boxes.aligned_points_in_boxes`);
 5. ``resolve_by_quality``: a prior positive for several GTs goes to the one with the highest
    ``q`` (lowest GT index on ties).
 
@@ -21,7 +21,7 @@ mmdet behaviours reproduced (parity is the default):
 * ``max_overlaps`` holds ``q`` of the assigned GT for positives and ``-1e8`` (mmdet's ``-INF``)
   for every other prior, but is all 0 when the image has no GT or no prior.
 * Ignore regions (``ignore_iof_thr > 0`` and ``gt_instances_ignore.bboxes`` given): priors whose
-  largest IoF with an ignore box is ``> ignore_iof_thr`` get ``gt_inds = -1`` and a centre
+  largest IoF with an ignore box is ``> ignore_iof_thr`` get ``gt_inds = -1`` and a center
   distance of 1e8. They are therefore picked as candidates only when a level has fewer than k
   other priors, and such a candidate still becomes positive if it passes steps 3-4 (as in mmdet).
   Ignore regions are not applied when the image has no GT.
@@ -29,24 +29,27 @@ mmdet behaviours reproduced (parity is the default):
 
 Deviations: ``num_level_priors`` must sum to the number of priors (mmdet silently never selects
 the trailing priors otherwise); ``alpha`` must lie in [0, 1]; half-precision inputs are computed in
-float32; ``iou_calculator`` accepts mmdet's ``dict(type="BboxOverlaps2D", scale=..., dtype=...)``
-for config compatibility but the overlaps are always computed at the inputs' precision. In DDOD
-mode ``x ** (1 - alpha)`` uses a vectorised ``pow`` whose last bit can depend on the element's
+float32; ``iou_calculator`` is read as every assigner reads it
+(:func:`~detassign.assigners.base.parse_iou_calculator`): with ``dtype="fp16"`` the candidates' boxes are
+divided by ``scale`` and rounded to float16 before the IoU, which is computed in float32 (mmdet computes
+it in float16). In DDOD mode ``x ** (1 - alpha)`` uses a vectorised ``pow`` whose last bit can depend on the element's
 position in the tensor, so DDOD qualities agree with mmdet to about 1e-7, not bit for bit.
 
-Batched form: :meth:`ATSSAssigner.assign_batch` takes GTs padded to ``[B, M]`` with a mask and
-runs without a Python loop over GTs (over the pyramid levels, and on CPU over chunks of images
-when ``B * A`` exceeds 2**20, to bound memory); padded GTs
+Batched form: :meth:`ATSSAssigner.assign_batch` (the batched interface) takes a
+:class:`detassign.Priors` (its anchor ``boxes``, or squares of side ``octave_base_scale * stride``
+centered on its points when it has none, mmdet's ATSS anchors; and its ``level_sizes``) and GTs padded to
+``[B, M]`` with a mask, and runs without a Python loop over GTs (over the pyramid levels, and on CPU over
+chunks of images when ``B * A`` exceeds 2**20, to bound memory); padded GTs
 never influence the result and the output equals the per-image one. It takes no ignore regions.
 
 Step 1 on grids (``grid_window``, default on CPU): when a level's priors form a row-major grid with
 one prior per cell (detected exactly at call time, any spacing), the k nearest priors of a GT are
-taken from a small square window of cells around its centre instead of measuring the distance to
+taken from a small square window of cells around its center instead of measuring the distance to
 every prior of the level. The window result is used only where it provably equals mmdet's
 ``topk`` over the whole level: the window's k + 1 smallest distances (same arithmetic, so the same
 bits) are strictly increasing, so neither the selection nor its order depends on how ``topk``
 breaks ties, and the k-th lies below a lower bound of every distance outside the window. GTs with
-distance ties (a centre exactly between two or four cells, common with integer boxes) and levels
+distance ties (a center exactly between two or four cells, common with integer boxes) and levels
 with several anchors per cell use the full computation, so results are always mmdet's.
 """
 from __future__ import annotations
@@ -58,63 +61,29 @@ import torch
 from torch import Tensor
 
 from .. import _validate as V
-from ..boxes import aligned_iou, box_centers, pairwise_iof
-from ..rotated_boxes import is_rotated_calculator
-from ..structures import AssignResult, BatchAssignResult
+from ..boxes import aligned_points_in_boxes, box_centers, compute_dtype, pairwise_iof
+from ..structures import AssignResult, BatchAssignResult, as_priors, check_level_sizes
 from ._batch import check_padded_gts
 from ._prior_lattice import cpu_boxes_valid, detect_lattice, searchsorted
-from .base import BaseAssigner, empty_assign_result
+from .base import BaseAssigner, IoUCalculator, empty_assign_result, parse_iou_calculator
 
 __all__ = ["ATSSAssigner", "THRESHOLD_COMPARES", "nearest_per_level", "candidate_quality", "adaptive_threshold",
-           "centers_inside", "resolve_by_quality"]
+           "resolve_by_quality"]
 
 THRESHOLD_COMPARES = ("ge", "gt")
 INF = 1e8             # mmdet's INF: distance of ignored priors, -INF sentinel in max_overlaps
-INSIDE_MARGIN = 0.01  # a positive's centre must be this far inside every side of its GT
+INSIDE_MARGIN = 0.01  # a positive's center must be this far inside every side of its GT
 # Batched on CPU: images per chunk so that [b, A] tensors stay within 2**20 elements, which bounds the
 # [b, M, A_l] distance buffers of the full (non-grid) step 1. Smaller chunks were measured slower: the
 # grid path's tensors are small anyway and the per-chunk call overhead adds up.
 CPU_CHUNK = 2 ** 20
 
 
-# ----------------------------------------------------------------------------- configuration
-def check_iou_calculator(cfg) -> dict:
-    """Accept mmdet's ``dict(type="BboxOverlaps2D", scale=1., dtype=None)`` (None means that)."""
-    if cfg is None:
-        return dict(type="BboxOverlaps2D")
-    if not isinstance(cfg, dict) or str(cfg.get("type", "")).replace("mmdet.", "") != "BboxOverlaps2D":
-        raise ValueError(f"iou_calculator must be dict(type='BboxOverlaps2D', ...), got {cfg!r}")
-    unknown = set(cfg) - {"type", "scale", "dtype"}
-    if unknown:
-        raise ValueError(f"iou_calculator accepts the keys type, scale, dtype; got unknown {sorted(unknown)}")
-    return dict(cfg)
-
-
-def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
-    """float64 if any input is float64, else float32 (half inputs are upcast)."""
-    if any(t is not None and t.dtype == torch.float64 for t in tensors):
-        return torch.float64
-    return torch.float32
-
-
-def _check_levels(num_level_priors: Sequence[int], num_priors: int) -> List[int]:
-    if isinstance(num_level_priors, Tensor):
-        num_level_priors = num_level_priors.tolist()
-    try:
-        levels = [int(n) for n in num_level_priors]
-    except TypeError:
-        raise TypeError(f"num_level_priors must be a sequence of ints, got {num_level_priors!r}") from None
-    if any(n < 0 for n in levels) or sum(levels) != num_priors:
-        raise ValueError(f"num_level_priors must be non-negative and sum to the number of priors ({num_priors}), "
-                         f"got {levels} (sum {sum(levels)})")
-    return levels
-
-
 # ----------------------------------------------------------------------------- algorithm steps
 class LevelGrid(NamedTuple):
     """One pyramid level whose priors form a row-major grid with one prior per cell.
 
-    Prior ``start + i * W + j`` has centre ``(cx[j], cy[i])``; cx [W] and cy [H] are non-decreasing.
+    Prior ``start + i * W + j`` has center ``(cx[j], cy[i])``; cx [W] and cy [H] are non-decreasing.
     """
     start: int
     H: int
@@ -140,7 +109,7 @@ def level_grids(priors: Tensor, num_level_priors: Sequence[int]) -> List[Optiona
 
 def window_radius(k: int) -> int:
     """Half-width r such that a (2r + 2)-cell square window around a point's cell holds its k + 1 nearest
-    cell centres on a regular grid: the cells closer than (r + 0.5) cells number at least
+    cell centers on a regular grid: the cells closer than (r + 0.5) cells number at least
     pi * (r + 0.5 - 1 / sqrt(2)) ** 2 >= k + 1. Only a speed choice: the result is verified."""
     return max(1, math.ceil(math.sqrt((k + 1) / math.pi) + 0.21))
 
@@ -179,9 +148,9 @@ def nearest_in_window(grid: LevelGrid, gx: Tensor, gy: Tensor, k: int) -> Tuple[
     # at least |dx| (or |dy|) to that column (row) -- computed with the same roundings, which are monotone.
     inf = torch.full_like(gx, float("inf"))
     bound = inf
-    for centres, first, n, size, point in ((grid.cx, j0, nw, grid.W, gx), (grid.cy, i0, nh, grid.H, gy)):
-        before = centres[(first - 1).clamp(min=0)] - point
-        after = centres[(first + n).clamp(max=size - 1)] - point
+    for centers, first, n, size, point in ((grid.cx, j0, nw, grid.W, gx), (grid.cy, i0, nh, grid.H, gy)):
+        before = centers[(first - 1).clamp(min=0)] - point
+        after = centers[(first + n).clamp(max=size - 1)] - point
         bound = torch.minimum(bound, torch.where(first > 0, (before * before).sqrt_(), inf))
         bound = torch.minimum(bound, torch.where(first + n < size, (after * after).sqrt_(), inf))
     ok &= values[:, k - 1] < bound
@@ -199,8 +168,8 @@ def nearest_per_level(prior_centers: Tensor, gt_centers: Tensor, num_level_prior
     On each level the ``min(topk, A_l)`` nearest priors in increasing distance, levels in order.
     ``ignored`` [B, A] bool: those priors are placed at distance ``INF`` (mmdet).
     ``grids`` (from ``level_grids``, only without ``ignored``): on grid levels the candidates come from a
-    small window around each GT centre (``nearest_in_window``); GTs whose window result is not provably
-    the full-level ``topk`` (distance ties, e.g. a centre equidistant from two cells) and non-grid levels
+    small window around each GT center (``nearest_in_window``); GTs whose window result is not provably
+    the full-level ``topk`` (distance ties, e.g. a center equidistant from two cells) and non-grid levels
     use the full computation, so the result is always that of the full computation. gt_mask [B, M] bool:
     rows that are False (padding) may get any in-range candidates (they are never used), which spares the
     full computation for padding boxes sitting on ties (all-zero boxes, for one).
@@ -244,23 +213,25 @@ def nearest_per_level(prior_centers: Tensor, gt_centers: Tensor, num_level_prior
 
 def candidate_quality(cand_idx: Tensor, priors: Tensor, gt_bboxes: Tensor, gt_labels: Optional[Tensor] = None,
                       pred_scores: Optional[Tensor] = None, pred_bboxes: Optional[Tensor] = None,
-                      alpha: Optional[float] = None) -> Tensor:
+                      alpha: Optional[float] = None, iou_calculator: Optional[IoUCalculator] = None) -> Tensor:
     """Step 2. cand_idx [B, M, K], priors [A, 4], gt_bboxes [B, M, 4] -> quality [B, M, K].
 
     ``alpha is None``: IoU(prior, GT). DDOD (``alpha`` set; gt_labels [B, M] valid class indices,
     pred_scores [B, A, C] logits, pred_bboxes [B, A, 4]):
-    ``sigmoid(logit[label]) ** (1 - alpha) * IoU(pred_box, GT) ** alpha``.
+    ``sigmoid(logit[label]) ** (1 - alpha) * IoU(pred_box, GT) ** alpha``. ``iou_calculator``: the
+    assigner's (default: mmdet's BboxOverlaps2D).
     """
     B, M, K = cand_idx.shape
+    iou = (iou_calculator or IoUCalculator()).aligned
     gt = gt_bboxes[:, :, None, :]                                       # [B, M, 1, 4]
     if alpha is None:
-        return aligned_iou(priors[cand_idx], gt)
+        return iou(priors[cand_idx], gt)
     flat = cand_idx.reshape(B, M * K)
     boxes = pred_bboxes.gather(1, flat[..., None].expand(-1, -1, 4)).view(B, M, K, 4)
     num_classes = pred_scores.shape[-1]
     score_idx = flat.view(B, M, K) * num_classes + gt_labels[:, :, None]   # index into [A * C]
     logits = pred_scores.reshape(B, -1).gather(1, score_idx.reshape(B, -1)).view(B, M, K)
-    ious = aligned_iou(boxes, gt)
+    ious = iou(boxes, gt)
     return logits.sigmoid() ** (1 - alpha) * ious ** alpha
 
 
@@ -272,19 +243,6 @@ def adaptive_threshold(quality: Tensor) -> Tensor:
     """
     by_candidate = quality.transpose(1, 2).contiguous()   # [B, K, M]
     return by_candidate.mean(1) + by_candidate.std(1)
-
-
-def centers_inside(cand_idx: Tensor, prior_centers: Tensor, gt_bboxes: Tensor,
-                   margin: float = INSIDE_MARGIN) -> Tensor:
-    """Step 4b. cand_idx [B, M, K], prior_centers [A, 2], gt_bboxes [B, M, 4] -> [B, M, K] bool.
-
-    True where the candidate's centre is more than ``margin`` inside all four sides of the GT.
-    """
-    cx = prior_centers[:, 0][cand_idx]
-    cy = prior_centers[:, 1][cand_idx]
-    x1, y1, x2, y2 = (gt_bboxes[..., i, None] for i in range(4))
-    sides = torch.stack((cx - x1, cy - y1, x2 - cx, y2 - cy), dim=-1)
-    return sides.amin(dim=-1) > margin
 
 
 def resolve_by_quality(cand_idx: Tensor, quality: Tensor, is_pos: Tensor, gt_labels: Tensor, num_priors: int,
@@ -333,25 +291,28 @@ class ATSSAssigner(BaseAssigner):
         topk: candidates per pyramid level and GT (9 in the paper).
         alpha: None for ATSS; a value in [0, 1] enables DDOD's dynamic cost, which reads
             ``pred_instances.scores`` (logits [A, C]) and ``pred_instances.bboxes`` ([A, 4]).
-        iou_calculator: mmdet's ``dict(type="BboxOverlaps2D")``, accepted for config compatibility.
+        iou_calculator: read by :func:`~detassign.assigners.base.parse_iou_calculator` (mmdet's
+            ``dict(type="BboxOverlaps2D")``, mmrotate's ``RBboxOverlaps2D``, a callable).
         ignore_iof_thr: IoF above which a prior inside an ignore box is ignored; <= 0 disables.
         threshold_compare: ``"ge"`` (mmdet, ``q >= mean + std``) or ``"gt"`` (PaddleDetection).
         grid_window: on pyramid levels whose priors form a grid (one prior per cell, detected exactly),
-            take the nearest candidates from a window around each GT centre instead of measuring every
+            take the nearest candidates from a window around each GT center instead of measuring every
             prior; the result is identical (see ``nearest_in_window``). None (default): on CPU only (the
             detection reads the priors on the host and GTs with ties are found with ``nonzero``, host
             synchronisations an accelerator should not pay); False: always measure every prior.
+        octave_base_scale: :meth:`assign_batch` on priors without anchor boxes uses squares of side
+            ``octave_base_scale * stride`` (mmdet's ATSS anchor generator: 8, one scale, ratio 1).
     """
 
     def __init__(self, topk: int = 9, alpha: Optional[float] = None, iou_calculator: Optional[dict] = None,
                  ignore_iof_thr: float = -1, threshold_compare: str = "ge",
-                 grid_window: Optional[bool] = None) -> None:
+                 grid_window: Optional[bool] = None, octave_base_scale: float = 8.0) -> None:
         self.topk = V.check_number("topk", topk, low=1, integer=True)
         alpha = V.check_number("alpha", alpha, low=0.0, high=1.0, allow_none=True)
         self.alpha = None if alpha is None else float(alpha)
         # mmrotate's RBboxOverlaps2D: rotated boxes [..., 5] xywhr (see .rotated_calculators)
-        rotated = is_rotated_calculator(iou_calculator)
-        self.iou_calculator = dict(iou_calculator) if rotated else check_iou_calculator(iou_calculator)
+        self.iou_calculator = parse_iou_calculator(iou_calculator, type(self).__name__)
+        self.octave_base_scale = float(V.check_number("octave_base_scale", octave_base_scale, low=0, low_open=True))
         self.ignore_iof_thr = float(V.check_number("ignore_iof_thr", ignore_iof_thr, finite=False))
         self.threshold_compare = V.check_choice("threshold_compare", threshold_compare, THRESHOLD_COMPARES)
         self.grid_window = V.check_flag("grid_window", grid_window, allow_none=True)  # None: auto (on CPU)
@@ -366,7 +327,7 @@ class ATSSAssigner(BaseAssigner):
         logits and ``.bboxes`` [A, 4]. gt_instances.bboxes [M, 4], .labels [M].
         gt_instances_ignore.bboxes [G, 4] (optional). Returns gt_inds, labels, max_overlaps [A].
         """
-        if is_rotated_calculator(self.iou_calculator):
+        if self.iou_calculator.rotated:
             from .rotated_calculators import rotated_atss_assign
             return rotated_atss_assign(self, pred_instances, num_level_priors, gt_instances, gt_instances_ignore)
         priors = V.tensor_input("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
@@ -387,7 +348,7 @@ class ATSSAssigner(BaseAssigner):
             V.check_agree("A", [("pred_instances.priors", priors, 0), ("pred_instances.scores", scores, 0),
                                 ("pred_instances.bboxes", bboxes, 0)])
         gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
-        levels = _check_levels(num_level_priors, priors.shape[0])
+        levels = check_level_sizes(num_level_priors, priors.shape[0], "num_level_priors")
         V.check_same_device(priors=priors, gt_bboxes=gt_bboxes, gt_labels=gt_labels, scores=scores, bboxes=bboxes)
         gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",),
                                    rows_like=("gt_instances.bboxes", gt_bboxes),
@@ -429,31 +390,36 @@ class ATSSAssigner(BaseAssigner):
 
     # ---------------------------------------------------------------- batched
     @torch.no_grad()
-    def assign_batch(self, priors: Tensor, num_level_priors: Sequence[int], gt_labels: Tensor, gt_bboxes: Tensor,
-                     gt_mask: Optional[Tensor] = None, pred_scores: Optional[Tensor] = None,
-                     pred_bboxes: Optional[Tensor] = None) -> BatchAssignResult:
-        """Assign a padded batch in one vectorised pass.
+    def assign_batch(self, pred_scores: Optional[Tensor], pred_bboxes: Optional[Tensor], priors,
+                     gt_labels: Tensor, gt_bboxes: Tensor, gt_mask: Optional[Tensor] = None) -> BatchAssignResult:
+        """Assign a padded batch in one vectorised pass (the batched interface).
 
-        priors [A, 4] xyxy shared by the batch; num_level_priors per level (sum A);
-        gt_labels [B, M], gt_bboxes [B, M, 4] xyxy, gt_mask [B, M] (None = all valid);
-        DDOD: pred_scores [B, A, C] logits and pred_bboxes [B, A, 4].
-        Returns BatchAssignResult(num_gts [B], gt_inds [B, A] (1-based into M), labels, max_overlaps).
-        Images without valid GT are all negative with max_overlaps 0, as the per-image call.
+        pred_scores [B, A, C] logits and pred_bboxes [B, A, 4]: read in DDOD mode only (None otherwise);
+        priors: :class:`detassign.Priors` with ``level_sizes`` and anchor ``boxes`` [A, 4] xyxy (without
+        boxes: squares of side ``octave_base_scale * stride`` on its points), or Priors with boxes [A, 5]
+        xywhr with the rotated calculator; gt_labels [B, M], gt_bboxes [B, M, 4] xyxy, gt_mask [B, M]
+        (None = all valid). Returns BatchAssignResult(num_gts [B], gt_inds [B, A] (1-based into M), labels,
+        max_overlaps). Images without valid GT are all negative with max_overlaps 0, as the per-image call.
         """
-        if is_rotated_calculator(self.iou_calculator):
+        name = type(self).__name__
+        priors = as_priors(priors)
+        levels = priors.require("level_sizes", name)
+        boxes = priors.anchor_boxes(self.octave_base_scale, name)
+        if self.iou_calculator.rotated:
             from .rotated_calculators import rotated_atss_assign_batch
-            return rotated_atss_assign_batch(self, priors, num_level_priors, gt_labels, gt_bboxes, gt_mask,
+            return rotated_atss_assign_batch(self, boxes, levels, gt_labels, gt_bboxes, gt_mask,
                                              pred_scores, pred_bboxes)
-        priors = V.tensor_input("priors", priors, ("A", 4), floating=True)
+        priors = V.tensor_input("priors.boxes", boxes, ("A", 4), floating=True)
         num_priors = priors.shape[0]
-        levels = _check_levels(num_level_priors, num_priors)
         num_classes = None
         if self.alpha is not None:
             pred_scores = V.tensor_input("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
             pred_bboxes = V.tensor_input("pred_bboxes", pred_bboxes, ("B", "A", 4), floating=True)
-            V.check_agree("A", [("priors", priors, 0), ("pred_scores", pred_scores, 1),
+            V.check_agree("A", [("priors.boxes", priors, 0), ("pred_scores", pred_scores, 1),
                                 ("pred_bboxes", pred_bboxes, 1)])
             num_classes = V.num_classes_of(pred_scores, 1)
+        else:
+            pred_scores = pred_bboxes = None     # plain ATSS reads no prediction
         gt_labels, gt_bboxes, gt_mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, num_classes)
         B, M = gt_mask.shape
         if self.alpha is not None:
@@ -461,7 +427,7 @@ class ATSSAssigner(BaseAssigner):
                                 ("pred_bboxes", pred_bboxes, 0)])
         V.check_same_device(priors=priors, gt_bboxes=gt_bboxes, pred_scores=pred_scores, pred_bboxes=pred_bboxes)
         if not cpu_boxes_valid(priors):
-            V.check_boxes("priors", priors)
+            V.check_boxes("priors.boxes", priors)
         V.check_finite("pred_scores", pred_scores)
         V.check_finite("pred_bboxes", pred_bboxes)
 
@@ -500,10 +466,11 @@ class ATSSAssigner(BaseAssigner):
                                      None if ignored is None else ignored.expand(B, -1), grids,
                                      gt_mask)                                     # [B, M, K]
         quality = candidate_quality(cand_idx, priors, gt_bboxes, gt_labels, pred_scores, pred_bboxes,
-                                    self.alpha)                                   # [B, M, K]
+                                    self.alpha, self.iou_calculator)              # [B, M, K]
         threshold = adaptive_threshold(quality)[..., None]                        # [B, M, 1]
         passes = quality >= threshold if self.threshold_compare == "ge" else quality > threshold
-        is_pos = passes & centers_inside(cand_idx, prior_centers, gt_bboxes) & gt_mask[..., None]
+        inside = aligned_points_in_boxes(prior_centers[cand_idx], gt_bboxes[:, :, None, :], INSIDE_MARGIN)
+        is_pos = passes & inside & gt_mask[..., None]                             # [B, M, K]
         background = None if ignored is None else torch.where(ignored, -1, 0).expand(B, -1)
         # mmdet reports max_overlaps 0 (not -INF) for an image without GT.
         gt_inds, labels, max_overlaps = resolve_by_quality(cand_idx, quality, is_pos, gt_labels, priors.shape[0],

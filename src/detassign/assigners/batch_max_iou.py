@@ -3,8 +3,12 @@
 Registered also as ``AscendMaxIoUAssigner`` (mmdet 2.x's batched MaxIoU for Ascend NPUs; mmdet 3.3.0
 has no such class, so its oracle is mmdet's ``MaxIoUAssigner`` run image by image).
 
-    result = BatchMaxIoUAssigner(0.5, 0.4).assign_batch(priors, gt_bboxes, gt_mask, gt_labels)
+    result = BatchMaxIoUAssigner(0.5, 0.4).assign_batch(None, None, priors, gt_labels, gt_bboxes, gt_mask)
     result.gt_inds      # [B, A], 1-based index into the padded GT dimension M, 0 negative, -1 ignore
+
+``priors``: a :class:`detassign.Priors` with anchor ``boxes``, or a tensor of boxes [A, 4] shared by the
+batch or [B, A, 4] per image (proposals), which may carry a fifth (score) column. The predictions are
+not read (pass None).
 
 Every knob of :class:`~detassign.assigners.max_iou.MaxIoUAssigner` behaves as there, image by image,
 including mmdet's low-quality overwrite order (the last GT claiming a prior wins), which is done by
@@ -45,13 +49,14 @@ import torch
 from torch import Tensor
 
 from .. import _validate as V
-from ..structures import BatchAssignResult
+from ..boxes import compute_dtype, overlaps_of_coordinates
+from ..structures import BatchAssignResult, Priors, labels_from_gt_inds
 from ._batch import check_padded_gts
 from ._blocks import row_blocks
 from ._prior_lattice import (LatticeSlot, cpu_boxes_valid, detect_lattice, enumerate_rectangles,
                              lattice_rectangles)
 from .max_iou import (MaxIoUAssigner, NegThr, assign_overlap_blocks, assign_overlaps_dense, box_tensor,
-                      calculator_boxes, ignored_priors, negative_mask, normalize_neg_iou_thr, overlap_matrix)
+                      ignored_priors, negative_mask, normalize_neg_iou_thr)
 
 __all__ = ["BatchMaxIoUAssigner", "pair_iou", "assign_pairs_sparse"]
 
@@ -65,24 +70,6 @@ SPARSE_MAX_FRACTION = 0.25
 SPARSE_CPU_CHUNK = 2 ** 15
 
 
-def batch_labels(gt_inds: Tensor, gt_labels: Tensor) -> Tensor:
-    """gt_inds [B, A] (1-based), gt_labels [B, M] -> [B, A] labels, -1 for non-positives."""
-    if gt_labels.shape[1] == 0:
-        return torch.full_like(gt_inds, -1)
-    picked = torch.gather(gt_labels, 1, (gt_inds - 1).clamp(min=0))
-    return torch.where(gt_inds > 0, picked, torch.full_like(picked, -1))
-
-
-def compute_dtype(*boxes: Tensor) -> torch.dtype:
-    """The IoU's compute dtype, as ``pairwise_iou``: half and integer boxes count as float32."""
-    dtypes = [b.dtype if b.dtype.is_floating_point and b.dtype not in (torch.float16, torch.bfloat16)
-              else torch.float32 for b in boxes]
-    out = dtypes[0]
-    for d in dtypes[1:]:
-        out = torch.promote_types(out, d)
-    return out
-
-
 def box_table(boxes: Tensor) -> Tensor:
     """[N, 4] xyxy -> [5, N] rows x1, y1, x2, y2, area (mmdet's area expression), contiguous."""
     table = torch.empty((5, boxes.shape[0]), dtype=boxes.dtype, device=boxes.device)
@@ -94,13 +81,10 @@ def box_table(boxes: Tensor) -> Tensor:
 def pair_iou(gt: Tensor, prior: Tensor, eps: float = 1e-6) -> Tensor:
     """IoU of aligned pairs given as ``box_table`` columns. gt, prior [5, P] -> [P].
 
-    mmdet's ``bbox_overlaps(gt, priors)`` operations in its order (GT area first in the union), so every
-    value has the bits of the dense matrix entry.
+    mmdet's ``bbox_overlaps(gt, priors)`` kernel (GT area first in the union), so every value has the bits
+    of the dense matrix entry.
     """
-    overlap = torch.minimum(gt[2], prior[2]).sub_(torch.maximum(gt[0], prior[0])).clamp_(min=0)
-    overlap.mul_(torch.minimum(gt[3], prior[3]).sub_(torch.maximum(gt[1], prior[1])).clamp_(min=0))
-    union = torch.add(gt[4], prior[4]).sub_(overlap).clamp_(min=eps)
-    return overlap.div_(union)
+    return overlaps_of_coordinates(gt[:4], prior[:4], "iou", eps, area_a=gt[4], area_b=prior[4], inplace=True)
 
 
 def _index_bits(n: int) -> int:
@@ -251,14 +235,13 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
         self.chunk_elements = V.check_number("chunk_elements", chunk_elements, low=1, integer=True, allow_none=True)
         self.sparse = V.check_flag("sparse", sparse, allow_none=True)  # None: auto (on CPU)
 
-    def _assign_chunk(self, priors: Tensor, gt_boxes: Tensor, gt_mask: Tensor, ignore_boxes: Optional[Tensor],
+    def _assign_chunk(self, priors: Tensor, gt_bboxes: Tensor, gt_mask: Tensor, ignore_boxes: Optional[Tensor],
                       ignore_mask: Optional[Tensor]):
-        """priors [b, A, 4], gt_boxes [b, M, 4], gt_mask [b, M] -> (gt_inds, max_overlaps) [b, A].
+        """priors [b, A, 4], gt_bboxes [b, M, 4], gt_mask [b, M] -> (gt_inds, max_overlaps) [b, A].
 
         The [b, M, A] overlaps are made and reduced a block of GTs at a time (at most about the chunk size
         each), so a single image whose M * A exceeds the chunk size is bounded too; same result.
         """
-        gts, grid = calculator_boxes(gt_boxes, self.iou_calculator), calculator_boxes(priors, self.iou_calculator)
         ignored = None
         if ignore_boxes is not None:
             ignored = ignored_priors(priors, ignore_boxes, self.ignore_iof_thr, self.ignore_wrt_candidates,
@@ -266,11 +249,12 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
         b, M = gt_mask.shape
         A = priors.shape[-2]
         if M == 0 or A == 0:
-            return assign_overlaps_dense(overlap_matrix(gts, grid), gt_mask, **self._thresholds())
+            return assign_overlaps_dense(self.iou_calculator.pairwise(gt_bboxes, priors), gt_mask,
+                                         **self._thresholds())
 
         def blocks():
             for blk in row_blocks(M, b * A, self._chunk_budget(priors.device), multiple=1):   # IoU: arithmetic
-                overlaps = overlap_matrix(gts[:, blk], grid)                              # [b, g, A]
+                overlaps = self.iou_calculator.pairwise(gt_bboxes[:, blk], priors)          # [b, g, A]
                 if ignored is not None:
                     overlaps.masked_fill_(ignored[:, None, :], -1.0)
                 yield blk.start, overlaps
@@ -278,12 +262,12 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
 
         return assign_overlap_blocks(blocks(), gt_mask, **self._thresholds())
 
-    def _assign_sparse(self, priors: Tensor, gt_boxes: Tensor, gt_mask: Tensor, ignore_boxes: Optional[Tensor],
+    def _assign_sparse(self, priors: Tensor, gt_bboxes: Tensor, gt_mask: Tensor, ignore_boxes: Optional[Tensor],
                        ignore_mask: Optional[Tensor], gt_labels: Optional[Tensor]):
         """Shared priors [A, 4] -> (gt_inds, max_overlaps, labels or None) [B, A], or None when they are not
         a lattice. The outputs are filled chunk by chunk (no concatenation pass)."""
-        sparse_gts = calculator_boxes(gt_boxes, self.iou_calculator)
-        grid_priors = calculator_boxes(priors, self.iou_calculator)
+        sparse_gts = self.iou_calculator.prepare(gt_bboxes)
+        grid_priors = self.iou_calculator.prepare(priors)
         dtype = compute_dtype(sparse_gts, grid_priors)
         sparse_gts, grid_priors = sparse_gts.to(dtype), grid_priors.to(dtype).contiguous()
         slots = detect_lattice(grid_priors)
@@ -311,13 +295,13 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
                                       valid[g0:g1] - b0 * M, gt_mask[b0:b1],
                                       None if ignored is None else ignored[b0:b1])
             if part is None:   # too many candidate pairs: the dense computation is cheaper
-                part = self._assign_chunk(priors.expand(b1 - b0, -1, -1), gt_boxes[b0:b1], gt_mask[b0:b1],
+                part = self._assign_chunk(priors.expand(b1 - b0, -1, -1), gt_bboxes[b0:b1], gt_mask[b0:b1],
                                           None if ignore_boxes is None else ignore_boxes[b0:b1],
                                           None if ignore_mask is None else ignore_mask[b0:b1])
             gt_inds[b0:b1] = part[0]
             max_overlaps[b0:b1] = part[1]
             if labels is not None:
-                labels[b0:b1] = batch_labels(part[0], gt_labels[b0:b1])
+                labels[b0:b1] = labels_from_gt_inds(part[0], gt_labels[b0:b1])
         return gt_inds, max_overlaps, labels
 
     def _sparse_chunk(self, slots: List[LatticeSlot], prior_table: Tensor, num_priors: int, gt_table: Tensor,
@@ -348,6 +332,9 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
         return max(1, min(B, SPARSE_CPU_CHUNK // max(1, A)))
 
     def _sparse_enabled(self, device: torch.device) -> bool:
+        # the pair kernel is BboxOverlaps2D's (fp16 included); a user callable needs the dense matrices
+        if self.iou_calculator.fn is not None:
+            return False
         return self.sparse if self.sparse is not None else device.type == "cpu"
 
     def _chunk_budget(self, device: torch.device) -> int:
@@ -360,16 +347,23 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
         return max(1, min(B, self._chunk_budget(device) // max(1, M * A)))
 
     @torch.no_grad()
-    def assign_batch(self, priors: Tensor, gt_bboxes: Tensor, gt_mask: Optional[Tensor] = None,
-                     gt_labels: Optional[Tensor] = None, gt_bboxes_ignore: Optional[Tensor] = None,
-                     ignore_mask: Optional[Tensor] = None) -> BatchAssignResult:
-        """Assign a padded batch.
+    def assign_batch(self, pred_scores: Optional[Tensor], pred_bboxes: Optional[Tensor], priors,
+                     gt_labels: Optional[Tensor], gt_bboxes: Tensor, gt_mask: Optional[Tensor] = None, *,
+                     gt_bboxes_ignore: Optional[Tensor] = None, ignore_mask: Optional[Tensor] = None
+                     ) -> BatchAssignResult:
+        """Assign a padded batch (the batched interface; the predictions are not read).
 
-        priors [A, 4] (shared) or [B, A, 4] xyxy; gt_bboxes [B, M, 4] xyxy; gt_mask [B, M] bool (None: all
-        valid); gt_labels [B, M] int or None (then ``labels`` is None); gt_bboxes_ignore [B, K, 4] with
-        ignore_mask [B, K] (None: all valid). Priors and boxes may carry a fifth (score) column.
+        priors: :class:`detassign.Priors` with ``boxes``, or boxes [A, 4] (shared) or [B, A, 4] xyxy;
+        gt_labels [B, M] int or None (then ``labels`` is None); gt_bboxes [B, M, 4] xyxy; gt_mask [B, M]
+        bool (None: all valid); gt_bboxes_ignore [B, K, 4] with ignore_mask [B, K] (None: all valid). Priors
+        and boxes may carry a fifth (score) column.
         -> BatchAssignResult(num_gts [B], gt_inds [B, A], max_overlaps [B, A], labels [B, A]).
         """
+        if self.iou_calculator.rotated:
+            raise ValueError("BatchMaxIoUAssigner has no rotated batched form: with iou_calculator="
+                             "dict(type='RBboxOverlaps2D') call assign image by image")
+        if isinstance(priors, Priors):
+            priors = priors.require("boxes", type(self).__name__)
         gt_bboxes = box_tensor("gt_bboxes", gt_bboxes, ("B", "M"))
         B, M = gt_bboxes.shape[:2]
         priors = V.as_tensor("priors", priors)
@@ -411,7 +405,7 @@ class BatchMaxIoUAssigner(MaxIoUAssigner):
             else:
                 gt_inds = torch.zeros(0, A, dtype=torch.long, device=device)
                 max_overlaps = torch.zeros(0, A, device=device)
-            labels = batch_labels(gt_inds, labels_in) if has_labels else None
+            labels = labels_from_gt_inds(gt_inds, labels_in) if has_labels else None
         num_gts = gt_mask.to(device).sum(dim=1)
         return BatchAssignResult(num_gts, gt_inds, max_overlaps, labels)
 

@@ -5,14 +5,14 @@ Shape symbols: A priors, M GTs, K ignore boxes, S shadowed (prior, GT) pairs.
 Algorithm (Zhu et al., "Feature Selective Anchor-Free Module", 2019; mmdetection's
 ``CenterRegionAssigner``), per image:
 
-1. Scale every GT about its centre: the core box by ``pos_scale``, the shadow box by ``neg_scale``.
-2. A prior is in a GT's core when its centre lies strictly inside the GT and its IoF with the core box
+1. Scale every GT about its center: the core box by ``pos_scale``, the shadow box by ``neg_scale``.
+2. A prior is in a GT's core when its center lies strictly inside the GT and its IoF with the core box
    (intersection over the prior's area) exceeds ``min_pos_iof``; it is in the GT's shadow when its IoF
    with the shadow box exceeds ``min_pos_iof`` and it is not in that GT's core.
 3. A prior in the core of several GTs goes to the smallest of them (by area). Equal areas: the GT with
    the higher index wins (mmdet's order when M <= 16; for larger M mmdet sorts unstably and its order
    among equal areas is unspecified). The cores it loses become shadowed pairs.
-4. Priors whose centre lies strictly inside an ignore box scaled by ``ignore_gt_scale`` are ignored (-1),
+4. Priors whose center lies strictly inside an ignore box scaled by ``ignore_gt_scale`` are ignored (-1),
    also when there are no GTs.
 5. ``shadowed_labels`` [S, 2] (long) lists (prior index, class of the shadowing GT) for every shadow pair
    of step 2 in (prior, GT) order, then every lost core pair of step 3 in (prior, GT) order. A positive
@@ -26,35 +26,27 @@ order; see tests/test_center_region.py), with these conventions:
 * ``shadowed_labels`` is an extra property (``result.shadowed_labels`` or
   ``result.get_extra_property("shadowed_labels")``), as mmdet's ``set_extra_property``.
 * float16 / bfloat16 / integer inputs are computed in float32 (mmdet computes in half).
-* ``iou_calculator`` is accepted for config compatibility: ``dict(type="BboxOverlaps2D")`` (scale 1, no
-  fp16 cast) selects the library's mmdet-identical IoF; a callable ``f(boxes1, boxes2, mode="iof")``
-  (e.g. an mmdet ``BboxOverlaps2D`` instance) is used as given.
+* ``iou_calculator`` is read as every assigner reads it (:func:`~detassign.assigners.base.parse_iou_calculator`,
+  no rotated form): ``dict(type="BboxOverlaps2D")`` selects the library's mmdet-identical IoF; a callable
+  ``f(boxes1, boxes2, mode="iof")`` (e.g. an mmdet ``BboxOverlaps2D`` instance) is used as given.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import _validate as V
-from ..boxes import bbox_overlaps
-from ..structures import AssignResult
-from .base import BaseAssigner
+from ..boxes import aligned_points_in_boxes, box_centers, to_compute_dtype
+from ..structures import AssignResult, labels_from_gt_inds
+from .base import BaseAssigner, parse_iou_calculator
 
-__all__ = ["CenterRegionAssigner", "scale_boxes", "centers_strictly_inside", "gt_priorities", "resolve_cores",
-           "shadow_pairs", "positive_labels"]
-
-
-def _compute_dtype(x: Tensor) -> Tensor:
-    """Half / bfloat16 / integer -> float32; float32 and float64 are kept as they are."""
-    if x.dtype in (torch.float16, torch.bfloat16) or not x.is_floating_point():
-        return x.float()
-    return x
+__all__ = ["CenterRegionAssigner", "scale_boxes", "gt_priorities", "resolve_cores", "shadow_pairs"]
 
 
 def scale_boxes(boxes: Tensor, scale: float) -> Tensor:
-    """Boxes scaled about their centres. [M, 4] xyxy -> [M, 4] xyxy with ``scale`` times the width and height."""
+    """Boxes scaled about their centers. [M, 4] xyxy -> [M, 4] xyxy with ``scale`` times the width and height."""
     half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
     half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
     cx = (boxes[:, 2] + boxes[:, 0]) * 0.5
@@ -62,18 +54,12 @@ def scale_boxes(boxes: Tensor, scale: float) -> Tensor:
     return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=-1)
 
 
-def centers_strictly_inside(points: Tensor, boxes: Tensor) -> Tensor:
-    """points [A, 2], boxes [M, 4] xyxy -> [A, M] bool, ``x1 < x < x2 and y1 < y < y2``."""
-    x, y = points[:, 0, None], points[:, 1, None]
-    return (x > boxes[None, :, 0]) & (x < boxes[None, :, 2]) & (y > boxes[None, :, 1]) & (y < boxes[None, :, 3])
-
-
-def gt_priorities(gt_boxes: Tensor) -> Tensor:
+def gt_priorities(gt_bboxes: Tensor) -> Tensor:
     """Rank of every GT, higher = preferred. [M, 4] -> [M] long, a permutation of 0..M-1.
 
     Smaller area ranks higher; among equal areas the higher index ranks higher (stable sort).
     """
-    areas = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
+    areas = (gt_bboxes[:, 2] - gt_bboxes[:, 0]) * (gt_bboxes[:, 3] - gt_bboxes[:, 1])
     order = torch.sort(areas, descending=True, stable=True).indices
     return order.argsort()
 
@@ -101,74 +87,45 @@ def shadow_pairs(in_shadow: Tensor, lost: Tensor) -> Tensor:
     return pairs + pairs.new_tensor([0, 1])
 
 
-def positive_labels(gt_inds: Tensor, gt_labels: Tensor) -> Tensor:
-    """gt_inds [A] (1-based), gt_labels [M] long -> [A] class of positives, -1 elsewhere (no host sync)."""
-    if gt_labels.numel() == 0:
-        return torch.full_like(gt_inds, -1)
-    assigned = gt_labels[(gt_inds - 1).clamp(min=0)]
-    return torch.where(gt_inds > 0, assigned, torch.full_like(gt_inds, -1))
-
-
 def _read_inputs(pred_instances, gt_instances, gt_instances_ignore):
     """Checked (priors [A, 4], gt boxes [M, 4], gt labels [M], ignore boxes [K, 4] or None)."""
     priors = V.tensor_input("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
                             ("A", 4), empty_rows=True)
-    gt_boxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M", 4),
+    gt_bboxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M", 4),
                               empty_rows=True)
     gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
     ignore_boxes = V.tensor_input("gt_instances_ignore.bboxes",
                                   V.get_field(gt_instances_ignore, "bboxes", "gt_instances_ignore", required=False),
                                   ("K", 4), allow_none=True, empty_rows=True)
-    V.check_same_device(priors=priors, gt_bboxes=gt_boxes, ignore_bboxes=ignore_boxes, gt_labels=gt_labels)
-    gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), rows_like=("gt_instances.bboxes", gt_boxes))
+    V.check_same_device(priors=priors, gt_bboxes=gt_bboxes, ignore_bboxes=ignore_boxes, gt_labels=gt_labels)
+    gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), rows_like=("gt_instances.bboxes", gt_bboxes))
     V.check_finite("pred_instances.priors", priors)
-    V.check_boxes("gt_instances.bboxes", gt_boxes)
+    V.check_boxes("gt_instances.bboxes", gt_bboxes)
     V.check_boxes("gt_instances_ignore.bboxes", ignore_boxes)
-    return priors, gt_boxes, gt_labels, ignore_boxes
-
-
-def _iof_function(iou_calculator) -> Callable[[Tensor, Tensor], Tensor]:
-    if callable(iou_calculator):
-        return lambda boxes1, boxes2: iou_calculator(boxes1, boxes2, mode="iof")
-    return lambda boxes1, boxes2: bbox_overlaps(boxes1, boxes2, mode="iof")
-
-
-def _check_iou_calculator(iou_calculator) -> None:
-    if iou_calculator is None or callable(iou_calculator):
-        return
-    if not isinstance(iou_calculator, dict):
-        raise TypeError(f"iou_calculator must be a dict(type='BboxOverlaps2D') or a callable, "
-                        f"got {type(iou_calculator).__name__}")
-    cfg = dict(iou_calculator)
-    kind = str(cfg.pop("type", ""))
-    scale, dtype = cfg.pop("scale", 1.0), cfg.pop("dtype", None)
-    if kind.split(".")[-1] != "BboxOverlaps2D" or cfg or scale != 1.0 or dtype is not None:
-        raise ValueError(f"iou_calculator supports only dict(type='BboxOverlaps2D') (scale=1, dtype=None) or a "
-                         f"callable, got {iou_calculator!r}")
+    return priors, gt_bboxes, gt_labels, ignore_boxes
 
 
 class CenterRegionAssigner(BaseAssigner):
-    """FSAF's centre-region assigner (see the module docstring for the steps and conventions).
+    """FSAF's center-region assigner (see the module docstring for the steps and conventions).
 
     Args:
-        pos_scale: core box = GT scaled by this about its centre (priors there are positive), >= 0.
+        pos_scale: core box = GT scaled by this about its center (priors there are positive), >= 0.
         neg_scale: shadow box = GT scaled by this (priors there, outside the core, are shadowed), >= 0.
         min_pos_iof: a prior must overlap the core / shadow box by more than this fraction of its own area.
-        ignore_gt_scale: ignore boxes are scaled by this before the centre test, >= 0.
+        ignore_gt_scale: ignore boxes are scaled by this before the center test, >= 0.
         foreground_dominate: keep priors positive when a GT of the same class shadows them.
-        iou_calculator: ``dict(type="BboxOverlaps2D")`` (mmdet config compatibility) or a callable.
+        iou_calculator: ``dict(type="BboxOverlaps2D")`` (mmdet configs) or a callable ``f(boxes1, boxes2, mode)``.
     """
 
     def __init__(self, pos_scale: float, neg_scale: float, min_pos_iof: float = 1e-2,
                  ignore_gt_scale: float = 0.5, foreground_dominate: bool = False,
                  iou_calculator: Optional[dict] = None) -> None:
-        _check_iou_calculator(iou_calculator)
         self.pos_scale = V.check_number("pos_scale", pos_scale, low=0)
         self.neg_scale = V.check_number("neg_scale", neg_scale, low=0)
         self.min_pos_iof = V.check_number("min_pos_iof", min_pos_iof, finite=False)
         self.ignore_gt_scale = V.check_number("ignore_gt_scale", ignore_gt_scale, low=0)
         self.foreground_dominate = V.check_flag("foreground_dominate", foreground_dominate)
-        self.iou_calculator = dict(type="BboxOverlaps2D") if iou_calculator is None else iou_calculator
+        self.iou_calculator = parse_iou_calculator(iou_calculator, type(self).__name__, rotated=False)
 
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, gt_instances_ignore=None, **kwargs) -> AssignResult:
@@ -182,32 +139,32 @@ class CenterRegionAssigner(BaseAssigner):
         (-1 for non-positives), ``max_overlaps=None`` and the extra ``shadowed_labels`` [S, 2] long.
         If M == 0 or A == 0: no positives and no shadow rows; ignore boxes still apply.
         """
-        priors, gt_boxes, gt_labels, ignore_boxes = _read_inputs(pred_instances, gt_instances, gt_instances_ignore)
-        priors, gt_boxes = _compute_dtype(priors), _compute_dtype(gt_boxes)
-        centres = (priors[:, 2:4] + priors[:, 0:2]) / 2                                 # [A, 2]
-        in_core, in_shadow = self._regions(priors, centres, gt_boxes)                  # [A, M] each
-        if gt_boxes.shape[0] == 0 or priors.shape[0] == 0:
+        priors, gt_bboxes, gt_labels, ignore_boxes = _read_inputs(pred_instances, gt_instances, gt_instances_ignore)
+        priors, gt_bboxes = to_compute_dtype(priors), to_compute_dtype(gt_bboxes)
+        centers = box_centers(priors)                                                   # [A, 2]
+        in_core, in_shadow = self._regions(priors, centers, gt_bboxes)                 # [A, M] each
+        if gt_bboxes.shape[0] == 0 or priors.shape[0] == 0:
             gt_inds = torch.zeros(priors.shape[0], dtype=torch.long, device=priors.device)
             pairs = gt_inds.new_zeros((0, 2))
         else:
-            gt_inds, lost = resolve_cores(in_core, gt_priorities(gt_boxes))
+            gt_inds, lost = resolve_cores(in_core, gt_priorities(gt_bboxes))
             pairs = shadow_pairs(in_shadow, lost)                                      # [S, 2]
         if ignore_boxes is not None and ignore_boxes.numel() > 0:
-            ignore_boxes = scale_boxes(_compute_dtype(ignore_boxes), self.ignore_gt_scale)
-            ignored = centers_strictly_inside(centres, ignore_boxes).any(dim=1)        # [A]
+            ignore_boxes = scale_boxes(to_compute_dtype(ignore_boxes), self.ignore_gt_scale)
+            ignored = aligned_points_in_boxes(centers[:, None], ignore_boxes).any(dim=1)   # [A], strict
             gt_inds = torch.where(ignored, torch.full_like(gt_inds, -1), gt_inds)
-        labels = positive_labels(gt_inds, gt_labels)
+        labels = labels_from_gt_inds(gt_inds, gt_labels)
         gt_inds, labels, shadowed = self._apply_shadows(gt_inds, labels, pairs, gt_labels)
-        result = AssignResult(gt_boxes.shape[0], gt_inds, None, labels)
+        result = AssignResult(gt_bboxes.shape[0], gt_inds, None, labels)
         result.set_extra_property("shadowed_labels", shadowed)
         return result
 
-    def _regions(self, priors: Tensor, centres: Tensor, gt_boxes: Tensor) -> Tuple[Tensor, Tensor]:
-        """Steps 1-2. priors [A, 4], centres [A, 2], gt_boxes [M, 4] -> (in_core, in_shadow) [A, M] bool."""
-        iof = _iof_function(self.iou_calculator)
-        in_gt = centers_strictly_inside(centres, gt_boxes)
-        in_core = in_gt & (iof(priors, scale_boxes(gt_boxes, self.pos_scale)) > self.min_pos_iof)
-        in_shadow = (iof(priors, scale_boxes(gt_boxes, self.neg_scale)) > self.min_pos_iof) & ~in_core
+    def _regions(self, priors: Tensor, centers: Tensor, gt_bboxes: Tensor) -> Tuple[Tensor, Tensor]:
+        """Steps 1-2. priors [A, 4], centers [A, 2], gt_bboxes [M, 4] -> (in_core, in_shadow) [A, M] bool."""
+        iof = self.iou_calculator.pairwise
+        in_gt = aligned_points_in_boxes(centers[:, None], gt_bboxes)                   # [A, M], strict
+        in_core = in_gt & (iof(priors, scale_boxes(gt_bboxes, self.pos_scale), "iof") > self.min_pos_iof)
+        in_shadow = (iof(priors, scale_boxes(gt_bboxes, self.neg_scale), "iof") > self.min_pos_iof) & ~in_core
         return in_core, in_shadow
 
     def _apply_shadows(self, gt_inds: Tensor, labels: Tensor, pairs: Tensor,

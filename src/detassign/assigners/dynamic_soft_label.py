@@ -2,16 +2,18 @@
 
 Shape symbols: B images, A priors, A' candidate priors, M GTs, C classes.
 
-Priors are points ``(cx, cy, stride_w, stride_h)`` [A, 4] (only ``stride_w`` is used, as in mmdet);
-``pred.scores`` are class **logits** [A, C]; ``pred.bboxes`` decoded predictions [A, 4] xyxy.
+Per image (mmdet's ``assign``) the priors are points ``(cx, cy, stride_w, stride_h)`` [A, 4] (only
+``stride_w`` is used, as in mmdet); ``pred.scores`` are class **logits** [A, C]; ``pred.bboxes`` decoded
+predictions [A, 4] xyxy. The batched interface (:meth:`DynamicSoftLabelAssigner.assign_batch`) takes the
+same logits and a :class:`detassign.Priors` with points and strides.
 
 Steps (mmdetection 3.3.0 ``DynamicSoftLabelAssigner``):
 
-1. Candidates: priors whose centre lies strictly inside at least one GT box. Every candidate is
+1. Candidates: priors whose center lies strictly inside at least one GT box. Every candidate is
    costed against every GT (also GTs it is not inside).
-2. Cost = soft-label class cost + ``iou_weight * -log(IoU + 1e-7)`` + soft centre prior, with
+2. Cost = soft-label class cost + ``iou_weight * -log(IoU + 1e-7)`` + soft center prior, with
    ``soft = onehot(gt class) * IoU``, class cost ``sum_c BCEWithLogits(x_c, soft_c) * |soft_c - sigmoid(x_c)|^2``
-   and centre prior ``10 ** (|prior - gt centre| / stride - soft_center_radius)``.
+   and center prior ``10 ** (|prior - gt center| / stride - soft_center_radius)``.
 3. Dynamic-k matching (see :mod:`._dynamic_k`) with ``k = max(1, floor(sum of the topk largest IoUs))``.
 
 Results follow mmdet, sentinels included: positives carry their IoU in ``max_overlaps``, every other
@@ -21,7 +23,7 @@ Two computations:
 
 * ``exact=True`` (default) for :meth:`~DynamicSoftLabelAssigner.assign`: op for op as mmdet (one-hot
   ``[A', M, C]`` soft labels, ``torch.topk`` per GT), identical to mmdet 3.3.0, ties included. With
-  ``gt_instances.masks`` (a tensor [M, H, W]) the GT centres are the masks' centres of mass, as mmdet.
+  ``gt_instances.masks`` (a tensor [M, H, W]) the GT centers are the masks' centers of mass, as mmdet.
 * :meth:`~DynamicSoftLabelAssigner.assign_batch` (and ``assign`` with ``exact=False``): one vectorised
   pass over a padded batch. For c != g the soft label is 0, so the class cost is
   ``sum_c T0(x_c) - T0(x_g) + BCE(x_g, IoU) * (IoU - sigmoid(x_g))^2`` with
@@ -52,20 +54,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _validate as V
-from ..rotated_boxes import is_rotated_calculator
-from ..structures import AssignResult, BatchAssignResult
+from ..boxes import box_centers, points_in_boxes
+from ..structures import AssignResult, BatchAssignResult, as_priors
 from . import _dynamic_k as DK
 from ._blocks import cat_row_blocks, row_blocks
-from .base import BaseAssigner, empty_assign_result
+from .base import BaseAssigner, empty_assign_result, parse_iou_calculator
 
 __all__ = ["DynamicSoftLabelAssigner", "center_of_mass"]
 
 INF = 100000000.0    # mmdet's (negated) sentinel for non-positives
-EPS = 1.0e-7         # inside -log(IoU + EPS) and the centre-of-mass normaliser
+EPS = 1.0e-7         # inside -log(IoU + EPS) and the center-of-mass normaliser
 
 
 def center_of_mass(masks: Tensor, eps: float = EPS) -> Tensor:
-    """masks [M, H, W] -> [M, 2] (x, y) centres of mass in pixel indices (normaliser clamped at eps)."""
+    """masks [M, H, W] -> [M, 2] (x, y) centers of mass in pixel indices (normaliser clamped at eps)."""
     _, h, w = masks.shape
     rows = torch.arange(h, device=masks.device)[:, None]
     cols = torch.arange(w, device=masks.device)
@@ -77,19 +79,6 @@ def center_of_mass(masks: Tensor, eps: float = EPS) -> Tensor:
         cx = (m * cols).sum(dim=(1, 2)) / total
         parts.append(torch.stack((cx, cy), dim=1))
     return torch.cat(parts)
-
-
-def centers_inside(priors: Tensor, gt_bboxes: Tensor) -> Tensor:
-    """priors [A, >=2], gt_bboxes [..., M, 4] -> [..., M, A] bool: prior centre strictly inside the GT
-    (mmdet's ``min(deltas) > 0``, which for IEEE floats is ``x1 < x < x2`` and ``y1 < y < y2``)."""
-    x, y = priors[:, 0], priors[:, 1]
-    x1, y1, x2, y2 = (gt_bboxes[..., i].unsqueeze(-1) for i in range(4))
-    return (x > x1) & (y > y1) & (x < x2) & (y < y2)
-
-
-def box_center_points(gt_bboxes: Tensor) -> Tensor:
-    """gt_bboxes [..., M, 4] -> [..., M, 2] centres, computed as mmdet does ((lt + rb) / 2)."""
-    return (gt_bboxes[..., :2] + gt_bboxes[..., 2:]) / 2.0
 
 
 def soft_center_prior(points: Tensor, strides: Tensor, centers: Tensor, radius: float) -> Tensor:
@@ -152,10 +141,11 @@ class DynamicSoftLabelAssigner(BaseAssigner):
     """RTMDet's dynamic soft-label assigner; see the module docstring for the algorithm and mmdet parity.
 
     Args:
-        soft_center_radius: the centre prior is 1 at this many strides from the GT centre.
+        soft_center_radius: the center prior is 1 at this many strides from the GT center.
         topk: number of top IoUs summed into each GT's dynamic k.
         iou_weight: weight of ``-log(IoU)``.
-        iou_calculator: ``dict(type="BboxOverlaps2D")`` (default) or a callable ``(boxes1, boxes2) -> IoU``.
+        iou_calculator: read by :func:`~detassign.assigners.base.parse_iou_calculator` (default
+            ``BboxOverlaps2D``; mmrotate's ``RBboxOverlaps2D``; a callable ``(boxes1, boxes2) -> IoU``).
         exact: per-image :meth:`assign` mirrors mmdet op for op (True) or runs the batched path (False).
         block_pairs: :meth:`assign_batch` processes images in blocks of at most this many (GT, prior)
             pairs (``M * A`` per image; at least one image per block, an image beyond it in blocks of at
@@ -167,37 +157,34 @@ class DynamicSoftLabelAssigner(BaseAssigner):
         self.soft_center_radius = DK.check_non_negative("soft_center_radius", soft_center_radius)
         self.topk = DK.check_positive_int("topk", topk)
         self.iou_weight = DK.check_non_negative("iou_weight", iou_weight)
-        self.iou_calculator = iou_calculator
+        # mmrotate's RBboxOverlaps2D: rotated boxes [..., 5] xywhr (see .rotated_calculators)
+        self.iou_calculator = parse_iou_calculator(iou_calculator, type(self).__name__)
         self.exact = V.check_flag("exact", exact)
         self.block_pairs = DK.check_block_pairs(block_pairs)
-        # mmrotate's RBboxOverlaps2D: rotated boxes [..., 5] xywhr (see .rotated_calculators)
-        self._rotated = is_rotated_calculator(iou_calculator)
-        self._iou = None if self._rotated else DK.resolve_iou_calculator(iou_calculator)
 
     # ------------------------------------------------------------------ per image
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, gt_instances_ignore=None, **kwargs) -> AssignResult:
         """One image: pred ``priors`` [A, 4] points, ``bboxes`` [A, 4], ``scores`` [A, C] logits;
-        gt ``bboxes`` [M, 4], ``labels`` [M] (optional ``masks`` [M, H, W]). If M == 0 or no prior centre
+        gt ``bboxes`` [M, 4], ``labels`` [M] (optional ``masks`` [M, H, W]). If M == 0 or no prior center
         is inside a GT: all negative."""
-        if self._rotated:
+        if self.iou_calculator.rotated:
             from .rotated_calculators import rotated_dsl_assign
             return rotated_dsl_assign(self, pred_instances, gt_instances)
         priors, bboxes, scores, gt_bboxes, gt_labels = DK.read_image_inputs(pred_instances, gt_instances, False)
         masks = V.tensor_input("gt_instances.masks", getattr(gt_instances, "masks", None),
                                (gt_bboxes.shape[0], None, None), allow_none=True)
         if not self.exact and masks is None:
-            batch = self.assign_batch(scores[None], bboxes[None], priors, gt_labels[None], gt_bboxes[None])
-            return batch[0]
+            return self._assign_padded(scores[None], bboxes[None], priors, gt_labels[None], gt_bboxes[None], None)[0]
         num_gt, num_priors = gt_bboxes.shape[0], priors.shape[0]
         if num_gt == 0 or num_priors == 0:
             return empty_assign_result(num_gt, num_priors, priors.device, 0.0, DK.result_dtype(bboxes))
         valid = torch.zeros(num_priors, dtype=torch.bool, device=priors.device)        # [A]
         for blk in row_blocks(num_gt, num_priors):
-            valid |= centers_inside(priors, gt_bboxes[blk]).any(dim=0)
+            valid |= points_in_boxes(priors[:, :2], gt_bboxes[blk]).any(dim=0)
         if not bool(valid.any()):
             return empty_assign_result(num_gt, num_priors, priors.device, 0.0, DK.result_dtype(bboxes))
-        centers = center_of_mass(masks) if masks is not None else box_center_points(gt_bboxes)
+        centers = center_of_mass(masks) if masks is not None else box_centers(gt_bboxes)
         cand_priors, cand_boxes, cand_logits = priors[valid], bboxes[valid], scores[valid]
 
         num_cand, num_classes = cand_logits.shape
@@ -206,7 +193,7 @@ class DynamicSoftLabelAssigner(BaseAssigner):
             for blk in row_blocks(num_gt, num_cand):
                 center_cost = exact_soft_center_prior(cand_priors[:, :2], cand_priors[:, 2], centers[blk],
                                                       self.soft_center_radius)          # [A', g]
-                ious = self._iou(cand_boxes, gt_bboxes[blk])                            # [A', g]
+                ious = self.iou_calculator.pairwise(cand_boxes, gt_bboxes[blk])          # [A', g]
                 iou_cost = -torch.log(ious + EPS) * self.iou_weight
                 cls_cost = cat_row_blocks(  # mmdet's [A', g, C] one-hot temporaries, in blocks of priors
                     lambda rows: exact_cls_cost(cand_logits[rows], gt_labels[blk], ious[rows]), num_cand,
@@ -221,18 +208,26 @@ class DynamicSoftLabelAssigner(BaseAssigner):
 
     # ------------------------------------------------------------------ batched
     @torch.no_grad()
-    def assign_batch(self, pred_scores: Tensor, pred_bboxes: Tensor, priors: Tensor, gt_labels: Tensor,
+    def assign_batch(self, pred_scores: Tensor, pred_bboxes: Tensor, priors, gt_labels: Tensor,
                      gt_bboxes: Tensor, gt_mask: Optional[Tensor] = None) -> BatchAssignResult:
-        """Padded batch, vectorised over images, GTs and candidates (no loop over images or GTs; only
-        over blocks of images when the batch exceeds ``block_pairs``).
+        """The batched interface: a padded batch, vectorised over images, GTs and candidates (no loop over
+        images or GTs; only over blocks of images when the batch exceeds ``block_pairs``).
 
-        pred_scores [B, A, C] logits, pred_bboxes [B, A, 4] xyxy, priors [A, 4] (cx, cy, sw, sh),
-        gt_labels [B, M], gt_bboxes [B, M, 4] xyxy, gt_mask [B, M] (None: all valid) ->
+        pred_scores [B, A, C] logits, pred_bboxes [B, A, 4] xyxy, priors a :class:`detassign.Priors` with
+        points and strides, gt_labels [B, M], gt_bboxes [B, M, 4] xyxy, gt_mask [B, M] (None: all valid) ->
         BatchAssignResult(gt_inds [B, A] 1-based into the padded M, labels [B, A], max_overlaps [B, A]).
+        With the rotated calculator: Priors of points and strides, boxes [..., 5] xywhr.
         """
-        if self._rotated:
+        point_priors = as_priors(priors).point_priors(type(self).__name__)
+        if self.iou_calculator.rotated:
             from .rotated_calculators import rotated_dsl_assign_batch
-            return rotated_dsl_assign_batch(self, pred_scores, pred_bboxes, priors, gt_labels, gt_bboxes, gt_mask)
+            return rotated_dsl_assign_batch(self, pred_scores, pred_bboxes, point_priors, gt_labels, gt_bboxes,
+                                            gt_mask)
+        return self._assign_padded(pred_scores, pred_bboxes, point_priors, gt_labels, gt_bboxes, gt_mask)
+
+    def _assign_padded(self, pred_scores, pred_bboxes, priors: Tensor, gt_labels, gt_bboxes,
+                       gt_mask) -> BatchAssignResult:
+        """The batched path on point priors [A, 4]."""
         scores, bboxes, priors, labels, gt_bboxes, gt_mask = DK.read_batch_inputs(
             pred_scores, pred_bboxes, priors, gt_labels, gt_bboxes, gt_mask, probabilities=False)
         return DK.run_blocks(self._assign_block, scores, bboxes, priors, labels, gt_bboxes, gt_mask,
@@ -242,8 +237,8 @@ class DynamicSoftLabelAssigner(BaseAssigner):
                       gt_mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """The vectorised algorithm on a block of b images -> (gt_inds, labels, max_overlaps), each [b, A]."""
         num_priors = priors.shape[0]
-        valid = DK.candidates_any(lambda blk: centers_inside(priors, gt_bboxes[:, blk]), gt_mask, num_priors,
-                                  self.block_pairs)                                     # [b, A]
+        valid = DK.candidates_any(lambda blk: points_in_boxes(priors[:, :2], gt_bboxes[:, blk]), gt_mask,
+                                  num_priors, self.block_pairs)                         # [b, A]
         index, cand_mask = DK.compact_candidates(valid)                                 # [b, A']
         if index.shape[1] == 0:
             return DK.empty_block(gt_mask, num_priors)
@@ -251,10 +246,10 @@ class DynamicSoftLabelAssigner(BaseAssigner):
         cand_boxes = DK.gather_priors(bboxes, index)                                    # [b, A', 4]
         cand_logits = DK.gather_priors(scores, index)                                   # [b, A', C]
         class_sums = negative_terms(cand_logits).sum(dim=-1).unsqueeze(1)               # [b, 1, A']
-        centers = box_center_points(gt_bboxes)                                          # [b, M, 2]
+        centers = box_centers(gt_bboxes)                                                # [b, M, 2]
 
         def pair_costs(blk: slice) -> Tuple[Tensor, Tensor]:                            # [b, g, A'] each
-            ious = DK.batched_ious(self._iou, gt_bboxes[:, blk], cand_boxes)
+            ious = DK.batched_ious(self.iou_calculator, gt_bboxes[:, blk], cand_boxes)
             cost = decomposed_cls_cost(cand_logits, labels[:, blk], ious, class_sums)
             cost += ious.add(EPS).log_().neg_().mul_(self.iou_weight)                   # -log(IoU + eps) * w
             cost += soft_center_prior(cand_priors[..., :2], cand_priors[..., 2], centers[:, blk],

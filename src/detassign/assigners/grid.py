@@ -1,7 +1,7 @@
 """GridAssigner: MaxIoU restricted to the grid cells responsible for a GT (YOLOv3, mmdet 3.3.0).
 
 Reads ``pred_instances.priors`` [A, 4] xyxy and ``pred_instances.responsible_flags`` [A] (bool or 0/1:
-the prior's cell contains a GT centre). Steps (the order matters):
+the prior's cell contains a GT center). Steps (the order matters):
 
 1. every prior starts as ignored (-1);
 2. negatives (0) by the best IoU over *all* priors' GTs: ``0 <= iou <= neg_iou_thr`` for a float,
@@ -15,24 +15,35 @@ the prior's cell contains a GT centre). Steps (the order matters):
 
 ``max_overlaps`` sentinels (as mmdet): the best IoU computed *after* step 3, so -1 for every
 non-responsible prior; 0 everywhere when there is no GT or no prior. ``gt_instances_ignore`` is not
-used (mmdet ignores it too). ``iou_calculator`` accepts ``dict(type="BboxOverlaps2D", ...)`` as
-MaxIoUAssigner does. Deviation: an integer ``neg_iou_thr`` is treated as a float (mmdet assigns no
-negatives for it).
+used (mmdet ignores it too). ``iou_calculator`` is read as every assigner reads it
+(:func:`~detassign.assigners.base.parse_iou_calculator`; no rotated form). Deviation: an integer
+``neg_iou_thr`` is treated as a float (mmdet assigns no negatives for it).
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import _validate as V
-from ..structures import AssignResult
-from .base import BaseAssigner, labels_from_gt_inds
-from .max_iou import (NegThr, best_prior_hits, box_tensor, calculator_boxes, check_iou_calculator,
-                      last_gt_wins, normalize_neg_iou_thr, overlap_matrix)
+from ..structures import AssignResult, Instances, Priors, labels_from_gt_inds
+from .base import BaseAssigner, parse_iou_calculator
+from .max_iou import NegThr, best_prior_hits, box_tensor, last_gt_wins, normalize_neg_iou_thr
 
-__all__ = ["GridAssigner", "grid_assign"]
+__all__ = ["GridAssigner", "grid_assign", "responsible_flags"]
+
+
+def responsible_flags(points: Tensor, strides: Tensor, gt_bboxes: Tensor) -> Tensor:
+    """YOLOv3's responsible cells on every level: whether the grid cell of a prior holds a GT center.
+
+    points [A, 2] px, strides [A] (or [A, 2]) px, gt_bboxes [M, 4] xyxy -> [A] bool.
+    """
+    stride = strides[:, None] if strides.dim() == 1 else strides                    # [A, 1] or [A, 2]
+    centers = (gt_bboxes[:, :2] + gt_bboxes[:, 2:]) / 2                              # [M, 2]
+    cell = torch.floor(points / stride)                                              # [A, 2]
+    gt_cell = torch.floor(centers[None] / stride[:, None])                           # [A, M, 2]
+    return (gt_cell == cell[:, None]).all(-1).any(-1)
 
 
 def grid_negative_mask(max_overlaps: Tensor, neg_iou_thr: NegThr) -> Tensor:
@@ -71,7 +82,7 @@ class GridAssigner(BaseAssigner):
         self.neg_iou_thr = normalize_neg_iou_thr(neg_iou_thr)
         self.min_pos_iou = float(V.check_number("min_pos_iou", min_pos_iou, finite=False))
         self.gt_max_assign_all = V.check_flag("gt_max_assign_all", gt_max_assign_all)
-        self.iou_calculator = check_iou_calculator(iou_calculator)
+        self.iou_calculator = parse_iou_calculator(iou_calculator, type(self).__name__, rotated=False)
 
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, gt_instances_ignore=None, **kwargs) -> AssignResult:
@@ -81,17 +92,16 @@ class GridAssigner(BaseAssigner):
                                V.get_field(pred_instances, "responsible_flags", "pred_instances"), ("A",),
                                empty_rows=True)
         V.check_agree("A", [("pred_instances.priors", priors, 0), ("pred_instances.responsible_flags", flags, 0)])
-        gt_boxes = box_tensor("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M",))
+        gt_bboxes = box_tensor("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M",))
         gt_labels = V.get_field(gt_instances, "labels", "gt_instances", required=False)
-        V.check_same_device(priors=priors, responsible_flags=flags, gt_bboxes=gt_boxes, gt_labels=gt_labels)
+        V.check_same_device(priors=priors, responsible_flags=flags, gt_bboxes=gt_bboxes, gt_labels=gt_labels)
         gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), allow_none=True,
-                                   rows_like=("gt_instances.bboxes", gt_boxes))
+                                   rows_like=("gt_instances.bboxes", gt_bboxes))
         V.check_binary("pred_instances.responsible_flags", flags)
         V.check_boxes("pred_instances.priors", priors)
-        V.check_boxes("gt_instances.bboxes", gt_boxes)
+        V.check_boxes("gt_instances.bboxes", gt_bboxes)
 
-        overlaps = overlap_matrix(calculator_boxes(gt_boxes, self.iou_calculator),
-                                calculator_boxes(priors, self.iou_calculator))             # [M, A]
+        overlaps = self.iou_calculator.pairwise(gt_bboxes, priors)                      # [M, A]
         M, A = overlaps.shape
         if M == 0 or A == 0:
             gt_inds = torch.zeros(A, dtype=torch.long, device=priors.device)
@@ -101,3 +111,12 @@ class GridAssigner(BaseAssigner):
                                                 self.min_pos_iou, self.gt_max_assign_all)
         labels = None if gt_labels is None else labels_from_gt_inds(gt_inds, gt_labels)
         return AssignResult(M, gt_inds, max_overlaps, labels)
+
+    def image_inputs(self, priors: Priors, pred_scores: Optional[Tensor], pred_bboxes: Optional[Tensor],
+                     gt_labels: Tensor, gt_bboxes: Tensor) -> Tuple[tuple, dict]:
+        """Batched interface, one image: the anchor boxes and the cells responsible for the GTs
+        (:func:`responsible_flags`, on every level)."""
+        name = type(self).__name__
+        flags = responsible_flags(priors.points, priors.require("strides", name), gt_bboxes)
+        return (Instances(priors=priors.require("boxes", name), responsible_flags=flags),
+                Instances(bboxes=gt_bboxes, labels=gt_labels)), {}

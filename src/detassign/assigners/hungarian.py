@@ -21,11 +21,12 @@ Choices:
       devices, inverted GT boxes, labels in [0, C) when a cost indexes the scores by class, and Inf
       scores (a focal cost of an Inf logit is finite, so nothing else would notice).
 
-Batched path (:meth:`HungarianAssigner.assign_batch`): the costs of the whole padded batch are
-built by one vectorised call per cost term ([B, Q, M]), copied to the host in one transfer,
-and scipy solves each image's valid [Q, M_i] block. ``pred_bboxes`` there are normalised
-(cx, cy, w, h) in [0, 1] (the DETR head's output); they are converted to xyxy pixels with
-``img_shapes`` exactly as mmdet's DETR head does before calling the assigner.
+Batched path (:meth:`HungarianAssigner.assign_batch`, the batched interface): the costs of the whole
+padded batch are built by one vectorised call per cost term ([B, Q, M]), copied to the host in one
+transfer, and scipy solves each image's valid [Q, M_i] block. ``pred_bboxes`` there are decoded xyxy
+pixels, as every assigner's; a DETR head's normalised (cx, cy, w, h) become those as mmdet's DETR head
+converts them: ``cxcywh_to_xyxy(boxes) * (w, h, w, h)``. Queries have no priors: ``priors`` is unused
+(a :class:`detassign.Priors` with an ``image_size`` gives the default ``img_shapes``).
 
 Dense scenes (B * Q * M above ``COST_BLOCK`` elements, per image or batched): the costs are built a
 block of GTs at a time straight into scipy's float64 host matrix, so no [B, Q, M] cost term lives
@@ -42,15 +43,15 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from .. import _validate as V
-from ..boxes import cxcywh_to_xyxy
 from ..registry import build_match_cost
-from ..structures import AssignResult, BatchAssignResult, Instances
+from ..structures import AssignResult, BatchAssignResult, Instances, Priors, labels_from_gt_inds
 from ._batch import check_padded_gts
 from ._blocks import row_blocks
 from .base import BaseAssigner
-from .match_costs import BaseMatchCost, _f32, _meta_shape, _Unsqueezed, check_cost_inputs, img_shapes_tensor
+from .match_costs import BaseMatchCost, BatchOfOne, check_cost_inputs, img_shape_of, img_shapes_tensor
 
-__all__ = ["HungarianAssigner", "build_match_costs", "sum_costs", "solve_batch", "matched_costs"]
+__all__ = ["HungarianAssigner", "build_match_costs", "sum_costs", "solve_batch", "matched_costs",
+           "raise_non_finite", "image_name", "pred_inputs", "WithLabels"]
 
 CostConfig = Union[BaseMatchCost, Mapping]
 
@@ -89,7 +90,7 @@ def _describe_bad(values: Tensor) -> str:
     return " and ".join(parts)
 
 
-def _raise_non_finite(cost_np: np.ndarray, valid: np.ndarray, terms: Sequence[Tensor], names: Sequence[str],
+def raise_non_finite(cost_np: np.ndarray, valid: np.ndarray, terms: Sequence[Tensor], names: Sequence[str],
                       image_names: Sequence[str], inputs: Optional[Mapping[str, Tensor]] = None) -> None:
     """Name the first image and cost term with NaN / Inf on a valid (query, GT) pair, and the prediction
     inputs ([B, Q, ...] each, by argument name) that hold NaN / Inf in that image. Error path only."""
@@ -130,7 +131,7 @@ def solve_batch(cost: Tensor, gt_mask: Tensor, terms: Sequence[Tensor] = (), nam
     if not np.isfinite(cost_np[np.broadcast_to(valid[:, None, :], cost_np.shape)]).all():
         if image_names is None:
             image_names = [f"image {b}" for b in range(B)]
-        _raise_non_finite(cost_np, valid, terms, names, image_names, inputs)
+        raise_non_finite(cost_np, valid, terms, names, image_names, inputs)
     gt_inds = np.zeros((B, Q), dtype=np.int64)
     for b in range(B):
         cols = np.flatnonzero(valid[b])
@@ -207,15 +208,7 @@ def matched_costs(cost: Tensor, gt_inds: Tensor) -> Tensor:
     return torch.where(gt_inds > 0, picked, torch.full_like(picked, float("inf")))
 
 
-def _labels(gt_inds: Tensor, gt_labels: Tensor) -> Tensor:
-    """gt_inds [B, Q] 1-based, gt_labels [B, M] -> [B, Q] labels, -1 where unmatched."""
-    if gt_labels.shape[-1] == 0:
-        return torch.full_like(gt_inds, -1)
-    picked = torch.gather(gt_labels.long(), 1, (gt_inds - 1).clamp(min=0))
-    return torch.where(gt_inds > 0, picked, torch.full_like(picked, -1))
-
-
-def _pred_inputs(pred_instances, batched: bool) -> dict:
+def pred_inputs(pred_instances, batched: bool) -> dict:
     """The prediction fields the costs read, by argument name, with a leading batch dimension."""
     fields = {}
     for field in ("scores", "bboxes", "masks"):
@@ -225,7 +218,7 @@ def _pred_inputs(pred_instances, batched: bool) -> dict:
     return fields
 
 
-def _image_name(img_meta) -> str:
+def image_name(img_meta) -> str:
     if hasattr(img_meta, "get"):
         for key in ("img_path", "img_id", "filename"):
             if img_meta.get(key) is not None:
@@ -282,13 +275,13 @@ class HungarianAssigner(BaseAssigner):
                                   torch.full((num_preds,), -1, dtype=torch.long, device=device))
             result.set_extra_property("match_cost", torch.full((num_preds,), float("inf"), device=device))
             return result
-        shape = _meta_shape(img_meta)
+        shape = img_shape_of(img_meta)
         gt_mask = torch.ones(1, num_gts, dtype=torch.bool, device=device)
-        gt_inds, match_cost = solve_costs(self.match_costs, _Unsqueezed(pred_instances), _Unsqueezed(gt_instances),
+        gt_inds, match_cost = solve_costs(self.match_costs, BatchOfOne(pred_instances), BatchOfOne(gt_instances),
                                           gt_mask, None if shape is None else [shape], self.cost_names,
-                                          [_image_name(img_meta)], _pred_inputs(pred_instances, batched=False))
+                                          [image_name(img_meta)], pred_inputs(pred_instances, batched=False))
         gt_inds = gt_inds.to(device)
-        result = AssignResult(num_gts, gt_inds[0], None, _labels(gt_inds, gt_labels[None])[0])
+        result = AssignResult(num_gts, gt_inds[0], None, labels_from_gt_inds(gt_inds, gt_labels[None])[0])
         result.set_extra_property("match_cost", match_cost[0])
         return result
 
@@ -310,7 +303,7 @@ class HungarianAssigner(BaseAssigner):
         gt_mask = V.tensor_input("gt_mask", gt_mask, ("B", "M"))   # B, M agreement: check_cost_inputs
         checked = check_cost_inputs(self.match_costs, pred_instances, gt_instances, batched=True, gt_mask=gt_mask)
         return self._match_batch(checked.pred, checked.gt, checked.gt_mask, img_shapes,
-                                 _pred_inputs(checked.pred, batched=True))
+                                 pred_inputs(checked.pred, batched=True))
 
     def _match_batch(self, pred_instances, gt_instances, gt_mask: Tensor, img_shapes,
                      inputs: Mapping[str, Tensor]) -> BatchAssignResult:
@@ -318,47 +311,84 @@ class HungarianAssigner(BaseAssigner):
         gt_labels = gt_instances.labels
         # padded rows may hold any label; point them at class 0 so gathers stay in range
         safe_labels = torch.where(gt_mask, gt_labels.long(), torch.zeros_like(gt_labels, dtype=torch.long))
-        gt = _WithLabels(gt_instances, safe_labels)
+        gt = WithLabels(gt_instances, safe_labels)
         gt_inds, match_cost = solve_costs(self.match_costs, pred_instances, gt, gt_mask, img_shapes, self.cost_names,
                                           inputs=inputs)
-        return BatchAssignResult(gt_mask.sum(dim=1), gt_inds, None, _labels(gt_inds, safe_labels.to(gt_inds.device)),
-                                 match_cost=match_cost)
+        labels = labels_from_gt_inds(gt_inds, safe_labels.to(gt_inds.device))
+        return BatchAssignResult(gt_mask.sum(dim=1), gt_inds, None, labels, match_cost=match_cost)
 
     @torch.no_grad()
-    def assign_batch(self, pred_scores: Tensor, pred_bboxes: Tensor, gt_labels: Tensor, gt_bboxes: Tensor,
-                     gt_mask: Optional[Tensor] = None, img_shapes=None) -> BatchAssignResult:
-        """DETR-style batched matching.
+    def assign_batch(self, pred_scores: Tensor, pred_bboxes: Optional[Tensor], priors, gt_labels: Tensor,
+                     gt_bboxes: Optional[Tensor], gt_mask: Optional[Tensor] = None, *, img_shapes=None,
+                     pred_masks: Optional[Tensor] = None, gt_masks: Optional[Tensor] = None) -> BatchAssignResult:
+        """The batched interface: one-to-one matching of the Q queries of each image to its GTs.
 
-        pred_scores [B, Q, C] logits; pred_bboxes [B, Q, 4] normalised (cx, cy, w, h) in [0, 1] (the
-        DETR head's output); gt_labels [B, M]; gt_bboxes [B, M, 4] xyxy pixels, padded; gt_mask [B, M]
-        (None: all valid); img_shapes [B, 2] (h, w) pixels, or one (h, w) for all images.
-        Predictions are scaled to xyxy pixels (``cxcywh_to_xyxy(b) * [w, h, w, h]``, as mmdet's
-        DETRHead does) and matched; equals ``assign`` on each image's valid GTs.
+        pred_scores [B, Q, C] logits; pred_bboxes [B, Q, 4] decoded xyxy px (None when no cost reads
+        boxes); priors unused (a :class:`detassign.Priors`' ``image_size`` is the default ``img_shapes``);
+        gt_labels [B, M]; gt_bboxes [B, M, 4] xyxy px, padded (None when no cost reads boxes); gt_mask
+        [B, M] (None: all valid); img_shapes [B, 2] (h, w) px, or one (h, w), for BBoxL1Cost's
+        normalisation; pred_masks [B, Q, ...] logits and gt_masks [B, M, ...] in {0, 1} (same trailing
+        size) for the mask costs. Returns BatchAssignResult(num_gts [B], gt_inds [B, Q], None, labels [B, Q],
+        match_cost [B, Q]), equal to ``assign`` on each image's valid GTs.
         """
         pred_scores = V.tensor_input("pred_scores", pred_scores, ("B", "Q", "C"), floating=True)
-        pred_bboxes = V.tensor_input("pred_bboxes", pred_bboxes, ("B", "Q", 4), floating=True)
-        V.check_agree("Q", [("pred_scores", pred_scores, 1), ("pred_bboxes", pred_bboxes, 1)])
-        B, Q = pred_scores.shape[:2]
+        pred_bboxes = V.tensor_input("pred_bboxes", pred_bboxes, ("B", "Q", 4), floating=True, allow_none=True)
+        pred_masks, gt_masks = (_masks(name, x, axis) for name, x, axis in (("pred_masks", pred_masks, "Q"),
+                                                                             ("gt_masks", gt_masks, "M")))
+        V.check_agree("Q", [(name, x, 1) for name, x in (("pred_scores", pred_scores), ("pred_bboxes", pred_bboxes),
+                                                         ("pred_masks", pred_masks)) if x is not None])
         classes = V.num_classes_of(pred_scores, 1) if self._reads_class_labels() else None
-        gt_labels, gt_bboxes, gt_mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, classes)
-        V.check_agree("B", [("pred_scores", pred_scores, 0), ("pred_bboxes", pred_bboxes, 0),
-                            ("gt_bboxes", gt_bboxes, 0)])
-        V.check_same_device(pred_scores=pred_scores, pred_bboxes=pred_bboxes, gt_bboxes=gt_bboxes)
+        if gt_bboxes is not None:
+            gt_labels, gt_bboxes, gt_mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, classes)
+        else:
+            gt_labels, gt_mask = _padded_labels(gt_labels, gt_mask, classes, gt_masks)
+        gt_fields = [("gt_labels", gt_labels), ("gt_bboxes", gt_bboxes), ("gt_masks", gt_masks)]
+        V.check_agree("M", [(name, x, 1) for name, x in gt_fields if x is not None])
+        V.check_agree("B", [(name, x, 0) for name, x in (("pred_scores", pred_scores), ("pred_bboxes", pred_bboxes),
+                                                         ("pred_masks", pred_masks)) + tuple(gt_fields) if x is not None])
+        V.check_same_device(pred_scores=pred_scores, pred_bboxes=pred_bboxes, pred_masks=pred_masks,
+                            gt_labels=gt_labels, gt_bboxes=gt_bboxes, gt_masks=gt_masks)
         V.check_not_inf("pred_scores", pred_scores)
-        shapes = img_shapes_tensor(img_shapes, B, pred_bboxes.device)
-        h, w = shapes.unbind(-1)
-        factor = torch.stack((w, h, w, h), dim=-1)[:, None, :]  # [B, 1, 4]
-        # float32 before scaling: float16 resolves only 0.5 px at 1000 px
-        pred_bboxes = _f32(pred_bboxes)
-        pred_xyxy = cxcywh_to_xyxy(pred_bboxes) * factor.to(pred_bboxes.dtype)
-        pred = Instances(scores=pred_scores, bboxes=pred_xyxy)
-        gt = Instances(labels=gt_labels, bboxes=gt_bboxes)
+        B = pred_scores.shape[0]
+        if img_shapes is None and isinstance(priors, Priors) and priors.image_size is not None:
+            img_shapes = priors.image_size
+        shapes = None if img_shapes is None else img_shapes_tensor(img_shapes, B, pred_scores.device)
+        fields = dict(scores=pred_scores, bboxes=pred_bboxes, masks=pred_masks)
+        pred = Instances(**{k: v for k, v in fields.items() if v is not None})
+        gt = Instances(**{k: v for k, v in dict(labels=gt_labels, bboxes=gt_bboxes, masks=gt_masks).items()
+                          if v is not None})
         checked = check_cost_inputs(self.match_costs, pred, gt, batched=True, gt_mask=gt_mask)
         return self._match_batch(checked.pred, checked.gt, gt_mask, shapes,
-                                 {"pred_scores": pred_scores, "pred_bboxes": pred_bboxes})
+                                 {f"pred_{k}": v for k, v in fields.items() if v is not None})
 
 
-class _WithLabels:
+def _masks(name: str, masks: Optional[Tensor], axis: str) -> Optional[Tensor]:
+    """Masks [B, Q or M, ...] (pixels or sampled points), or None."""
+    masks = V.as_tensor(name, masks, allow_none=True)
+    if masks is not None and masks.dim() < 3:
+        raise ValueError(f"{name} must have shape [B, {axis}, ...] (pixels or sampled points), got "
+                         f"{tuple(masks.shape)}")
+    return masks
+
+
+def _padded_labels(gt_labels, gt_mask, num_classes: Optional[int], gt_masks: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Padded labels [B, M] and mask [B, M] (None: all valid) without boxes (mask matching) -> (long, bool).
+    ``gt_masks`` [B, M, ...] (or None) takes part in the agreement on B and M, so the odd one out is named."""
+    gt_labels = V.tensor_input("gt_labels", gt_labels, ("B", "M"))
+    if gt_mask is None:
+        gt_mask = torch.ones(gt_labels.shape, dtype=torch.bool, device=gt_labels.device)
+    gt_mask = V.tensor_input("gt_mask", gt_mask, ("B", "M"))
+    for symbol, dim in (("B", 0), ("M", 1)):
+        V.check_agree(symbol, [(name, x, dim) for name, x in (("gt_labels", gt_labels), ("gt_mask", gt_mask),
+                                                              ("gt_masks", gt_masks)) if x is not None])
+    B, M = gt_labels.shape
+    V.check_same_device(gt_labels=gt_labels, gt_mask=gt_mask)
+    V.check_binary("gt_mask", gt_mask)
+    gt_mask = gt_mask.bool()
+    return V.labels_input("gt_labels", gt_labels, (B, M), mask=gt_mask, num_classes=num_classes), gt_mask
+
+
+class WithLabels:
     """An instances view whose ``labels`` field is replaced (padding-safe labels)."""
 
     def __init__(self, instances, labels: Tensor) -> None:

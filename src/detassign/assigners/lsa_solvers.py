@@ -20,7 +20,9 @@ Solvers (``solver=``):
   ``max real cost + 1`` otherwise (a row then always prefers a real column, and the optimum uses every
   real column it can). Optimal matchings are unique for tie-free costs, so indices equal scipy's; with
   exactly equal costs both return an optimal matching, possibly a different one of the same total cost.
-* ``"auto"``: ``torch_linear_assignment`` when it imports and the costs are on a CUDA device, else scipy.
+* ``"auto"`` (:func:`resolve_solver`): ``torch_linear_assignment`` when it imports and the costs are on a
+  CUDA device of compute capability >= 8.0 (its Triton kernel; below that the package solves block by
+  block with scipy itself, slower than one transfer here), else scipy.
 
 Non-finite costs on valid entries raise ``ValueError`` naming the block (scipy would only report an
 infeasible matrix).
@@ -35,7 +37,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-__all__ = ["SOLVERS", "solve_batched", "available_solvers", "torch_linear_assignment_available",
+__all__ = ["SOLVERS", "solve_batched", "resolve_solver", "available_solvers", "torch_linear_assignment_available",
            "matching_cost"]
 
 SOLVERS = ("auto", "scipy", "torch_linear_assignment")
@@ -57,6 +59,18 @@ def torch_linear_assignment_available() -> bool:
 def available_solvers() -> Tuple[str, ...]:
     """Solvers usable in this environment ("auto" and "scipy" always)."""
     return SOLVERS if torch_linear_assignment_available() else SOLVERS[:2]
+
+
+def resolve_solver(solver: str, device: Union[str, torch.device]) -> str:
+    """The solver that runs for costs on ``device``: ``"auto"`` resolved (module docstring), any other
+    name checked and returned. ``"scipy"`` means the costs go to the host once."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver != "auto":
+        return solver
+    device = torch.device(device)
+    gpu = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+    return "torch_linear_assignment" if gpu and torch_linear_assignment_available() else "scipy"
 
 
 def _as_padded(costs, sizes) -> Tuple[Tensor, Tensor]:
@@ -127,35 +141,36 @@ def _solve_tla(cost: Tensor, size: Tensor, maximize: bool) -> List[Match]:
     if tla is None:
         raise ImportError("solver='torch_linear_assignment' needs the torch-linear-assignment package "
                           "(pip install torch-linear-assignment); use solver='scipy' or 'auto'")
-    cost = cost.detach()
-    if maximize:
-        cost = -cost
-    valid = (torch.arange(cost.shape[1], device=cost.device)[None, :, None] < size[:, 0, None, None].to(cost.device)) \
-        & (torch.arange(cost.shape[2], device=cost.device)[None, None, :] < size[:, 1, None, None].to(cost.device))
-    if not bool(torch.isfinite(cost[valid]).all()):
+    cost = -cost.detach() if maximize else cost.detach()
+    device = cost.device
+    rows_valid = torch.arange(cost.shape[1], device=device)[None, :] < size[:, 0, None].to(device)      # [N, Q]
+    cols_valid = torch.arange(cost.shape[2], device=device)[None, :] < size[:, 1, None].to(device)      # [N, M]
+    valid = rows_valid[:, :, None] & cols_valid[:, None, :]
+    if not bool(torch.where(valid, torch.isfinite(cost), True).all()):                 # one sync
         _check_finite(cost.cpu().numpy(), size.numpy())
     out: List[Optional[Match]] = [None] * cost.shape[0]
+    empty = torch.zeros(0, dtype=torch.long, device=device)
     for q in torch.unique(size[:, 0]).tolist():                       # blocks with the same number of rows
         members = torch.nonzero(size[:, 0] == q).squeeze(1)
         m_max = int(size[members, 1].max())
-        empty = torch.zeros(0, dtype=torch.long, device=cost.device)
         if q == 0 or m_max == 0:
             for i in members.tolist():
                 out[i] = (empty, empty)
             continue
-        block = cost[members.to(cost.device), :q, :m_max].float()
-        cols_valid = valid[members.to(cost.device), 0, :m_max]                      # [n, m_max]
-        real = torch.where(cols_valid[:, None, :].expand_as(block), block, torch.full_like(block, float("-inf")))
-        top = real.amax(dim=(1, 2), keepdim=True)
+        index = members.to(device)
+        block = cost.index_select(0, index)[:, :q, :m_max].float()
+        real_cols = cols_valid.index_select(0, index)[:, None, :m_max]                  # [n, 1, m_max]
+        top = torch.where(real_cols, block, torch.full_like(block, float("-inf"))).amax(dim=(1, 2), keepdim=True)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))        # a block without columns
         pad = torch.zeros_like(top) if q >= m_max else top + 1
-        block = torch.where(cols_valid[:, None, :], block, pad)
-        col4row = tla.batch_linear_assignment(block)                                # [n, q], -1 unmatched
-        for j, i in enumerate(members.tolist()):
-            cols = col4row[j]
-            keep = (cols >= 0) & (cols < int(size[i, 1]))
-            rows = torch.nonzero(keep).squeeze(1)
-            out[i] = (rows, cols[rows].long())
+        col4row = tla.batch_linear_assignment(torch.where(real_cols, block, pad).contiguous())   # [n, q], -1 none
+        keep = (col4row >= 0) & (col4row < size[members, 1, None].to(device))
+        # the pairs of all blocks of the group at once, split on the host: two syncs per group, not per block
+        block_of, row = torch.nonzero(keep, as_tuple=True)
+        counts = torch.bincount(block_of, minlength=len(members)).tolist()
+        for i, r, c in zip(members.tolist(), torch.split(row, counts), torch.split(col4row[block_of, row].long(),
+                                                                                     counts)):
+            out[i] = (r, c)
     return out  # type: ignore[return-value]
 
 
@@ -172,8 +187,7 @@ def solve_batched(costs: Union[Sequence[Tensor], Tensor], sizes=None, solver: st
     cost, size = _as_padded(costs, sizes)
     if not cost.is_floating_point():
         cost = cost.float()
-    if solver == "auto":
-        solver = "torch_linear_assignment" if cost.is_cuda and torch_linear_assignment_available() else "scipy"
+    solver = resolve_solver(solver, cost.device)
     if cost.shape[0] == 0:
         return []
     if solver == "scipy":

@@ -13,19 +13,16 @@ Point sampling is the caller's job: Mask2Former samples 12544 random points per 
 reads query and GT masks there (``point_sample``) and passes ``[Q, P]`` / ``[M, P]`` masks. Any
 trailing mask shape works (``[Q, H, W]``, ``[Q, H*W]``, ``[Q, P]``) as long as predictions and GTs
 hold the same number of pixels / points. Everything else (results, empty cases, NaN errors,
-``max_overlaps`` None, ``match_cost`` extra) is as in :class:`HungarianAssigner`.
+``max_overlaps`` None, ``match_cost`` extra) is as in :class:`HungarianAssigner`, the batched call
+included: ``assign_batch(pred_scores, None, None, gt_labels, None, gt_mask, pred_masks=..., gt_masks=...)``
+(the batched interface; masks [B, Q, ...] logits and [B, M, ...] in {0, 1}).
 """
 from __future__ import annotations
 
 from typing import Mapping, Optional, Union
 
-import torch
-from torch import Tensor
-
-from .. import _validate as V
-from ..structures import BatchAssignResult, Instances
 from .hungarian import HungarianAssigner
-from .match_costs import BaseMatchCost, check_cost_inputs
+from .match_costs import BaseMatchCost
 
 __all__ = ["MaskHungarianAssigner"]
 
@@ -50,41 +47,3 @@ class MaskHungarianAssigner(HungarianAssigner):
         self.cls_cost = cls_cost
         self.mask_cost = mask_cost
         self.dice_cost = dice_cost
-
-    @torch.no_grad()
-    def assign_batch(self, pred_scores: Tensor, pred_masks: Tensor, gt_labels: Tensor, gt_masks: Tensor,
-                     gt_mask: Optional[Tensor] = None) -> BatchAssignResult:
-        """Batched mask matching over padded GTs.
-
-        pred_scores [B, Q, C] logits; pred_masks [B, Q, ...] logits (e.g. [B, Q, P] sampled points);
-        gt_labels [B, M]; gt_masks [B, M, ...] in {0, 1}, same trailing size as pred_masks; gt_mask
-        [B, M] (None: all valid). Returns BatchAssignResult(num_gts, gt_inds [B, Q], None, labels
-        [B, Q], match_cost [B, Q]), equal to ``assign`` on each image's valid GTs.
-        """
-        pred_scores = V.tensor_input("pred_scores", pred_scores, ("B", "Q", "C"), floating=True)
-        pred_masks, gt_masks = V.as_tensor("pred_masks", pred_masks), V.as_tensor("gt_masks", gt_masks)
-        for name, masks, axis in (("pred_masks", pred_masks, "Q"), ("gt_masks", gt_masks, "M")):
-            if masks.dim() < 3:
-                raise ValueError(f"{name} must have shape [B, {axis}, ...] (pixels or sampled points), got "
-                                 f"{tuple(masks.shape)}")
-        gt_labels = V.as_tensor("gt_labels", gt_labels)
-        V.check_tensor("gt_labels", gt_labels, ("B", "M"))
-        V.check_agree("Q", [("pred_scores", pred_scores, 1), ("pred_masks", pred_masks, 1)])
-        V.check_agree("M", [("gt_labels", gt_labels, 1), ("gt_masks", gt_masks, 1)])
-        V.check_agree("B", [("pred_scores", pred_scores, 0), ("pred_masks", pred_masks, 0),
-                            ("gt_labels", gt_labels, 0), ("gt_masks", gt_masks, 0)])
-        B, M = gt_labels.shape
-        if gt_mask is None:
-            gt_mask = torch.ones(B, M, dtype=torch.bool, device=gt_labels.device)
-        gt_mask = V.tensor_input("gt_mask", gt_mask, (B, M))
-        V.check_same_device(pred_scores=pred_scores, pred_masks=pred_masks, gt_labels=gt_labels, gt_masks=gt_masks,
-                            gt_mask=gt_mask)
-        V.check_binary("gt_mask", gt_mask)
-        gt_mask = gt_mask.bool()
-        gt_labels = V.labels_input("gt_labels", gt_labels, (B, M), mask=gt_mask,
-                                   num_classes=V.num_classes_of(pred_scores, 1) if self._reads_class_labels() else None)
-        pred = Instances(scores=pred_scores, masks=pred_masks)
-        checked = check_cost_inputs(self.match_costs, pred, Instances(labels=gt_labels, masks=gt_masks),
-                                    batched=True, gt_mask=gt_mask)
-        return self._match_batch(checked.pred, checked.gt, gt_mask, None,
-                                 {"pred_scores": pred_scores, "pred_masks": pred_masks})

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _validate as V
-from ..boxes import pairwise_giou, pairwise_iou, xyxy_to_cxcywh
+from ..boxes import pairwise_giou, pairwise_iou, to_compute_dtype, xyxy_to_cxcywh
 
 __all__ = [
     "BaseMatchCost",
@@ -63,15 +63,11 @@ __all__ = [
     "dice_cost",
     "mask_cross_entropy_cost",
     "img_shapes_tensor",
+    "img_shape_of",
     "check_cost_inputs",
+    "per_image_cost",
+    "BatchOfOne",
 ]
-
-
-def _f32(x: Tensor) -> Tensor:
-    """Half / bfloat16 / integer / bool -> float32; float32 and float64 unchanged."""
-    if x.dtype in (torch.float16, torch.bfloat16) or not x.is_floating_point():
-        return x.float()
-    return x
 
 
 def _flat_masks(pred_masks: Tensor, gt_masks: Tensor):
@@ -108,7 +104,7 @@ def _pair_sum(pos: Tensor, neg: Tensor, gt: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------- pure cost functions
 def classification_cost(pred_scores: Tensor, gt_labels: Tensor) -> Tensor:
     """-softmax(logits)[gt label]. pred_scores [B, Q, C] logits, gt_labels [B, M] -> [B, Q, M] in [-1, 0]."""
-    return -_gather_classes(_f32(pred_scores).softmax(-1), gt_labels)
+    return -_gather_classes(to_compute_dtype(pred_scores).softmax(-1), gt_labels)
 
 
 def focal_cost(pred_scores: Tensor, gt_labels: Tensor, alpha: float = 0.25, gamma: float = 2.0,
@@ -118,7 +114,7 @@ def focal_cost(pred_scores: Tensor, gt_labels: Tensor, alpha: float = 0.25, gamm
     pred_scores [B, Q, C] logits, gt_labels [B, M] -> [B, Q, M]. ``eps`` sits inside the logs.
     """
     # element-wise, so gathering the GT-class logits first gives the same values for less work
-    pos, neg = _focal_terms(_gather_classes(_f32(pred_scores), gt_labels), alpha, gamma, eps)
+    pos, neg = _focal_terms(_gather_classes(to_compute_dtype(pred_scores), gt_labels), alpha, gamma, eps)
     return pos - neg
 
 
@@ -129,7 +125,7 @@ def mask_focal_cost(pred_masks: Tensor, gt_masks: Tensor, alpha: float = 0.25, g
     pred_masks [B, Q, ...] logits, gt_masks [B, M, ...] binary -> [B, Q, M], summed over the P pixels
     and divided by P when ``average`` (FocalLossCost(binary_input=True); BinaryFocalLossCost sums).
     """
-    pred, gt = _flat_masks(_f32(pred_masks), _f32(gt_masks))
+    pred, gt = _flat_masks(to_compute_dtype(pred_masks), to_compute_dtype(gt_masks))
     pos, neg = _focal_terms(pred, alpha, gamma, eps)
     cost = _pair_sum(pos, neg, gt)
     return cost / pred.shape[-1] if average else cost
@@ -139,9 +135,9 @@ def bbox_l1_cost(pred_bboxes: Tensor, gt_bboxes: Tensor, img_shapes: Tensor, box
     """L1 distance of image-normalised boxes.
 
     pred_bboxes [B, Q, 4], gt_bboxes [B, M, 4] xyxy pixels, img_shapes [B, 2] (h, w) -> [B, Q, M].
-    ``box_format="xywh"`` compares (cx, cy, w, h) (mmdet's name for centre format), ``"xyxy"`` corners.
+    ``box_format="xywh"`` compares (cx, cy, w, h) (mmdet's name for center format), ``"xyxy"`` corners.
     """
-    pred, gt = _f32(pred_bboxes), _f32(gt_bboxes)
+    pred, gt = to_compute_dtype(pred_bboxes), to_compute_dtype(gt_bboxes)
     if box_format == "xywh":
         pred, gt = xyxy_to_cxcywh(pred), xyxy_to_cxcywh(gt)
     h, w = img_shapes.to(device=pred.device, dtype=pred.dtype).unbind(-1)
@@ -159,7 +155,7 @@ def iou_cost(pred_bboxes: Tensor, gt_bboxes: Tensor, iou_mode: str = "giou") -> 
 
     [B, Q, 4], [B, M, 4] xyxy -> [B, Q, M] in [-1, 1].
     """
-    pred, gt = _f32(pred_bboxes), _f32(gt_bboxes)
+    pred, gt = to_compute_dtype(pred_bboxes), to_compute_dtype(gt_bboxes)
     if pred.dtype != gt.dtype:
         dtype = torch.promote_types(pred.dtype, gt.dtype)
         pred, gt = pred.to(dtype), gt.to(dtype)
@@ -173,7 +169,7 @@ def dice_cost(pred_masks: Tensor, gt_masks: Tensor, pred_act: bool = False, eps:
     ``pred_act`` applies a sigmoid to the predictions first; ``naive_dice=False`` squares the
     denominator terms (K-Net / SOLO). ``eps`` is added to numerator and denominator.
     """
-    pred, gt = _flat_masks(_f32(pred_masks), _f32(gt_masks))
+    pred, gt = _flat_masks(to_compute_dtype(pred_masks), to_compute_dtype(gt_masks))
     if pred_act:
         pred = pred.sigmoid()
     numerator = 2 * torch.einsum("bqp,bmp->bqm", pred, gt)
@@ -186,7 +182,7 @@ def dice_cost(pred_masks: Tensor, gt_masks: Tensor, pred_act: bool = False, eps:
 
 def mask_cross_entropy_cost(pred_masks: Tensor, gt_masks: Tensor) -> Tensor:
     """Mean pixel-wise binary cross-entropy (with logits). [B, Q, ...], [B, M, ...] -> [B, Q, M]."""
-    pred, gt = _flat_masks(_f32(pred_masks), _f32(gt_masks))
+    pred, gt = _flat_masks(to_compute_dtype(pred_masks), to_compute_dtype(gt_masks))
     pos = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred), reduction="none")
     neg = F.binary_cross_entropy_with_logits(pred, torch.zeros_like(pred), reduction="none")
     return _pair_sum(pos, neg, gt) / pred.shape[-1]
@@ -219,7 +215,8 @@ def _field(instances, name: str, owner: str, cost: str) -> Tensor:
     return value
 
 
-def _meta_shape(img_meta) -> Optional[Sequence[float]]:
+def img_shape_of(img_meta) -> Optional[Sequence[float]]:
+    """``img_meta["img_shape"][:2]`` (h, w), or None when there is no meta or no shape."""
     if img_meta is None:
         return None
     shape = img_meta.get("img_shape") if hasattr(img_meta, "get") else None
@@ -297,13 +294,13 @@ def check_cost_inputs(match_costs: Sequence[Any], pred_instances, gt_instances, 
         gt["labels"] = V.tensor_input("gt_instances.labels", labels, lead + ("M",), empty_rows=not batched)
     n = len(lead)
     preds = [(f"pred_instances.{k}", v, n) for k, v in pred.items() if v.dim() > n]
-    gts = [(f"gt_instances.{k}", v, n) for k, v in gt.items() if v.dim() > n]
+    gt_fields = [(f"gt_instances.{k}", v, n) for k, v in gt.items() if v.dim() > n]
     if gt_mask is not None:
-        gts.append(("gt_mask", gt_mask, n))
+        gt_fields.append(("gt_mask", gt_mask, n))
     num_preds = V.check_agree("Q", preds) if preds else None
-    num_gts = V.check_agree("M", gts) if gts else None
+    num_gts = V.check_agree("M", gt_fields) if gt_fields else None
     if batched:
-        V.check_agree("B", [(name, v, 0) for name, v, _ in preds + gts])
+        V.check_agree("B", [(name, v, 0) for name, v, _ in preds + gt_fields])
     if "masks" in pred and "masks" in gt and pred["masks"].numel() and gt["masks"].numel():
         pixels = [int(np.prod(x.shape[n + 1:])) for x in (pred["masks"], gt["masks"])]
         if pixels[0] != pixels[1]:
@@ -368,11 +365,11 @@ def per_image_cost(cost: BaseMatchCost, pred_instances, gt_instances, img_meta=N
     """Weighted cost [Q, M] of one image from inputs the caller has already checked."""
     if not callable(getattr(cost, "batched", None)):   # a plain mmdet-style callable
         return cost(pred_instances, gt_instances, img_meta)
-    shape = _meta_shape(img_meta)
-    return cost.batched(_Unsqueezed(pred_instances), _Unsqueezed(gt_instances), None if shape is None else [shape])[0]
+    shape = img_shape_of(img_meta)
+    return cost.batched(BatchOfOne(pred_instances), BatchOfOne(gt_instances), None if shape is None else [shape])[0]
 
 
-class _Unsqueezed:
+class BatchOfOne:
     """View of a per-image Instances whose tensor fields get a leading batch dimension of 1."""
 
     def __init__(self, instances) -> None:
@@ -440,8 +437,8 @@ class BinaryFocalLossCost(FocalLossCost):
 
     def compute(self, pred_instances, gt_instances, img_shapes=None) -> Tensor:
         name = type(self).__name__
-        scores = _f32(_field(pred_instances, "scores", "pred_instances", name))
-        positive_maps = _f32(_field(gt_instances, "positive_maps", "gt_instances", name))
+        scores = to_compute_dtype(_field(pred_instances, "scores", "pred_instances", name))
+        positive_maps = to_compute_dtype(_field(gt_instances, "positive_maps", "gt_instances", name))
         token_mask = _field(gt_instances, "text_token_mask", "gt_instances", name)
         B, Q, M = scores.shape[0], scores.shape[1], positive_maps.shape[1]
         if M == 0:
@@ -462,7 +459,7 @@ class BBoxL1Cost(BaseMatchCost):
 
     def __init__(self, box_format: str = "xyxy", weight: Union[float, int] = 1.0) -> None:
         if not isinstance(box_format, str) or box_format not in ("xyxy", "xywh"):
-            raise ValueError(f"box_format must be 'xyxy' or 'xywh' (centre cx, cy, w, h), got {box_format!r}")
+            raise ValueError(f"box_format must be 'xyxy' or 'xywh' (center cx, cy, w, h), got {box_format!r}")
         super().__init__(weight)
         self.box_format = box_format
 

@@ -30,8 +30,9 @@ Memory: :meth:`MaxIoUAssigner.assign` computes the [M, A] overlaps a block of GT
 the GTs' own best priors (step 4) cross blocks, so the result is the whole matrix's, bit for bit.
 
 Compatibility knobs: ``gpu_assign_thr > 0`` moves the computation to the CPU when an image has more
-GTs than that (mmdet's memory guard; results are identical). ``iou_calculator`` accepts mmdet's
-``dict(type="BboxOverlaps2D", scale=1., dtype=None)``; with ``dtype="fp16"`` boxes are divided by
+GTs than that (mmdet's memory guard; results are identical). ``iou_calculator`` is read by
+:func:`~detassign.assigners.base.parse_iou_calculator` (mmdet's ``dict(type="BboxOverlaps2D", scale=1.,
+dtype=None)``, mmrotate's ``RBboxOverlaps2D`` or a callable); with ``dtype="fp16"`` boxes are divided by
 ``scale`` and rounded to float16, then the IoU is computed in float32 (mmdet computes it in float16
 arithmetic, so ties can differ). Priors and boxes may carry a fifth (score) column, which is
 ignored, and mmdet ``HorizontalBoxes`` are unwrapped. Deviations from mmdet: an integer
@@ -55,10 +56,9 @@ from torch import Tensor
 
 from .. import _validate as V
 from ..boxes import pairwise_iof, pairwise_iou
-from ..rotated_boxes import is_rotated_calculator
-from ..structures import AssignResult
+from ..structures import AssignResult, labels_from_gt_inds
 from ._blocks import row_blocks
-from .base import BaseAssigner, labels_from_gt_inds
+from .base import BaseAssigner, parse_iou_calculator
 
 __all__ = ["MaxIoUAssigner", "assign_wrt_overlaps", "assign_overlaps_dense", "LOW_QUALITY_MODES",
            "overlap_matrix", "last_gt_wins", "best_prior_hits", "ignored_priors"]
@@ -88,19 +88,6 @@ def check_low_quality_mode(mode: str) -> str:
     return V.check_choice("low_quality_mode", mode, LOW_QUALITY_MODES)
 
 
-def check_iou_calculator(cfg) -> dict:
-    """Accept mmdet's ``dict(type="BboxOverlaps2D", scale=1., dtype=None | "fp16")``."""
-    if not isinstance(cfg, dict) or str(cfg.get("type", "")).replace("mmdet.", "") != "BboxOverlaps2D":
-        raise ValueError(f"iou_calculator must be dict(type='BboxOverlaps2D', ...), got {cfg!r}")
-    unknown = set(cfg) - {"type", "scale", "dtype"}
-    if unknown:
-        raise ValueError(f"iou_calculator accepts the keys type, scale, dtype; got unknown {sorted(unknown)}")
-    if cfg.get("dtype") not in (None, "fp16"):
-        raise ValueError(f"iou_calculator dtype must be None or 'fp16', got {cfg.get('dtype')!r}")
-    V.check_number("iou_calculator scale", cfg.get("scale", 1.0), low=0, low_open=True)
-    return dict(cfg)
-
-
 # ----------------------------------------------------------------------------- inputs
 def box_tensor(name: str, boxes, lead: Tuple = ("N",)) -> Tensor:
     """mmdet boxes ``[..., N, 4]`` or ``[..., N, 5]`` (score column dropped); BaseBoxes unwrapped.
@@ -125,13 +112,6 @@ def overlap_matrix(boxes1: Tensor, boxes2: Tensor, mode: str = "iou", eps: float
     return (pairwise_iof if mode == "iof" else pairwise_iou)(boxes1, boxes2, eps=eps)
 
 
-def calculator_boxes(boxes: Tensor, iou_calculator: dict) -> Tensor:
-    """mmdet's BboxOverlaps2D ``dtype="fp16"`` option: boxes / scale rounded to float16."""
-    if iou_calculator.get("dtype") == "fp16":
-        return (boxes / iou_calculator.get("scale", 1.0)).half()
-    return boxes
-
-
 def jitter_boxes(boxes: Tensor, iou_thr: float, perm_range: float, max_retries: int = 5) -> Tensor:
     """Scale N copies of one box by factors drawn in ``[1 - perm_range, 1 + perm_range]``. [N, 4] -> [N, 4].
 
@@ -151,10 +131,10 @@ def jitter_boxes(boxes: Tensor, iou_thr: float, perm_range: float, max_retries: 
         attempt += 1
 
 
-def perm_repeated_gts(gt_boxes: Tensor, iou_thr: float = 0.97, perm_range: float = 0.01) -> Tensor:
+def perm_repeated_gts(gt_bboxes: Tensor, iou_thr: float = 0.97, perm_range: float = 0.01) -> Tensor:
     """mmdet's ``perm_repeat_bboxes``: jitter every group of identical GT boxes. [M, 4] -> [M, 4] (a copy)."""
-    boxes = gt_boxes.clone()
-    for box in gt_boxes.unique(dim=0):                      # sorted unique rows, mmdet's order
+    boxes = gt_bboxes.clone()
+    for box in gt_bboxes.unique(dim=0):                      # sorted unique rows, mmdet's order
         same = (boxes == box).all(dim=-1)
         if int(same.sum()) == 1:
             continue
@@ -365,8 +345,7 @@ class MaxIoUAssigner(BaseAssigner):
         self.match_low_quality = V.check_flag("match_low_quality", match_low_quality)
         self.gpu_assign_thr = V.check_number("gpu_assign_thr", gpu_assign_thr, finite=False)
         # mmrotate's RBboxOverlaps2D: rotated boxes [..., 5] xywhr (see .rotated_calculators)
-        rotated = is_rotated_calculator(iou_calculator)
-        self.iou_calculator = dict(iou_calculator) if rotated else check_iou_calculator(iou_calculator)
+        self.iou_calculator = parse_iou_calculator(iou_calculator, type(self).__name__)
         self.perm_repeat_gt_cfg = check_perm_cfg(perm_repeat_gt_cfg)
         self.low_quality_mode = check_low_quality_mode(low_quality_mode)
 
@@ -387,10 +366,9 @@ class MaxIoUAssigner(BaseAssigner):
         priors = box_tensor("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"))
         return priors, {}
 
-    def _overlaps(self, gt_boxes: Tensor, priors: Tensor, extra: dict) -> Tensor:
+    def _overlaps(self, gt_bboxes: Tensor, priors: Tensor, extra: dict) -> Tensor:
         """[M, 4], [A, 4] -> IoU [M, A]."""
-        return overlap_matrix(calculator_boxes(gt_boxes, self.iou_calculator),
-                              calculator_boxes(priors, self.iou_calculator))
+        return self.iou_calculator.pairwise(gt_bboxes, priors)
 
     def _ignore_enabled(self, ignore_boxes: Optional[Tensor], priors: Tensor) -> bool:
         return (self.ignore_iof_thr > 0 and ignore_boxes is not None and ignore_boxes.numel() > 0
@@ -399,43 +377,43 @@ class MaxIoUAssigner(BaseAssigner):
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, gt_instances_ignore=None, **kwargs) -> AssignResult:
         """Assign every prior of one image: gt_inds [A] (1-based, 0 negative, -1 ignore)."""
-        if is_rotated_calculator(self.iou_calculator):
+        if self.iou_calculator.rotated:
             from .rotated_calculators import rotated_max_iou_assign
             return rotated_max_iou_assign(self, pred_instances, gt_instances, gt_instances_ignore)
         priors, extra = self._read_priors(pred_instances)
-        gt_boxes = box_tensor("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M",))
+        gt_bboxes = box_tensor("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M",))
         gt_labels = V.get_field(gt_instances, "labels", "gt_instances", required=False)
         ignore_boxes = None
         if gt_instances_ignore is not None:
             ignore_boxes = getattr(gt_instances_ignore, "bboxes", None)
             if ignore_boxes is not None:
                 ignore_boxes = box_tensor("gt_instances_ignore.bboxes", ignore_boxes, ("K",))
-        V.check_same_device(priors=priors, gt_bboxes=gt_boxes, gt_labels=gt_labels, gt_bboxes_ignore=ignore_boxes)
+        V.check_same_device(priors=priors, gt_bboxes=gt_bboxes, gt_labels=gt_labels, gt_bboxes_ignore=ignore_boxes)
         gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), allow_none=True,
-                                   rows_like=("gt_instances.bboxes", gt_boxes))
+                                   rows_like=("gt_instances.bboxes", gt_bboxes))
         V.check_boxes("pred_instances.priors", priors)
-        V.check_boxes("gt_instances.bboxes", gt_boxes)
+        V.check_boxes("gt_instances.bboxes", gt_bboxes)
         V.check_boxes("gt_instances_ignore.bboxes", ignore_boxes)
 
         device = priors.device
-        if self._on_cpu(gt_boxes.shape[0]):
-            priors, gt_boxes = priors.cpu(), gt_boxes.cpu()
+        if self._on_cpu(gt_bboxes.shape[0]):
+            priors, gt_bboxes = priors.cpu(), gt_bboxes.cpu()
             extra = {k: v.cpu() for k, v in extra.items()}
             ignore_boxes = None if ignore_boxes is None else ignore_boxes.cpu()
             gt_labels = None if gt_labels is None else gt_labels.cpu()
         if self.perm_repeat_gt_cfg is not None and priors.numel() > 0:
-            gt_boxes = perm_repeated_gts(gt_boxes, **self.perm_repeat_gt_cfg)
+            gt_bboxes = perm_repeated_gts(gt_bboxes, **self.perm_repeat_gt_cfg)
         ignored = None
         if self._ignore_enabled(ignore_boxes, priors):
             ignored = ignored_priors(priors, ignore_boxes, self.ignore_iof_thr, self.ignore_wrt_candidates)  # [A]
-        num_gts, num_priors = gt_boxes.shape[0], priors.shape[0]
+        num_gts, num_priors = gt_bboxes.shape[0], priors.shape[0]
         if num_gts == 0 or num_priors == 0:
-            result = self.assign_wrt_overlaps(self._overlaps(gt_boxes, priors, extra), gt_labels)
+            result = self.assign_wrt_overlaps(self._overlaps(gt_bboxes, priors, extra), gt_labels)
             return _to_device(result, device)
 
         def blocks():   # the [M, A] overlaps a block of GTs at a time
             for blk in row_blocks(num_gts, self._row_elements(num_priors, extra), multiple=1):  # IoU: arithmetic
-                overlaps = self._overlaps(gt_boxes[blk], priors, extra)                  # [g, A]
+                overlaps = self._overlaps(gt_bboxes[blk], priors, extra)                  # [g, A]
                 V.check_finite("overlaps", overlaps)
                 if ignored is not None:
                     overlaps.masked_fill_(ignored[None, :], -1.0)

@@ -37,11 +37,10 @@ import torch
 from torch import Tensor
 
 from .. import _validate as V
-from ..boxes import pairwise_iof, pairwise_iou
+from ..boxes import pairwise_iof
 from ..structures import AssignResult
 from ._blocks import row_blocks
-from .base import BaseAssigner
-from .topk_hungarian import _check_iou_calculator
+from .base import BaseAssigner, parse_iou_calculator
 
 __all__ = ["MultiInstanceAssigner", "top_overlaps"]
 
@@ -97,7 +96,8 @@ class MultiInstanceAssigner(BaseAssigner):
         pos_iou_thr: a slot is foreground when its IoU >= this. neg_iou_thr: background below it.
         min_pos_iou, gt_max_assign_all, ignore_iof_thr, ignore_wrt_candidates, match_low_quality,
             gpu_assign_thr: accepted for mmdet config compatibility; no effect (as in mmdet).
-        iou_calculator: only ``dict(type='BboxOverlaps2D')``.
+        iou_calculator: read as every assigner reads it (:func:`~detassign.assigners.base.parse_iou_calculator`;
+            no rotated form).
     """
 
     def __init__(self, num_instance: int = 2, pos_iou_thr: float = 0.5, neg_iou_thr: float = 0.5,
@@ -107,7 +107,6 @@ class MultiInstanceAssigner(BaseAssigner):
         self.num_instance = V.check_number("num_instance", num_instance, low=1, integer=True)
         if isinstance(neg_iou_thr, (tuple, list)):
             raise ValueError(f"neg_iou_thr must be a number for MultiInstanceAssigner, got {neg_iou_thr!r}")
-        _check_iou_calculator(iou_calculator)
         self.pos_iou_thr = V.check_number("pos_iou_thr", pos_iou_thr, finite=False)
         self.neg_iou_thr = V.check_number("neg_iou_thr", neg_iou_thr, finite=False)
         # accepted for config compatibility (no effect, as in mmdet), still type-checked
@@ -117,7 +116,12 @@ class MultiInstanceAssigner(BaseAssigner):
         self.ignore_wrt_candidates = V.check_flag("ignore_wrt_candidates", ignore_wrt_candidates)
         self.match_low_quality = V.check_flag("match_low_quality", match_low_quality)
         self.gpu_assign_thr = V.check_number("gpu_assign_thr", gpu_assign_thr, finite=False)
-        self.iou_calculator = iou_calculator
+        self.iou_calculator = parse_iou_calculator(iou_calculator, type(self).__name__, rotated=False)
+
+    def image_inputs(self, priors, pred_scores, pred_bboxes, gt_labels, gt_bboxes):
+        """No batched form: each proposal gets up to ``num_instance`` GTs, not one GT per prior."""
+        raise ValueError(f"MultiInstanceAssigner gives each proposal up to num_instance={self.num_instance} GTs "
+                         f"(CrowdDet), not one GT per prior, so it has no batched form; call assign per image")
 
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, gt_instances_ignore=None, **kwargs) -> AssignResult:
@@ -155,7 +159,7 @@ class MultiInstanceAssigner(BaseAssigner):
         """Steps 2-4 for a block of rows: proposals [R, 4], boxes [G, 4], is_ignore [1, G] -> (overlaps,
         0-based box index), each [R, k]. Each row is sorted on its own, so blocks change nothing."""
         k = self.num_instance
-        iou = pairwise_iou(proposals, boxes) * ~is_ignore
+        iou = self.iou_calculator.pairwise(proposals, boxes) * ~is_ignore
         iou_top, iou_idx = top_overlaps(iou, k)
         if not bool(is_ignore.any()):   # step 4 cannot fire: iof is 0 everywhere and IoU >= 0
             return iou_top, iou_idx

@@ -22,23 +22,27 @@ rectangular assignment problems, which are built as cost blocks and handed to
 :func:`match_blocks` does this on precomputed costs; :class:`OneToManyHungarianAssigner` builds the
 costs from predictions with the match costs of :mod:`.match_costs` (as :class:`HungarianAssigner`)
 and returns ``BatchAssignResult``\\ s. Results equal a scipy loop over the same blocks (tested), and
-with ``repeat=1, groups=1`` mmdet's ``HungarianAssigner``.
+with ``repeat=1, groups=1`` mmdet's ``HungarianAssigner``. :func:`match_blocks` is also the matching
+of :class:`detassign.integrations.detr.HungarianMatcher` (DETR's call), so groups, repeats and the
+solver have one implementation.
 """
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .. import _validate as V
-from ..boxes import cxcywh_to_xyxy
-from ..structures import AssignResult, BatchAssignResult, Instances
+from ..boxes import cxcywh_to_xyxy, to_compute_dtype
+from ..structures import AssignResult, BatchAssignResult, Instances, labels_from_gt_inds
+from ._batch import check_padded_gts
 from .base import BaseAssigner
-from .hungarian import _labels, build_match_costs, matched_costs, sum_costs
-from .lsa_solvers import SOLVERS, solve_batched
-from .match_costs import BaseMatchCost, img_shapes_tensor
+from .hungarian import (WithLabels, build_match_costs, matched_costs, pred_inputs, raise_non_finite,
+                        sum_costs)
+from .lsa_solvers import SOLVERS, resolve_solver, solve_batched
+from .match_costs import BaseMatchCost, BatchOfOne, check_cost_inputs, img_shape_of, img_shapes_tensor
 
 __all__ = ["OneToManyHungarianAssigner", "match_blocks", "repeat_gt_columns", "LAYOUTS"]
 
@@ -47,16 +51,14 @@ CostConfig = Union[BaseMatchCost, Mapping]
 
 
 def _check_options(repeat: int, groups: int, layout: str, solver: str) -> None:
-    for name, value in (("repeat", repeat), ("groups", groups)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    V.check_number("repeat", repeat, low=1, integer=True)
+    V.check_number("groups", groups, low=1, integer=True)
+    V.check_choice("layout", layout, LAYOUTS)
+    V.check_choice("solver", solver, SOLVERS)
 
 
-def repeat_gt_columns(cost: Tensor, gt_mask: Tensor, repeat: int, layout: str = "tile") -> Tuple[Tensor, Tensor, Tensor]:
+def repeat_gt_columns(cost: Tensor, gt_mask: Tensor, repeat: int,
+                      layout: str = "tile") -> Tuple[Tensor, Tensor, Tensor]:
     """k copies of every GT column. cost [..., Q, M], gt_mask [..., M] ->
     (cost [..., Q, k * M], mask [..., k * M], source [k * M] the original GT index of each column)."""
     M = cost.shape[-1]
@@ -77,7 +79,9 @@ def match_blocks(cost: Tensor, gt_mask: Optional[Tensor] = None, *, repeat: int 
 
     ``repeat=k``: each GT matched to up to k queries (its columns repeated, ``layout`` above);
     ``groups=G``: Q / G contiguous queries per group, each group matched one-to-one on its own.
-    In every block ``min(rows, valid columns)`` pairs are made.
+    In every block ``min(rows, valid columns)`` pairs are made. With the scipy solver
+    (:func:`~detassign.assigners.lsa_solvers.resolve_solver`) the blocks are built on the host: one
+    transfer of ``cost`` there and one of ``gt_inds`` back, however many blocks.
     """
     _check_options(repeat, groups, layout, solver)
     if not isinstance(cost, Tensor) or cost.dim() < 2:
@@ -95,6 +99,10 @@ def match_blocks(cost: Tensor, gt_mask: Optional[Tensor] = None, *, repeat: int 
     except RuntimeError:
         raise ValueError(f"gt_mask of shape {tuple(gt_mask.shape)} does not broadcast to the cost's leading dims "
                          f"{tuple(lead)} + (M,)") from None
+    device = cost.device
+    solver = resolve_solver(solver, device)
+    if solver == "scipy" and device.type != "cpu":
+        cost, mask = cost.detach().cpu(), mask.cpu()        # the solver reads the host copy anyway
     N, Qg = math.prod(lead), Q // groups
     flat = cost.detach().reshape(N, groups, Qg, M).reshape(N * groups, Qg, M)
     flat_mask = mask.reshape(N, M).repeat_interleave(groups, 0)                             # [N * G, M]
@@ -111,7 +119,7 @@ def match_blocks(cost: Tensor, gt_mask: Optional[Tensor] = None, *, repeat: int 
         picked = torch.cat([c for _, c in matches])
         gt = source.index_select(0, order[block, picked]) if picked.numel() else picked
         gt_inds[block, rows] = gt + 1
-    return gt_inds.reshape(N, Q).reshape(*lead, Q)
+    return gt_inds.reshape(N, Q).reshape(*lead, Q).to(device)
 
 
 class OneToManyHungarianAssigner(BaseAssigner):
@@ -125,7 +133,11 @@ class OneToManyHungarianAssigner(BaseAssigner):
         layout: ``"tile"`` or ``"interleave"`` placement of the GT copies (see the module docstring).
         solver: ``"auto"``, ``"scipy"`` or ``"torch_linear_assignment"`` (:mod:`.lsa_solvers`).
 
-    ``max_overlaps`` is None; the extra ``match_cost`` holds each matched query's cost (+inf otherwise).
+    Inputs are checked as :class:`HungarianAssigner`'s (:func:`.match_costs.check_cost_inputs`: shapes,
+    devices, labels, GT boxes, Inf scores; per image an empty tensor of any dtype means no GT), and a
+    NaN / Inf cost on a valid pair raises ``ValueError`` naming the image (and layer), the cost term and
+    the input. ``max_overlaps`` is None; the extra ``match_cost`` holds each matched query's cost (+inf
+    otherwise).
     """
 
     def __init__(self, match_costs: Union[CostConfig, Sequence[CostConfig]], repeat: int = 1, groups: int = 1,
@@ -134,27 +146,21 @@ class OneToManyHungarianAssigner(BaseAssigner):
         self.match_costs = build_match_costs(match_costs)
         self.repeat, self.groups, self.layout, self.solver = repeat, groups, layout, solver
 
-    def _match(self, cost: Tensor, gt_mask: Tensor) -> Tensor:
-        return match_blocks(cost, gt_mask, repeat=self.repeat, groups=self.groups, layout=self.layout,
-                            solver=self.solver)
+    @property
+    def cost_names(self) -> List[str]:
+        return [type(cost).__name__ for cost in self.match_costs]
 
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, img_meta: Optional[Mapping] = None, **kwargs) -> AssignResult:
         """One image (mmdet signature): ``pred_instances.scores`` [Q, C] logits, ``.bboxes`` [Q, 4] xyxy px;
         ``gt_instances.labels`` [M], ``.bboxes`` [M, 4] xyxy px; ``img_meta["img_shape"]`` (h, w)."""
-        scores = V.get_field(pred_instances, "scores", "pred_instances")
-        bboxes = V.get_field(pred_instances, "bboxes", "pred_instances")
-        labels = V.get_field(gt_instances, "labels", "gt_instances")
-        gt_bboxes = V.get_field(gt_instances, "bboxes", "gt_instances")
-        V.check_tensor("pred_instances.scores", scores, ("Q", "C"), floating=True)
-        V.check_tensor("pred_instances.bboxes", bboxes, (scores.shape[0], 4), floating=True)
-        V.check_tensor("gt_instances.labels", labels, ("M",), floating=False)
-        V.check_tensor("gt_instances.bboxes", gt_bboxes, (labels.shape[0], 4), floating=True)
-        shape = None if img_meta is None else img_meta.get("img_shape")
-        result = self.assign_instances_batch(Instances(scores=scores[None], bboxes=bboxes[None]),
-                                             Instances(labels=labels[None], bboxes=gt_bboxes[None]), None,
-                                             None if shape is None else [tuple(shape)[:2]])
-        return result[0]
+        V.get_field(gt_instances, "labels", "gt_instances")
+        checked = check_cost_inputs(self.match_costs, pred_instances, gt_instances)
+        shape = img_shape_of(img_meta)
+        inputs = pred_inputs(checked.pred, batched=False)
+        gt_mask = torch.ones(1, checked.gt.labels.shape[0], dtype=torch.bool, device=checked.gt.labels.device)
+        return self._match(BatchOfOne(checked.pred), BatchOfOne(checked.gt), gt_mask,
+                           None if shape is None else [shape], inputs, 1)[0][0]
 
     @torch.no_grad()
     def assign_instances_batch(self, pred_instances, gt_instances, gt_mask: Optional[Tensor] = None,
@@ -162,38 +168,31 @@ class OneToManyHungarianAssigner(BaseAssigner):
         """Predictions with leading dims ``[..., B, Q, ...]`` (e.g. ``scores`` [L, B, Q, C], ``bboxes``
         [L, B, Q, 4] xyxy px), GTs ``labels`` [B, M], ``bboxes`` [B, M, 4] xyxy px padded, gt_mask [B, M].
         Returns one BatchAssignResult for [B, Q] predictions, a list of them (one per layer) for
-        [L, B, Q] predictions."""
-        scores = V.get_field(pred_instances, "scores", "pred_instances")
-        bboxes = V.get_field(pred_instances, "bboxes", "pred_instances")
-        labels = V.get_field(gt_instances, "labels", "gt_instances")
-        gt_bboxes = V.get_field(gt_instances, "bboxes", "gt_instances")
-        V.check_tensor("gt_instances.labels", labels, ("B", "M"), floating=False)
-        B, M = labels.shape
-        V.check_tensor("gt_instances.bboxes", gt_bboxes, (B, M, 4), floating=True)
-        if scores.dim() not in (3, 4) or scores.shape[-3] != B:
-            raise ValueError(f"pred_instances.scores must be [B, Q, C] or [L, B, Q, C] with B={B}, got "
-                             f"{tuple(scores.shape)}")
-        layered = scores.dim() == 4
-        L = scores.shape[0] if layered else 1
-        Q = scores.shape[-2]
-        if bboxes.shape != scores.shape[:-1] + (4,):
-            raise ValueError(f"pred_instances.bboxes must be {tuple(scores.shape[:-1]) + (4,)}, got {tuple(bboxes.shape)}")
-        if gt_mask is None:
-            gt_mask = torch.ones(B, M, dtype=torch.bool, device=labels.device)
-        V.check_tensor("gt_mask", gt_mask, (B, M))
-        gt_mask = gt_mask.bool()
-        safe = torch.where(gt_mask, labels.long(), torch.zeros_like(labels, dtype=torch.long))
-        shapes = None if img_shapes is None else img_shapes_tensor(img_shapes, B, bboxes.device).repeat(L, 1)
-        # layers are folded into the batch: one vectorised cost call for L x B images
-        pred = Instances(scores=scores.reshape(L * B, Q, -1), bboxes=bboxes.reshape(L * B, Q, 4))
-        gt = Instances(labels=safe.repeat(L, 1), bboxes=gt_bboxes.repeat(L, 1, 1))
-        cost, _ = sum_costs(self.match_costs, pred, gt, shapes)
-        cost = cost.view(L, B, Q, M)
-        gt_inds = self._match(cost, gt_mask.to(cost.device))                                # [L, B, Q]
-        num_gts = gt_mask.sum(1)
-        results = [BatchAssignResult(num_gts, gt_inds[l], None, _labels(gt_inds[l], safe.to(cost.device)),
-                                     match_cost=matched_costs(cost[l], gt_inds[l])) for l in range(L)]
-        return results if layered else results[0]
+        [L, B, Q] predictions. Layers are folded into the batch (errors about B then count L * B images)."""
+        scores = V.as_tensor("pred_instances.scores", V.get_field(pred_instances, "scores", "pred_instances"))
+        bboxes = getattr(pred_instances, "bboxes", None)
+        if bboxes is not None:
+            _check_layered("pred_instances.scores", scores, "pred_instances.bboxes",
+                           V.as_tensor("pred_instances.bboxes", bboxes))
+        L = scores.shape[0] if scores.dim() == 4 else 1
+        pred, gt, mask = pred_instances, gt_instances, gt_mask
+        if scores.dim() == 4:
+            # one vectorised cost call for L x B images: the layers folded into the batch, the GTs repeated
+            pred = Instances(**{k: V.as_tensor(f"pred_instances.{k}", getattr(pred_instances, k)).flatten(0, 1)
+                                for k in ("scores", "bboxes", "masks") if getattr(pred_instances, k, None) is not None})
+            gt = Instances(**{k: _repeat(V.as_tensor(f"gt_instances.{k}", getattr(gt_instances, k)), L)
+                              for k in ("labels", "bboxes", "masks") if getattr(gt_instances, k, None) is not None})
+            mask = None if gt_mask is None else _repeat(V.as_tensor("gt_mask", gt_mask), L)
+        labels = V.tensor_input("gt_instances.labels", V.get_field(gt, "labels", "gt_instances"), ("B", "M"))
+        if mask is None:
+            mask = torch.ones(labels.shape, dtype=torch.bool, device=labels.device)
+        mask = V.tensor_input("gt_mask", mask, ("B", "M"))
+        checked = check_cost_inputs(self.match_costs, pred, gt, batched=True, gt_mask=mask)
+        B = labels.shape[0] // L
+        shapes = None if img_shapes is None else img_shapes_tensor(img_shapes, B, labels.device).repeat(L, 1)
+        results = self._match(checked.pred, checked.gt, checked.gt_mask, shapes,
+                              pred_inputs(checked.pred, batched=True), L)
+        return results if scores.dim() == 4 else results[0]
 
     @torch.no_grad()
     def assign_batch(self, pred_scores: Tensor, pred_bboxes: Tensor, gt_labels: Tensor, gt_bboxes: Tensor,
@@ -202,15 +201,61 @@ class OneToManyHungarianAssigner(BaseAssigner):
         normalised (cx, cy, w, h) in [0, 1]; gt_labels [B, M], gt_bboxes [B, M, 4] xyxy px, gt_mask [B, M];
         img_shapes [B, 2] (h, w) or one (h, w). Predictions are scaled to xyxy px as mmdet's DETR head
         does. Returns a BatchAssignResult, or a list of L for [L, B, Q, C] input (one solver call)."""
-        V.check_tensor("gt_bboxes", gt_bboxes, ("B", "M", 4), floating=True)
+        pred_scores, pred_bboxes = V.as_tensor("pred_scores", pred_scores), V.as_tensor("pred_bboxes", pred_bboxes)
+        _check_layered("pred_scores", pred_scores, "pred_bboxes", pred_bboxes)
+        lead = ("L", "B") if pred_scores.dim() == 4 else ("B",)
+        pred_scores = V.tensor_input("pred_scores", pred_scores, lead + ("Q", "C"), floating=True)
+        pred_bboxes = V.tensor_input("pred_bboxes", pred_bboxes, lead + ("Q", 4), floating=True)
+        n = len(lead)
+        V.check_agree("Q", [("pred_scores", pred_scores, n), ("pred_bboxes", pred_bboxes, n)])
+        if n == 2:
+            V.check_agree("L", [("pred_scores", pred_scores, 0), ("pred_bboxes", pred_bboxes, 0)])
+        reads = any(getattr(cost, "reads_class_labels", False) for cost in self.match_costs)
+        gt_labels, gt_bboxes, gt_mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask,
+                                                         V.num_classes_of(pred_scores, n) if reads else None)
+        V.check_agree("B", [("pred_scores", pred_scores, n - 1), ("pred_bboxes", pred_bboxes, n - 1),
+                            ("gt_bboxes", gt_bboxes, 0)])
+        V.check_same_device(pred_scores=pred_scores, pred_bboxes=pred_bboxes, gt_bboxes=gt_bboxes)
+        V.check_not_inf("pred_scores", pred_scores)
         B = gt_bboxes.shape[0]
-        if pred_scores.dim() not in (3, 4) or pred_bboxes.shape != pred_scores.shape[:-1] + (4,):
-            raise ValueError(f"pred_scores must be [B, Q, C] or [L, B, Q, C] and pred_bboxes the same with 4 "
-                             f"columns, got {tuple(pred_scores.shape)} and {tuple(pred_bboxes.shape)}")
+        L = pred_scores.shape[0] if n == 2 else 1
         shapes = img_shapes_tensor(img_shapes, B, pred_bboxes.device)
         h, w = shapes.unbind(-1)
         factor = torch.stack((w, h, w, h), dim=-1)[:, None, :]                                # [B, 1, 4]
-        boxes = cxcywh_to_xyxy(pred_bboxes.float() if pred_bboxes.dtype != torch.float64 else pred_bboxes)
-        boxes = boxes * factor.to(boxes.dtype)
-        return self.assign_instances_batch(Instances(scores=pred_scores, bboxes=boxes),
-                                           Instances(labels=gt_labels, bboxes=gt_bboxes), gt_mask, shapes)
+        wide = to_compute_dtype(pred_bboxes)
+        boxes = cxcywh_to_xyxy(wide) * factor.to(wide.dtype)                                 # [..., B, Q, 4]
+        pred = Instances(scores=pred_scores.reshape(L * B, *pred_scores.shape[n:]), bboxes=boxes.reshape(L * B, -1, 4))
+        gt = Instances(labels=_repeat(gt_labels, L), bboxes=_repeat(gt_bboxes, L))
+        results = self._match(pred, gt, _repeat(gt_mask, L), shapes.repeat(L, 1),
+                              {"pred_scores": pred_scores.reshape(L * B, *pred_scores.shape[n:]),
+                               "pred_bboxes": pred_bboxes.reshape(L * B, *pred_bboxes.shape[n:])}, L)
+        return results if n == 2 else results[0]
+
+    def _match(self, pred, gt, gt_mask: Tensor, img_shapes, inputs: Mapping[str, Tensor], L: int
+               ) -> List[BatchAssignResult]:
+        """Checked instances over L x B images (layer-major), gt_mask [L * B, M] -> one result per layer."""
+        safe = torch.where(gt_mask, gt.labels.long(), 0)                       # padded rows: any in-range class
+        cost, terms = sum_costs(self.match_costs, pred, WithLabels(gt, safe), img_shapes)   # [L * B, Q, M]
+        LB, Q, M = cost.shape
+        gt_mask = gt_mask.to(cost.device)
+        if not bool((torch.isfinite(cost) | ~gt_mask[:, None, :]).all()):        # one reduction
+            names = [f"image {b % (LB // L)}" + (f" of layer {b // (LB // L)}" if L > 1 else "") for b in range(LB)]
+            raise_non_finite(cost.cpu().numpy(), gt_mask.cpu().numpy(), terms, self.cost_names, names, inputs)
+        gt_inds = match_blocks(cost.view(L, LB // L, Q, M), gt_mask.view(L, LB // L, M), repeat=self.repeat,
+                               groups=self.groups, layout=self.layout, solver=self.solver)      # [L, B, Q]
+        safe = safe.to(cost.device).view(L, LB // L, M)
+        return [BatchAssignResult(gt_mask[:LB // L].sum(1), gt_inds[l], None, labels_from_gt_inds(gt_inds[l], safe[l]),
+                                  match_cost=matched_costs(cost.view(L, LB // L, Q, M)[l], gt_inds[l]))
+                for l in range(L)]
+
+
+def _check_layered(scores_name: str, scores: Tensor, boxes_name: str, boxes: Tensor) -> None:
+    """Scores [B, Q, C] with boxes [B, Q, 4], or both with a leading L (decoder layers)."""
+    if scores.dim() not in (3, 4) or boxes.dim() != scores.dim():
+        raise ValueError(f"{scores_name} and {boxes_name} must be [B, Q, C] and [B, Q, 4], or both with a leading "
+                         f"L (decoder layers), got {tuple(scores.shape)} and {tuple(boxes.shape)}")
+
+
+def _repeat(x: Tensor, times: int) -> Tensor:
+    """[B, ...] -> [times * B, ...] (a copy per decoder layer; no copy for one)."""
+    return x if times == 1 else x.repeat(times, *([1] * (x.dim() - 1)))

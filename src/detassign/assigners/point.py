@@ -6,7 +6,7 @@ Priors are points ``(x, y, stride)`` [A, 3]; a point's level is ``int(log2(strid
 1. ``gt_levels``: a GT of size (w, h) (clamped at 1e-6) maps to level
    ``int((log2(w / scale) + log2(h / scale)) / 2)`` (truncated toward zero, as mmdet's ``.int()``),
    clamped to the range of levels present among the points;
-2. ``nearest_points``: on its level, the ``pos_num`` points nearest to the GT centre in the
+2. ``nearest_points``: on its level, the ``pos_num`` points nearest to the GT center in the
    GT-normalised distance ``|| (p - c) / (w, h) ||``;
 3. ``resolve_by_distance``: a point chosen by several GTs goes to the GT it is nearest to; on equal
    distances the lowest GT index wins (mmdet processes GTs in order and overwrites only on ``<``).
@@ -23,14 +23,15 @@ computed in float32; ``gt_instances_ignore`` is accepted and unused, as in mmdet
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import _validate as V
-from ..structures import AssignResult
-from .base import BaseAssigner, labels_from_gt_inds
+from ..boxes import compute_dtype
+from ..structures import AssignResult, Instances, Priors, labels_from_gt_inds
+from .base import BaseAssigner
 
 __all__ = ["PointAssigner", "point_levels", "gt_levels", "nearest_points", "resolve_by_distance"]
 
@@ -42,7 +43,7 @@ def point_levels(strides: Tensor) -> Tensor:
 
 
 def gt_levels(gt_bboxes: Tensor, scale: float, min_level: int, max_level: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """Step 1. gt_bboxes [M, 4] xyxy -> (levels [M] int32, centres [M, 2], sizes [M, 2] clamped at 1e-6)."""
+    """Step 1. gt_bboxes [M, 4] xyxy -> (levels [M] int32, centers [M, 2], sizes [M, 2] clamped at 1e-6)."""
     centers = (gt_bboxes[:, :2] + gt_bboxes[:, 2:]) / 2
     sizes = (gt_bboxes[:, 2:] - gt_bboxes[:, :2]).clamp(min=1e-6)
     levels = ((torch.log2(sizes[:, 0] / scale) + torch.log2(sizes[:, 1] / scale)) / 2).int()
@@ -50,7 +51,7 @@ def gt_levels(gt_bboxes: Tensor, scale: float, min_level: int, max_level: int) -
 
 
 def nearest_points(points_xy: Tensor, centers: Tensor, sizes: Tensor, k: int) -> Tuple[Tensor, Tensor]:
-    """Step 2. points_xy [P, 2] of one level, centres / sizes [G, 2] of its GTs -> (dist, index) [G, min(k, P)]."""
+    """Step 2. points_xy [P, 2] of one level, centers / sizes [G, 2] of its GTs -> (dist, index) [G, min(k, P)]."""
     dist = ((points_xy[None] - centers[:, None]) / sizes[:, None]).norm(dim=-1)   # [G, P]
     return dist.topk(min(k, points_xy.shape[0]), dim=1, largest=False)
 
@@ -109,7 +110,7 @@ class PointAssigner(BaseAssigner):
             result = AssignResult(num_gts, gt_inds, None, torch.full_like(gt_inds, -1))
             result.set_extra_property("assigned_dist", torch.full((num_points,), float("inf"), device=device))
             return result
-        dtype = torch.float64 if torch.float64 in (points.dtype, gt_bboxes.dtype) else torch.float32
+        dtype = compute_dtype(points, gt_bboxes)
         points, gt_bboxes = points.to(dtype), gt_bboxes.to(dtype)
 
         levels = point_levels(points[:, 2])                                          # [A]
@@ -117,13 +118,21 @@ class PointAssigner(BaseAssigner):
         point_idx, gt_idx, dists = [], [], []
         for level in torch.unique(gt_lvl).tolist():
             on_level = torch.nonzero(levels == level).squeeze(1)                     # [P]
-            gts = torch.nonzero(gt_lvl == level).squeeze(1)                          # [G]
-            dist, nearest = nearest_points(points[on_level, :2], centers[gts], sizes[gts], self.pos_num)
+            gt_ids = torch.nonzero(gt_lvl == level).squeeze(1)                          # [G]
+            dist, nearest = nearest_points(points[on_level, :2], centers[gt_ids], sizes[gt_ids], self.pos_num)
             point_idx.append(on_level[nearest].reshape(-1))
-            gt_idx.append(gts[:, None].expand_as(nearest).reshape(-1))
+            gt_idx.append(gt_ids[:, None].expand_as(nearest).reshape(-1))
             dists.append(dist.reshape(-1))
         gt_inds, assigned_dist = resolve_by_distance(torch.cat(point_idx), torch.cat(gt_idx), torch.cat(dists),
                                                      num_points, num_gts)
         result = AssignResult(num_gts, gt_inds, None, labels_from_gt_inds(gt_inds, gt_labels))
         result.set_extra_property("assigned_dist", assigned_dist)
         return result
+
+    def image_inputs(self, priors: Priors, pred_scores: Optional[Tensor], pred_bboxes: Optional[Tensor],
+                     gt_labels: Tensor, gt_bboxes: Tensor) -> Tuple[tuple, dict]:
+        """Batched interface, one image: points with their stride ``(x, y, stride)`` (RepPoints)."""
+        strides = priors.require("strides", type(self).__name__)
+        stride = strides[:, :1] if strides.dim() == 2 else strides[:, None]
+        return (Instances(priors=torch.cat((priors.points, stride), dim=1)),
+                Instances(bboxes=gt_bboxes, labels=gt_labels)), {}

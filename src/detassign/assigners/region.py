@@ -1,4 +1,4 @@
-"""RegionAssigner: centre-region anchors of a GT's own pyramid level are positive (Cascade RPN).
+"""RegionAssigner: center-region anchors of a GT's own pyramid level are positive (Cascade RPN).
 
 Shape symbols: A anchors of all levels (level-major, as ``num_level_anchors`` splits them),
 A_l anchors of level l, M GTs, L pyramid levels.
@@ -10,10 +10,10 @@ Algorithm (Vu et al., "Cascade RPN", 2019; mmdetection's ``RegionAssigner``), pe
    ``[0, L - 1]`` (a zero-area GT goes to level 0).
 2. On every level, project each GT onto the feature grid (divide by the stride) and shrink it by
    ``r`` of its extent from every side, rounding to grid cells (half to even) and clipping to the
-   feature map: the centre region uses ``r1 = (1 - center_ratio) / 2``, the ignore region
+   feature map: the center region uses ``r1 = (1 - center_ratio) / 2``, the ignore region
    ``r2 = (1 - ignore_ratio) / 2``.
-3. On the GT's own level, anchors whose centre (in grid units, bounds inclusive) lies in the ignore
-   region are ignored (-1) and those in the centre region are positive. Where several GTs of one
+3. On the GT's own level, anchors whose center (in grid units, bounds inclusive) lies in the ignore
+   region are ignored (-1) and those in the center region are positive. Where several GTs of one
    level claim an anchor, the GT with the highest index decides: mmdet writes the GTs in index order
    and later writes win, so this assigner is order-dependent for overlapping same-level GTs.
 4. Anchors in a GT's ignore region on the levels directly below and above its own are ignored
@@ -37,47 +37,41 @@ Differences from mmdet 3.3.0 (everything else is bit-for-bit; see tests/test_reg
 """
 from __future__ import annotations
 
-from typing import List, Mapping, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import _validate as V
-from ..structures import AssignResult
+from ..boxes import points_in_boxes, to_compute_dtype
+from ..structures import AssignResult, Instances, Priors, labels_from_gt_inds
 from .base import BaseAssigner
 
 __all__ = ["RegionAssigner", "target_levels", "grid_regions", "centers_in_regions", "claim_own_level",
            "inside_image"]
 
 
-def _compute_dtype(x: Tensor) -> Tensor:
-    """Half / bfloat16 / integer -> float32; float32 and float64 are kept as they are."""
-    if x.dtype in (torch.float16, torch.bfloat16) or not x.is_floating_point():
-        return x.float()
-    return x
-
-
-def target_levels(gt_boxes: Tensor, anchor_scale: float, base_stride: float, num_levels: int) -> Tensor:
-    """Pyramid level of every GT. gt_boxes [M, 4] xyxy -> [M] long in ``[0, num_levels - 1]``.
+def target_levels(gt_bboxes: Tensor, anchor_scale: float, base_stride: float, num_levels: int) -> Tensor:
+    """Pyramid level of every GT. gt_bboxes [M, 4] xyxy -> [M] long in ``[0, num_levels - 1]``.
 
     ``floor(log2(sqrt(w h)) - log2(anchor_scale * base_stride) + 0.5)``: the level whose anchor
     size ``anchor_scale * stride`` is nearest to the GT's size in log scale (strides doubling).
     """
-    scale = torch.sqrt((gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1]))
+    scale = torch.sqrt((gt_bboxes[:, 2] - gt_bboxes[:, 0]) * (gt_bboxes[:, 3] - gt_bboxes[:, 1]))
     # log2 of the smallest anchor size taken in the GTs' dtype, so the rounding matches mmdet's
     min_anchor_size = scale.new_full((1,), float(anchor_scale * base_stride))
     levels = torch.floor(torch.log2(scale) - torch.log2(min_anchor_size) + 0.5)
     return levels.clamp(min=0, max=num_levels - 1).long()
 
 
-def grid_regions(gt_boxes: Tensor, ratio: float, stride: float, featmap_size: Tuple[int, int]) -> Tensor:
+def grid_regions(gt_bboxes: Tensor, ratio: float, stride: float, featmap_size: Tuple[int, int]) -> Tensor:
     """GT boxes shrunk by ``ratio`` of their extent from every side, in grid units of one level.
 
-    gt_boxes [M, 4] xyxy px -> [M, 4] (x1, y1, x2, y2) grid cells, rounded half to even and clipped
+    gt_bboxes [M, 4] xyxy px -> [M, 4] (x1, y1, x2, y2) grid cells, rounded half to even and clipped
     to ``[0, w]`` / ``[0, h]`` for ``featmap_size = (h, w)``. ``ratio = 0`` keeps the whole box,
-    ``ratio = 0.5`` collapses it to its centre.
+    ``ratio = 0.5`` collapses it to its center.
     """
-    f = gt_boxes / stride
+    f = gt_bboxes / stride
     x1 = torch.round((1 - ratio) * f[:, 0] + ratio * f[:, 2])
     y1 = torch.round((1 - ratio) * f[:, 1] + ratio * f[:, 3])
     x2 = torch.round(ratio * f[:, 0] + (1 - ratio) * f[:, 2])
@@ -88,27 +82,25 @@ def grid_regions(gt_boxes: Tensor, ratio: float, stride: float, featmap_size: Tu
 
 
 def centers_in_regions(anchors: Tensor, stride: float, regions: Tensor) -> Tensor:
-    """Anchor centres (grid units) inside regions, bounds included. anchors [A_l, 4] px, regions [M, 4] -> [M, A_l]."""
+    """Anchor centers (grid units) inside regions, bounds included. anchors [A_l, 4] px, regions [M, 4] -> [M, A_l]."""
     f = anchors / stride
-    x = (f[:, 0] + f[:, 2]) * 0.5
-    y = (f[:, 1] + f[:, 3]) * 0.5
-    return ((x >= regions[:, 0, None]) & (x <= regions[:, 2, None])
-            & (y >= regions[:, 1, None]) & (y <= regions[:, 3, None]))
+    centers = torch.stack(((f[:, 0] + f[:, 2]) * 0.5, (f[:, 1] + f[:, 3]) * 0.5), dim=-1)      # [A_l, 2]
+    return points_in_boxes(centers, regions, inclusive=True)
 
 
-def claim_own_level(in_ignore: Tensor, in_centre: Tensor, own: Tensor) -> Tensor:
+def claim_own_level(in_ignore: Tensor, in_center: Tensor, own: Tensor) -> Tensor:
     """gt_inds on one level from the GTs whose target level it is (steps 2-3).
 
-    in_ignore, in_centre [M, A_l] bool, own [M] bool -> [A_l] long: 0 where no own GT claims the
-    anchor, else decided by the highest-index claimant g: ``g + 1`` if the anchor is in its centre
+    in_ignore, in_center [M, A_l] bool, own [M] bool -> [A_l] long: 0 where no own GT claims the
+    anchor, else decided by the highest-index claimant g: ``g + 1`` if the anchor is in its center
     region, -1 otherwise (mmdet's sequential writes, last one wins).
     """
     num_gts = in_ignore.shape[0]
-    claims = (in_ignore | in_centre) & own[:, None]                                   # [M, A_l]
+    claims = (in_ignore | in_center) & own[:, None]                                   # [M, A_l]
     index = torch.arange(1, num_gts + 1, device=claims.device)[:, None]
     last = (claims * index).amax(dim=0)                                                # [A_l] 1-based, 0 none
-    in_last_centre = in_centre.gather(0, (last - 1).clamp(min=0)[None]).squeeze(0)     # [A_l]
-    gt_inds = torch.where(in_last_centre, last, torch.full_like(last, -1))
+    in_last_center = in_center.gather(0, (last - 1).clamp(min=0)[None]).squeeze(0)     # [A_l]
+    gt_inds = torch.where(in_last_center, last, torch.full_like(last, -1))
     return torch.where(last > 0, gt_inds, torch.zeros_like(last))
 
 
@@ -128,7 +120,7 @@ def _read_inputs(pred_instances, gt_instances, gt_instances_ignore) -> Tuple[Ten
     """Checked (priors [A, 4], valid_flags [A] bool, gt boxes [M, 4], gt labels [M])."""
     anchors = V.tensor_input("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
                              ("A", 4), empty_rows=True)
-    gt_boxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M", 4),
+    gt_bboxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M", 4),
                               empty_rows=True)
     gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
     valid_flags = V.get_field(pred_instances, "valid_flags", "pred_instances", required=False)
@@ -142,12 +134,12 @@ def _read_inputs(pred_instances, gt_instances, gt_instances_ignore) -> Tuple[Ten
     if ignore_boxes is not None and ignore_boxes.numel() > 0:
         raise ValueError("gt_instances_ignore: RegionAssigner has no ignore-box rule (mmdet raises too); "
                          f"pass None, got {ignore_boxes.shape[0]} box(es)")
-    V.check_same_device(priors=anchors, gt_bboxes=gt_boxes, valid_flags=valid_flags, gt_labels=gt_labels)
-    gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), rows_like=("gt_instances.bboxes", gt_boxes))
+    V.check_same_device(priors=anchors, gt_bboxes=gt_bboxes, valid_flags=valid_flags, gt_labels=gt_labels)
+    gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), rows_like=("gt_instances.bboxes", gt_bboxes))
     V.check_binary("pred_instances.valid_flags", valid_flags)
     V.check_finite("pred_instances.priors", anchors)
-    V.check_boxes("gt_instances.bboxes", gt_boxes)
-    return anchors, valid_flags.bool(), gt_boxes, gt_labels
+    V.check_boxes("gt_instances.bboxes", gt_bboxes)
+    return anchors, valid_flags.bool(), gt_bboxes, gt_labels
 
 
 def _check_levels(num_anchors: int, featmap_sizes, num_level_anchors, anchor_scale,
@@ -187,7 +179,7 @@ class RegionAssigner(BaseAssigner):
     """Cascade RPN's region assigner (see the module docstring for the steps and mmdet differences).
 
     Args:
-        center_ratio: fraction of the GT (per side, centred) whose anchors are positive, in [0, 1].
+        center_ratio: fraction of the GT (per side, centered) whose anchors are positive, in [0, 1].
         ignore_ratio: fraction of the GT whose anchors are ignored on its own and adjacent levels, in [0, 1].
         mmdet_labels: write 0 instead of -1 into ``labels`` for non-positives, as mmdet does.
     """
@@ -213,8 +205,8 @@ class RegionAssigner(BaseAssigner):
         labels [A] (-1 for non-positives, 0 with ``mmdet_labels``) and ``max_overlaps=None``.
         If M == 0 or A == 0: every anchor is negative; no error.
         """
-        anchors, valid_flags, gt_boxes, gt_labels = _read_inputs(pred_instances, gt_instances, gt_instances_ignore)
-        num_anchors, num_gts = anchors.shape[0], gt_boxes.shape[0]
+        anchors, valid_flags, gt_bboxes, gt_labels = _read_inputs(pred_instances, gt_instances, gt_instances_ignore)
+        num_anchors, num_gts = anchors.shape[0], gt_bboxes.shape[0]
         sizes, counts, strides = _check_levels(num_anchors, featmap_sizes, num_level_anchors, anchor_scale,
                                                anchor_strides)
         img_shape = _check_img_shape(img_meta)
@@ -224,32 +216,42 @@ class RegionAssigner(BaseAssigner):
             gt_inds = torch.zeros(num_anchors, dtype=torch.long, device=anchors.device)
             return AssignResult(num_gts, gt_inds, None, torch.full_like(gt_inds, -1))
 
-        anchors, gt_boxes = _compute_dtype(anchors), _compute_dtype(gt_boxes)
-        gt_inds = self._assign_levels(anchors, gt_boxes, sizes, counts, anchor_scale, strides)
+        anchors, gt_bboxes = to_compute_dtype(anchors), to_compute_dtype(gt_bboxes)
+        gt_inds = self._assign_levels(anchors, gt_bboxes, sizes, counts, anchor_scale, strides)
         inside = inside_image(anchors, valid_flags, img_shape, allowed_border)
         gt_inds = torch.where(inside, gt_inds, torch.full_like(gt_inds, -1))
-        return AssignResult(num_gts, gt_inds, None, self._labels(gt_inds, gt_labels))
+        return AssignResult(num_gts, gt_inds, None,
+                            labels_from_gt_inds(gt_inds, gt_labels, fill=0 if self.mmdet_labels else -1))
 
-    def _assign_levels(self, anchors: Tensor, gt_boxes: Tensor, sizes, counts, anchor_scale,
+    def _assign_levels(self, anchors: Tensor, gt_bboxes: Tensor, sizes, counts, anchor_scale,
                        strides) -> Tensor:
-        """Steps 1-4 over the levels. anchors [A, 4], gt_boxes [M, 4] -> gt_inds [A]."""
+        """Steps 1-4 over the levels. anchors [A, 4], gt_bboxes [M, 4] -> gt_inds [A]."""
         num_levels = len(counts)
-        levels = target_levels(gt_boxes, anchor_scale, strides[0], num_levels)        # [M]
-        centre_ratio = (1 - self.center_ratio) / 2
+        levels = target_levels(gt_bboxes, anchor_scale, strides[0], num_levels)        # [M]
+        core_ratio = (1 - self.center_ratio) / 2
         ignore_ratio = (1 - self.ignore_ratio) / 2
         per_level = []
         for lvl, level_anchors in enumerate(torch.split(anchors, counts)):
             stride, size = strides[lvl], sizes[lvl]
-            in_ignore = centers_in_regions(level_anchors, stride, grid_regions(gt_boxes, ignore_ratio, stride, size))
-            in_centre = centers_in_regions(level_anchors, stride, grid_regions(gt_boxes, centre_ratio, stride, size))
-            gt_inds = claim_own_level(in_ignore, in_centre, levels == lvl)                # [A_l]
+            in_ignore = centers_in_regions(level_anchors, stride, grid_regions(gt_bboxes, ignore_ratio, stride, size))
+            in_center = centers_in_regions(level_anchors, stride, grid_regions(gt_bboxes, core_ratio, stride, size))
+            gt_inds = claim_own_level(in_ignore, in_center, levels == lvl)                # [A_l]
             adjacent = (levels == lvl - 1) | (levels == lvl + 1)                           # [M]
             ignored = (in_ignore & adjacent[:, None]).any(dim=0)                           # [A_l]
             per_level.append(torch.where(ignored, torch.full_like(gt_inds, -1), gt_inds))
         return torch.cat(per_level)
 
-    def _labels(self, gt_inds: Tensor, gt_labels: Tensor) -> Tensor:
-        """[A] gt_inds, [M] labels -> [A] class of positives, -1 (or 0 with ``mmdet_labels``) elsewhere."""
-        fill = torch.full_like(gt_inds, 0 if self.mmdet_labels else -1)
-        assigned = gt_labels.long()[(gt_inds - 1).clamp(min=0)]       # gather, no host sync
-        return torch.where(gt_inds > 0, assigned, fill)
+    def image_inputs(self, priors: Priors, pred_scores: Optional[Tensor], pred_bboxes: Optional[Tensor],
+                     gt_labels: Tensor, gt_bboxes: Tensor) -> Tuple[tuple, dict]:
+        """Batched interface, one image: square anchors on grid priors, with the level layout they map GTs
+        onto; the anchor scale is read off the first anchor (side / stride)."""
+        name = type(self).__name__
+        boxes, strides = priors.require("boxes", name), priors.require("strides", name)
+        shapes, sizes = priors.require("level_shapes", name), priors.require("level_sizes", name)
+        stride = strides if strides.dim() == 1 else strides[:, 0]
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        level_strides = [float(stride[i]) for i in starts]
+        anchor_scale = float((boxes[0, 2] - boxes[0, 0]) / stride[0]) if len(boxes) else 1.0
+        return (Instances(priors=boxes), Instances(bboxes=gt_bboxes, labels=gt_labels)), dict(
+            img_meta={"img_shape": priors.require("image_size", name)}, featmap_sizes=list(shapes),
+            num_level_anchors=list(sizes), anchor_scale=anchor_scale, anchor_strides=level_strides)

@@ -19,6 +19,11 @@ keep each algorithm and swap its geometry for mmrotate's:
 * point in box: mmrotate's ``RotatedBoxes.find_inside_points`` (the offset rotated into the box frame,
   ``eps`` inside each side: 0.01 for ATSS, which passes it, and DSL, whose default it is).
 
+Inputs are checked as the horizontal assigners' (:mod:`detassign._validate`): lists / numpy arrays, wrong
+shapes (naming the argument that disagrees), NaN / Inf, labels outside [0, C) or fractional, and GT / ignore
+boxes with a negative side are refused; per image, an empty tensor of any dtype or rank means no GT (or no
+priors); the batched calls check their padded inputs under their own names before looping.
+
 ``RotatedATSSAssigner`` (mmrotate's name) is ``ATSSAssigner`` with this calculator as its default. The
 batched DSL path runs the per-image path image by image (mmrotate has no batched form to match). mmrotate
 and mmcv's compiled ops do not install on these machines, so parity is checked through the pieces: the
@@ -33,11 +38,13 @@ import torch
 from torch import Tensor
 
 from .. import _validate as V
+from ..boxes import compute_dtype
 from ..rotated_boxes import aligned_rotated_iou, inside_mmrotate, rbbox_overlaps, rotated_box_tensor, rotated_centers
-from ..structures import AssignResult, BatchAssignResult
+from ..structures import AssignResult, BatchAssignResult, check_level_sizes
 from . import atss as atss_steps
+from ._batch import check_padded_gts
 from .atss import ATSSAssigner
-from .base import empty_assign_result
+from .base import empty_assign_result, stack_image_results
 
 __all__ = ["rotated_max_iou_assign", "rotated_atss_assign", "rotated_atss_assign_batch", "rotated_dsl_assign",
            "rotated_dsl_assign_batch",
@@ -47,8 +54,15 @@ ROTATED_INSIDE_EPS = 0.01
 
 
 def _optional_ignore(gt_instances_ignore) -> Optional[Tensor]:
+    """Ignore boxes [K, 5] xywhr (an empty tensor of any dtype: none), or None; values checked by the caller."""
     boxes = None if gt_instances_ignore is None else getattr(gt_instances_ignore, "bboxes", None)
-    return None if boxes is None else rotated_box_tensor("gt_instances_ignore.bboxes", boxes, ("K",))
+    return None if boxes is None else rotated_box_tensor("gt_instances_ignore.bboxes", boxes, ("K",), empty_rows=True)
+
+
+def _gt_boxes(gt_instances) -> Tensor:
+    """One image's GT boxes [M, 5] xywhr; an empty tensor of any dtype or rank means no GT."""
+    return rotated_box_tensor("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M",),
+                              empty_rows=True)
 
 
 # ----------------------------------------------------------------------------- MaxIoU
@@ -62,13 +76,16 @@ def rotated_max_iou_assign(assigner, pred_instances, gt_instances, gt_instances_
     if assigner.perm_repeat_gt_cfg is not None:
         raise ValueError("perm_repeat_gt_cfg is not supported with iou_calculator=dict(type='RBboxOverlaps2D')")
     priors = rotated_box_tensor("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
-                                ("A",))
-    gt_boxes = rotated_box_tensor("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M",))
+                                ("A",), empty_rows=True)
+    gt_boxes = _gt_boxes(gt_instances)
     gt_labels = V.get_field(gt_instances, "labels", "gt_instances", required=False)
-    if gt_labels is not None:
-        V.check_tensor("gt_instances.labels", gt_labels, (gt_boxes.shape[0],))
     ignore = _optional_ignore(gt_instances_ignore)
     V.check_same_device(priors=priors, gt_bboxes=gt_boxes, gt_labels=gt_labels, gt_bboxes_ignore=ignore)
+    gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), allow_none=True,
+                               rows_like=("gt_instances.bboxes", gt_boxes))
+    V.check_finite("pred_instances.priors", priors)
+    V.check_rboxes("gt_instances.bboxes", gt_boxes)
+    V.check_rboxes("gt_instances_ignore.bboxes", ignore)
     device = priors.device
     if assigner.gpu_assign_thr > 0 and gt_boxes.shape[0] > assigner.gpu_assign_thr:
         priors, gt_boxes = priors.cpu(), gt_boxes.cpu()
@@ -97,44 +114,53 @@ def rotated_atss_assign(assigner, pred_instances, num_level_priors: Sequence[int
     ``.bboxes`` [A, 5]. Steps as ATSS with centre distances, rotated IoU and mmrotate's inside test."""
 
     priors = rotated_box_tensor("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
-                                ("A",))
-    gt_boxes = rotated_box_tensor("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M",))
+                                ("A",), empty_rows=True)
+    gt_boxes = _gt_boxes(gt_instances)
     gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
-    V.check_tensor("gt_instances.labels", gt_labels, (gt_boxes.shape[0],), floating=False)
     scores = bboxes = None
     if assigner.alpha is not None:
-        scores = V.get_field(pred_instances, "scores", "pred_instances")
-        V.check_tensor("pred_instances.scores", scores, (priors.shape[0], "C"), floating=True)
+        scores = V.tensor_input("pred_instances.scores", V.get_field(pred_instances, "scores", "pred_instances"),
+                                ("A", "C"), floating=True, empty_rows=True)
         bboxes = rotated_box_tensor("pred_instances.bboxes", V.get_field(pred_instances, "bboxes", "pred_instances"),
-                                    ("A",))
-    levels = atss_steps._check_levels(num_level_priors, priors.shape[0])
-    V.check_same_device(priors=priors, gt_bboxes=gt_boxes, gt_labels=gt_labels, scores=scores)
-    dtype = atss_steps.compute_dtype(priors, gt_boxes, scores, bboxes)
+                                    ("A",), empty_rows=True)
+        V.check_agree("A", [("pred_instances.priors", priors, 0), ("pred_instances.scores", scores, 0),
+                            ("pred_instances.bboxes", bboxes, 0)])
+    levels = check_level_sizes(num_level_priors, priors.shape[0], "num_level_priors")
+    V.check_same_device(priors=priors, gt_bboxes=gt_boxes, gt_labels=gt_labels, scores=scores, bboxes=bboxes)
+    gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), rows_like=("gt_instances.bboxes", gt_boxes),
+                               num_classes=None if scores is None else V.num_classes_of(scores))
+    V.check_finite("pred_instances.priors", priors)
+    V.check_rboxes("gt_instances.bboxes", gt_boxes)
+    V.check_finite("pred_instances.scores", scores)
+    V.check_finite("pred_instances.bboxes", bboxes)
+    dtype = compute_dtype(priors, gt_boxes, scores, bboxes)
     M, A = gt_boxes.shape[0], priors.shape[0]
     if M == 0 or A == 0:
         return empty_assign_result(M, A, priors.device, overlap_fill=0.0, overlap_dtype=dtype)
     priors, gt = priors.to(dtype), gt_boxes.to(dtype)[None]                               # gt [1, M, 5]
     ignored = None
     ignore = _optional_ignore(gt_instances_ignore)
+    V.check_rboxes("gt_instances_ignore.bboxes", ignore)
     if assigner.ignore_iof_thr > 0 and ignore is not None and ignore.shape[0] > 0:
         ignored = (rbbox_overlaps(priors, ignore.to(dtype), mode="iof").amax(dim=1) > assigner.ignore_iof_thr)[None]
     centers = rotated_centers(priors)
     mask = torch.ones(1, M, dtype=torch.bool, device=priors.device)
-    cand = atss_steps.nearest_per_level(centers, rotated_centers(gt), levels, assigner.topk, ignored, None, mask)  # [1, M, K]
+    cand = atss_steps.nearest_per_level(centers, rotated_centers(gt), levels, assigner.topk, ignored, None,
+                                        mask)                                             # [1, M, K]
     gt_k = gt[:, :, None, :].expand(-1, -1, cand.shape[-1], -1)
     if assigner.alpha is None:
         quality = aligned_rotated_iou(_clamped(priors)[cand], _clamped(gt_k))
     else:
         ious = aligned_rotated_iou(_clamped(bboxes.to(dtype))[cand], _clamped(gt_k))
-        logits = scores.to(dtype)[cand, gt_labels.long()[None, :, None].expand_as(cand)]
+        logits = scores.to(dtype)[cand, gt_labels[None, :, None].expand_as(cand)]
         quality = logits.sigmoid() ** (1 - assigner.alpha) * ious ** assigner.alpha
     threshold = atss_steps.adaptive_threshold(quality)[..., None]
     passes = quality >= threshold if assigner.threshold_compare == "ge" else quality > threshold
     pts = centers[cand]                                                                    # [1, M, K, 2]
     inside = inside_mmrotate(pts[..., 0], pts[..., 1], gt_k, ROTATED_INSIDE_EPS)
     background = None if ignored is None else torch.where(ignored, -1, 0)
-    gt_inds, labels, max_overlaps = atss_steps.resolve_by_quality(cand, quality, passes & inside, gt_labels.long()[None], A,
-                                                         background, mask.any(dim=1))
+    gt_inds, labels, max_overlaps = atss_steps.resolve_by_quality(cand, quality, passes & inside, gt_labels[None], A,
+                                                                  background, mask.any(dim=1))
     return AssignResult(M, gt_inds[0], max_overlaps[0], labels[0])
 
 
@@ -152,27 +178,43 @@ def rotated_atss_assign_batch(assigner, priors: Tensor, num_level_priors: Sequen
     pred_scores [B, A, C], pred_bboxes [B, A, 5]); image by image through :func:`rotated_atss_assign`."""
     from ..structures import Instances
 
-    V.check_tensor("gt_bboxes", gt_bboxes, ("B", "M", 5), floating=True)
-    B, M = gt_bboxes.shape[:2]
-    gt_mask = torch.ones(B, M, dtype=torch.bool, device=gt_bboxes.device) if gt_mask is None else gt_mask.bool()
-    V.check_tensor("gt_mask", gt_mask, (B, M))
+    priors = rotated_box_tensor("priors", priors, ("A",))
+    pred_scores, pred_bboxes, gt_labels, gt_bboxes, gt_mask = _check_batch(
+        priors, gt_labels, gt_bboxes, gt_mask, pred_scores, pred_bboxes, predictions=assigner.alpha is not None)
     results = []
-    for b in range(B):
+    for b in range(gt_bboxes.shape[0]):
         keep = torch.nonzero(gt_mask[b]).squeeze(1)
         pred = Instances(priors=priors)
         if assigner.alpha is not None:
             pred = Instances(priors=priors, scores=pred_scores[b], bboxes=pred_bboxes[b])
         results.append((keep, rotated_atss_assign(assigner, pred, num_level_priors,
                                                   Instances(bboxes=gt_bboxes[b, keep], labels=gt_labels[b, keep]))))
-    return _stack(results, gt_mask)
+    return stack_image_results(results, gt_mask, gt_labels, priors.shape[0])
 
 
-def _stack(results, gt_mask: Tensor) -> BatchAssignResult:
-    """Per-image results over the valid GTs -> a BatchAssignResult whose indices refer to the padded M."""
-    gt_inds = torch.stack([torch.where(r.gt_inds > 0, keep[(r.gt_inds - 1).clamp(min=0)] + 1, r.gt_inds)
-                           for keep, r in results])
-    return BatchAssignResult(gt_mask.sum(1), gt_inds, torch.stack([r.max_overlaps for _, r in results]),
-                             torch.stack([r.labels for _, r in results]))
+def _check_batch(priors: Tensor, gt_labels, gt_bboxes, gt_mask, pred_scores, pred_bboxes, predictions: bool):
+    """The padded inputs of a batched call, checked under their own names before the per-image loop.
+
+    priors [A, ...] (shaped by the caller), GTs [B, M, 5] xywhr and, when the assigner reads them
+    (``predictions``), pred_scores [B, A, C] logits and pred_bboxes [B, A, 5] -> (pred_scores, pred_bboxes,
+    labels [B, M] long, boxes, mask [B, M] bool); predictions it does not read come back as None."""
+    if not predictions:
+        pred_scores = pred_bboxes = None
+    else:
+        pred_scores = V.tensor_input("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
+        pred_bboxes = rotated_box_tensor("pred_bboxes", pred_bboxes, ("B", "A"))
+        V.check_agree("A", [("priors", priors, 0), ("pred_scores", pred_scores, 1), ("pred_bboxes", pred_bboxes, 1)])
+    V.check_same_device(priors=priors, pred_scores=pred_scores, pred_bboxes=pred_bboxes, gt_labels=gt_labels,
+                        gt_bboxes=gt_bboxes, gt_mask=gt_mask)
+    classes = None if pred_scores is None else V.num_classes_of(pred_scores, 1)
+    gt_labels, gt_bboxes, gt_mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, classes, box_format="xywhr")
+    if pred_scores is not None:
+        V.check_agree("B", [("gt_bboxes", gt_bboxes, 0), ("pred_scores", pred_scores, 0),
+                            ("pred_bboxes", pred_bboxes, 0)])
+        V.check_finite("pred_scores", pred_scores)
+        V.check_finite("pred_bboxes", pred_bboxes)
+    V.check_finite("priors", priors)
+    return pred_scores, pred_bboxes, gt_labels, gt_bboxes, gt_mask
 
 
 class RotatedATSSAssigner(ATSSAssigner):
@@ -195,22 +237,25 @@ def rotated_dsl_assign(assigner, pred_instances, gt_instances) -> AssignResult:
     from . import _dynamic_k as DK
     from . import dynamic_soft_label as D
 
-    priors = V.get_field(pred_instances, "priors", "pred_instances")
-    V.check_tensor("pred_instances.priors", priors, ("A", None), floating=True)
-    if priors.shape[1] < 3:
-        raise ValueError(f"pred_instances.priors must be [A, 4] points (cx, cy, stride_w, stride_h), got "
-                         f"{tuple(priors.shape)}")
+    priors = _dsl_priors("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
+                         empty_rows=True)
     bboxes = rotated_box_tensor("pred_instances.bboxes", V.get_field(pred_instances, "bboxes", "pred_instances"),
-                                (priors.shape[0],))
-    scores = V.get_field(pred_instances, "scores", "pred_instances")
-    V.check_tensor("pred_instances.scores", scores, (priors.shape[0], "C"), floating=True)
-    gt_boxes = rotated_box_tensor("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M",))
+                                ("A",), empty_rows=True)
+    scores = V.tensor_input("pred_instances.scores", V.get_field(pred_instances, "scores", "pred_instances"),
+                            ("A", "C"), floating=True, empty_rows=True)
+    V.check_agree("A", [("pred_instances.priors", priors, 0), ("pred_instances.bboxes", bboxes, 0),
+                        ("pred_instances.scores", scores, 0)])
+    gt_boxes = _gt_boxes(gt_instances)
     gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
-    V.check_tensor("gt_instances.labels", gt_labels, (gt_boxes.shape[0],), floating=False)
-    V.check_labels("gt_instances.labels", gt_labels, scores.shape[1])
     V.check_same_device(priors=priors, bboxes=bboxes, scores=scores, gt_bboxes=gt_boxes, gt_labels=gt_labels)
+    gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), num_classes=V.num_classes_of(scores),
+                               rows_like=("gt_instances.bboxes", gt_boxes))
+    for name, x in (("pred_instances.priors", priors), ("pred_instances.bboxes", bboxes),
+                    ("pred_instances.scores", scores)):
+        V.check_finite(name, x)
+    V.check_rboxes("gt_instances.bboxes", gt_boxes)
     M, A = gt_boxes.shape[0], priors.shape[0]
-    dtype = torch.float64 if bboxes.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(bboxes)
     if M == 0 or A == 0:
         return empty_assign_result(M, A, priors.device, 0.0, dtype)
     inside = inside_mmrotate(priors[None, :, 0], priors[None, :, 1], gt_boxes[:, None, :], ROTATED_INSIDE_EPS)
@@ -224,7 +269,15 @@ def rotated_dsl_assign(assigner, pred_instances, gt_instances) -> AssignResult:
     iou_cost = -torch.log(ious + D.EPS) * assigner.iou_weight
     cost = D.exact_cls_cost(scores[valid], gt_labels.long(), ious) + iou_cost + center_cost
     fg, gt_index, matched = DK.mmdet_dynamic_k_matching(cost, ious, assigner.topk)
-    return DK.mmdet_result(M, A, valid, fg, gt_index, matched, gt_labels.long(), -D.INF)
+    return DK.mmdet_result(M, A, valid, fg, gt_index, matched, gt_labels, -D.INF)
+
+
+def _dsl_priors(name: str, priors, empty_rows: bool = False) -> Tensor:
+    """DSL's point priors [A, >= 3] ``(cx, cy, stride, ...)``; an empty tensor of any rank: no priors."""
+    priors = V.tensor_input(name, priors, ("A", None), floating=True, empty_rows=empty_rows)
+    if priors.shape[0] and priors.shape[1] < 3:
+        raise ValueError(f"{name} must be [A, 4] points (cx, cy, stride_w, stride_h), got {tuple(priors.shape)}")
+    return priors
 
 
 def rotated_dsl_assign_batch(assigner, pred_scores: Tensor, pred_bboxes: Tensor, priors: Tensor, gt_labels: Tensor,
@@ -234,17 +287,13 @@ def rotated_dsl_assign_batch(assigner, pred_scores: Tensor, pred_bboxes: Tensor,
     :func:`rotated_dsl_assign` (GT indices refer to the padded M)."""
     from ..structures import Instances
 
-    V.check_tensor("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
-    B, A, _ = pred_scores.shape
-    V.check_tensor("pred_bboxes", pred_bboxes, (B, A, 5), floating=True)
-    V.check_tensor("gt_bboxes", gt_bboxes, (B, "M", 5), floating=True)
-    M = gt_bboxes.shape[1]
-    gt_mask = torch.ones(B, M, dtype=torch.bool, device=gt_bboxes.device) if gt_mask is None else gt_mask.bool()
-    V.check_tensor("gt_mask", gt_mask, (B, M))
+    priors = _dsl_priors("priors", priors)
+    pred_scores, pred_bboxes, gt_labels, gt_bboxes, gt_mask = _check_batch(
+        priors, gt_labels, gt_bboxes, gt_mask, pred_scores, pred_bboxes, predictions=True)
     results = []
-    for b in range(B):
+    for b in range(gt_bboxes.shape[0]):
         keep = torch.nonzero(gt_mask[b]).squeeze(1)
         results.append((keep, rotated_dsl_assign(
             assigner, Instances(priors=priors, bboxes=pred_bboxes[b], scores=pred_scores[b]),
             Instances(bboxes=gt_bboxes[b, keep], labels=gt_labels[b, keep]))))
-    return _stack(results, gt_mask)
+    return stack_image_results(results, gt_mask, gt_labels, priors.shape[0])

@@ -30,10 +30,12 @@ candidate pairs in ultralytics' order. Memory is proportional to the candidate p
 
 Ties (``tie_break``): ``"index"`` (default) ranks equal metrics by anchor index among the candidates;
 ultralytics' ``torch.topk`` over the dense row may instead keep other zero-metric anchors (candidates or
-not), an order that is unspecified and device-dependent. ``"torch"`` rebuilds the dense ``[B, M, A]``
-metric and calls ``torch.topk`` on it (and on the dense ``topk2`` rows) as the reference does, which
-reproduces its choice on the same device (at its memory cost). Results agree exactly whenever no GT
-must choose among zero-metric candidates.
+not), an order that is unspecified and device-dependent. ``"torch"`` reproduces that choice on the same
+device: the top-k of a GT is read off the pairs where it is unique, and only the GT rows whose k-th metric
+is tied (usually a GT reaching zero-metric candidates) are rebuilt densely, in blocks within
+``max_chunk_mib``, and ranked by ``torch.topk`` itself (:func:`detassign.assigners._pairs.reference_topk`;
+the ``topk2`` rows likewise). Results agree exactly whenever no GT must choose among zero-metric
+candidates.
 
 Presets (``ROTATED_TAL_PRESETS``; explicit arguments override them):
 
@@ -50,7 +52,13 @@ Presets (``ROTATED_TAL_PRESETS``; explicit arguments override them):
 assigner: that is a loss-side filter (the caller's job), not part of the assignment.
 ``max_overlaps`` holds the assigned pair's ProbIoU (0 elsewhere), ``assign_metrics`` its t; negatives get
 zero target boxes and label -1 (ultralytics returns GT 0's box and label there, read by no loss);
-:func:`ultralytics_targets` converts a result into ultralytics' 5-tuple with its conventions.
+:func:`detassign.integrations.ultralytics.ultralytics_targets` converts a result into ultralytics' 5-tuple
+with its conventions, and :class:`detassign.integrations.ultralytics.RotatedTaskAlignedAssigner` is the
+one-line swap for ultralytics' own class.
+
+Inputs are checked as every assigner's (:mod:`detassign._validate`): lists / numpy arrays, wrong shapes,
+NaN / Inf, probabilities outside [0, 1], labels outside [0, C) or fractional, and valid GTs with a
+negative side are refused naming the argument; per image, an empty tensor of any dtype means no GT.
 """
 from __future__ import annotations
 
@@ -60,13 +68,16 @@ import torch
 from torch import Tensor
 
 from .. import _validate as V
+from ..boxes import compute_dtype
 from ..rotated_boxes import aligned_probiou, inside_ultralytics_frames, ultralytics_box_frames, xywhr_to_corners
-from ..structures import AssignResult, BatchAssignResult
+from ..structures import AssignResult, BatchAssignResult, as_priors
+from . import _pairs
 from . import _tal_ops as ops
+from ._batch import check_padded_gts
 from .base import BaseAssigner
 
-__all__ = ["RotatedTaskAlignedAssigner", "ROTATED_TAL_PRESETS", "ultralytics_targets", "RotatedFrames",
-           "rotated_candidate_frames", "rotated_candidate_pairs"]
+__all__ = ["RotatedTaskAlignedAssigner", "ROTATED_TAL_PRESETS", "RotatedFrames", "rotated_candidate_frames",
+           "rotated_candidate_pairs"]
 
 _BASE = dict(topk=13, alpha=1.0, beta=6.0, topk2=None, strides=(8, 16, 32), widen_small_gt=True, eps=1e-9)
 ROTATED_TAL_PRESETS = {
@@ -75,10 +86,21 @@ ROTATED_TAL_PRESETS = {
     "yolo26_one2many": dict(_BASE, topk=10, alpha=0.5),
     "yolo26_one2one": dict(_BASE, topk=7, alpha=0.5, topk2=1),
 }
-TIE_BREAKS = ("index", "torch")
+TIE_BREAKS = _pairs.TIE_BREAKS
 _BYTES_PER_PAIR = 400      # peak of the gathered pair boxes and the ProbIoU temporaries per pair
-_BYTES_PER_TEST = 40       # the inside test of one (GT, anchor) pair in the generic (non-grid) path
+_BYTES_PER_TEST = 40       # the inside test of one enumerated (GT, anchor) pair
 _PAIR_BLOCK_MULTIPLE = 1024  # pair blocks keep vector alignment, so element-wise kernels round as one call
+_BYTES_PER_DENSE_ELEMENT = 16  # a densely rebuilt tied row: the metric, the kept mask and topk's scratch
+
+
+def _check_values(names: Tuple[str, str, str], scores: Tensor, bboxes: Tensor, points: Tensor, probs: bool) -> None:
+    """Probabilities in [0, 1] (or finite logits), finite predicted boxes and anchor points."""
+    if probs:
+        V.check_range(names[0], scores, 0.0, 1.0)
+    else:
+        V.check_finite(names[0], scores)
+    V.check_finite(names[1], bboxes)
+    V.check_finite(names[2], points)
 
 
 class RotatedFrames(NamedTuple):
@@ -99,7 +121,8 @@ class RotatedFrames(NamedTuple):
         return tuple(f.index_select(0, index) for f in self[:8])
 
 
-def rotated_candidate_frames(gt_bboxes: Tensor, gt_mask: Tensor, rows: Tensor, min_size: Optional[float]) -> RotatedFrames:
+def rotated_candidate_frames(gt_bboxes: Tensor, gt_mask: Tensor, rows: Tensor,
+                             min_size: Optional[float]) -> RotatedFrames:
     """Step 1's geometry. gt_bboxes [B, M, 5], gt_mask [B, M], rows [G] flat ``b * M + m`` -> RotatedFrames.
 
     The widening and the corners are computed on the whole padded ``[B, M, 5]`` tensor with ultralytics'
@@ -118,33 +141,23 @@ def rotated_candidate_frames(gt_bboxes: Tensor, gt_mask: Tensor, rows: Tensor, m
     return RotatedFrames(*frames, window)
 
 
-def rotated_candidate_pairs(points: Tensor, frames: RotatedFrames, levels: Optional[List[ops.GridLevel]],
-                            max_tests: int) -> Tuple[Tensor, Tensor]:
+def rotated_candidate_pairs(points: Tensor, frames: RotatedFrames, levels: Optional[List[_pairs.GridLevel]],
+                            max_pairs: int) -> Tuple[Tensor, Tensor]:
     """Candidate (GT row, anchor) pairs. points [A, 2] -> (local [P] in [0, G), anchor [P]), ordered by
     row then anchor (ultralytics' ``nonzero`` order on its dense mask).
 
-    With grid ``levels`` the cells under each GT's bounding box are enumerated (a superset, cost
-    proportional to the box areas); otherwise blocks of GT rows are tested against every anchor, at most
-    ``max_tests`` pairs at a time.
+    The shared candidate plan (:func:`detassign.assigners._pairs.plan_candidates`): with grid ``levels``
+    the cells under each GT's bounding box (a superset, cost proportional to the box areas), otherwise
+    every anchor; then the exact inclusive test, at most ``max_pairs`` enumerated pairs at a time.
     """
-    G = frames.window.shape[0]
-    if levels is not None:
-        windows = frames.window[:, None, :].expand(-1, len(levels), -1)
-        local, anchor = ops.enumerate_cells(levels, *ops.grid_cells(levels, windows))
-        pts = points.index_select(0, anchor)
-        inside = inside_ultralytics_frames(pts[:, 0], pts[:, 1], *frames.select(local))
-        keep = torch.nonzero(inside).squeeze(1)
-        return local.index_select(0, keep), anchor.index_select(0, keep)
-    A = points.shape[0]
-    step = max(1, max_tests // max(A, 1))
-    px, py = points[None, :, 0], points[None, :, 1]
+    plan = _pairs.plan_candidates(levels, frames.window, points.shape[0])
     locals_, anchors = [], []
-    for lo in range(0, G, step):
-        block = torch.arange(lo, min(G, lo + step), device=points.device)
-        inside = inside_ultralytics_frames(px, py, *(f[:, None] for f in frames.select(block)))  # [g, A]
-        r, a = torch.nonzero(inside, as_tuple=True)
-        locals_.append(r + lo)
-        anchors.append(a)
+    for block in plan.blocks(max_pairs):
+        local, anchor = plan.pairs(block)
+        pts = points.index_select(0, anchor)
+        keep = torch.nonzero(inside_ultralytics_frames(pts[:, 0], pts[:, 1], *frames.select(local))).squeeze(1)
+        locals_.append(local.index_select(0, keep))
+        anchors.append(anchor.index_select(0, keep))
     if not locals_:
         empty = torch.zeros(0, dtype=torch.long, device=points.device)
         return empty, empty
@@ -155,15 +168,17 @@ class RotatedTaskAlignedAssigner(BaseAssigner):
     """Task-aligned assigner for oriented boxes (ultralytics' OBB assigner); see the module docstring.
 
     Args (None = from ``preset``, default ``"ultralytics"``):
-        topk, alpha, beta: top-k per GT and the metric's exponents.
+        topk, alpha, beta: top-k per GT and the metric's exponents (alpha, beta >= 0).
         num_classes: checked against ``pred_scores`` when given.
         strides: pyramid strides in the anchors' layout order; ``strides[1]`` is the widening size.
         widen_small_gt: widen GT sides below ``strides[1]`` for the candidate test (ultralytics: always).
         topk2: keep each GT's best ``topk2`` anchors after de-duplication (YOLO26 one-to-one: 1).
-        tie_break: ``"index"`` or ``"torch"`` (ultralytics' ``torch.topk`` tie order, dense memory).
+        tie_break: ``"index"`` or ``"torch"`` (ultralytics' ``torch.topk`` tie order, rebuilt densely only
+            on the tied GT rows).
         eps: in the target-score normaliser ``max_pos(t) + eps``.
         max_chunk_mib: temporary-memory budget of one block of pairs (None: 256 on CPU, 2048 elsewhere).
 
+    Hyper-parameters are checked here (a string, a bool for a number, NaN: an error naming the argument).
     ``build_assigner(dict(type="RotatedTaskAlignedAssigner", preset="ultralytics_loss", num_classes=15))``.
     """
 
@@ -172,40 +187,29 @@ class RotatedTaskAlignedAssigner(BaseAssigner):
                  strides: Optional[Sequence[float]] = None, widen_small_gt: Optional[bool] = None,
                  topk2: Optional[int] = None, tie_break: str = "index", eps: Optional[float] = None,
                  max_chunk_mib: Optional[float] = None) -> None:
-        preset = "ultralytics" if preset is None else preset
-        if preset not in ROTATED_TAL_PRESETS:
-            raise ValueError(f"preset must be one of {sorted(ROTATED_TAL_PRESETS)}, got {preset!r}")
-        cfg = dict(ROTATED_TAL_PRESETS[preset])
+        self.preset = V.check_choice("preset", "ultralytics" if preset is None else preset,
+                                     tuple(ROTATED_TAL_PRESETS))
+        cfg = dict(ROTATED_TAL_PRESETS[self.preset])
         given = dict(topk=topk, alpha=alpha, beta=beta, strides=strides, widen_small_gt=widen_small_gt,
                      topk2=topk2, eps=eps)
         cfg.update({k: v for k, v in given.items() if v is not None})
-        self.preset = preset
-        self.topk, self.alpha, self.beta = cfg["topk"], float(cfg["alpha"]), float(cfg["beta"])
-        self.topk2, self.eps = cfg["topk2"], float(cfg["eps"])
-        self.strides = tuple(float(s) for s in cfg["strides"]) if cfg["strides"] else ()
-        self.widen_small_gt = bool(cfg["widen_small_gt"])
-        self.num_classes = num_classes
-        self.tie_break = tie_break
-        self.max_chunk_mib = None if max_chunk_mib is None else float(max_chunk_mib)
-        self._check_config()
-
-    def _check_config(self) -> None:
-        for name in ("topk", "topk2", "num_classes"):
-            value = getattr(self, name)
-            if value is None and name != "topk":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1{' or None' if name != 'topk' else ''}, got {value!r}")
-        if self.tie_break not in TIE_BREAKS:
-            raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {self.tie_break!r}")
-        if self.eps < 0:
-            raise ValueError(f"eps must be >= 0, got {self.eps}")
-        if any(s <= 0 for s in self.strides):
-            raise ValueError(f"strides must be positive, got {self.strides}")
+        self.topk = V.check_number("topk", cfg["topk"], low=1, integer=True)
+        self.topk2 = V.check_number("topk2", cfg["topk2"], low=1, integer=True, allow_none=True)
+        # a NaN or negative exponent gives NaN / Inf metrics (0 ** -1), never an error downstream
+        self.alpha = float(V.check_number("alpha", cfg["alpha"], low=0))
+        self.beta = float(V.check_number("beta", cfg["beta"], low=0))
+        self.eps = float(V.check_number("eps", cfg["eps"], low=0))
+        if not isinstance(cfg["strides"], (list, tuple)):
+            raise V.ParameterTypeError(f"strides must be a list of positive numbers, got {cfg['strides']!r}")
+        self.strides = tuple(float(V.check_number(f"strides[{i}]", s, low=0, low_open=True))
+                             for i, s in enumerate(cfg["strides"]))
+        self.widen_small_gt = V.check_flag("widen_small_gt", cfg["widen_small_gt"])
+        self.num_classes = V.check_number("num_classes", num_classes, low=1, integer=True, allow_none=True)
+        self.tie_break = V.check_choice("tie_break", tie_break, TIE_BREAKS)
+        mib = V.check_number("max_chunk_mib", max_chunk_mib, low=0, low_open=True, allow_none=True)
+        self.max_chunk_mib = None if mib is None else float(mib)
         if self.widen_small_gt and not self.strides:
             raise ValueError("widen_small_gt=True needs strides (sides are widened to strides[1])")
-        if self.max_chunk_mib is not None and not self.max_chunk_mib > 0:
-            raise ValueError(f"max_chunk_mib must be positive or None, got {self.max_chunk_mib}")
 
     @property
     def min_candidate_size(self) -> Optional[float]:
@@ -223,34 +227,67 @@ class RotatedTaskAlignedAssigner(BaseAssigner):
     def assign(self, pred_instances, gt_instances, gt_instances_ignore=None) -> AssignResult:
         """One image. pred_instances: ``priors`` [A, 2] anchor points (or [A, 5] rotated priors, whose
         centres are used), ``bboxes`` [A, 5] decoded xywhr, ``scores`` [A, C] probabilities;
-        gt_instances: ``bboxes`` [M, 5] xywhr, ``labels`` [M]. ``gt_instances_ignore`` is not used."""
-        priors = V.get_field(pred_instances, "priors", "pred_instances")
-        V.check_tensor("pred_instances.priors", priors, ("A", None), floating=True)
+        gt_instances: ``bboxes`` [M, 5] xywhr, ``labels`` [M]. ``gt_instances_ignore`` is not used.
+        An empty tensor of any dtype or rank means no GT (or no priors)."""
+        priors = V.tensor_input("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
+                                ("A", None), floating=True, empty_rows=True)
+        if priors.shape == (0, 0):
+            priors = priors.new_zeros((0, 2))
         if priors.shape[1] not in (2, 5):
             raise ValueError(f"pred_instances.priors must be [A, 2] points or [A, 5] xywhr priors, got "
                              f"{tuple(priors.shape)}")
-        bboxes = V.get_field(pred_instances, "bboxes", "pred_instances")
-        scores = V.get_field(pred_instances, "scores", "pred_instances")
-        gt_boxes = V.get_field(gt_instances, "bboxes", "gt_instances")
+        bboxes = V.tensor_input("pred_instances.bboxes", V.get_field(pred_instances, "bboxes", "pred_instances"),
+                                ("A", 5), floating=True, empty_rows=True)
+        scores = V.tensor_input("pred_instances.scores", V.get_field(pred_instances, "scores", "pred_instances"),
+                                ("A", "C"), floating=True, empty_rows=True)
+        V.check_agree("A", [("pred_instances.priors", priors, 0), ("pred_instances.bboxes", bboxes, 0),
+                            ("pred_instances.scores", scores, 0)])
+        gt_boxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"),
+                                  ("M", 5), floating=True, empty_rows=True)
         gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
-        V.check_tensor("gt_instances.bboxes", gt_boxes, ("M", 5), floating=True)
-        V.check_tensor("gt_instances.labels", gt_labels, (gt_boxes.shape[0],))
-        return self.assign_batch(scores[None], bboxes[None], priors[:, :2], gt_labels[None], gt_boxes[None])[0]
+        V.check_same_device(priors=priors, bboxes=bboxes, scores=scores, gt_bboxes=gt_boxes, gt_labels=gt_labels)
+        gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), num_classes=V.num_classes_of(scores),
+                                   rows_like=("gt_instances.bboxes", gt_boxes))
+        _check_values(("pred_instances.scores", "pred_instances.bboxes", "pred_instances.priors"), scores, bboxes,
+                      priors, probs=True)
+        V.check_rboxes("gt_instances.bboxes", gt_boxes)
+        num_gts = gt_boxes.shape[0]
+        if priors.shape[0] == 0:   # no priors, nothing to assign (empty scores need not even say C)
+            gt_boxes, gt_labels = gt_boxes[:0], gt_labels[:0]
+        result = self.assign_batch_probs(scores[None], bboxes[None], priors[:, :2], gt_labels[None],
+                                         gt_boxes[None])[0]
+        result.num_gts = num_gts
+        return result
 
     # ------------------------------------------------------------------ batched
     @torch.no_grad()
     def assign_batch(self, pred_scores: Tensor, pred_bboxes: Tensor, anchor_points: Tensor, gt_labels: Tensor,
                      gt_bboxes: Tensor, gt_mask: Optional[Tensor] = None) -> BatchAssignResult:
-        """Assign a padded batch (ultralytics' call order).
+        """Assign a padded batch (ultralytics' call order; scores are the head's logits, as for
+        :meth:`TaskAlignedAssigner.assign_batch <detassign.assigners.task_aligned.TaskAlignedAssigner.assign_batch>`).
 
-        pred_scores [B, A, C] probabilities, pred_bboxes [B, A, 5] xywhr px, anchor_points [A, 2] px,
-        gt_labels [B, M] or [B, M, 1], gt_bboxes [B, M, 5] xywhr px, gt_mask [B, M] or [B, M, 1] (None: all
-        valid). Returns BatchAssignResult: gt_inds [B, A] (1-based padded GT index, 0 negative), labels
-        [B, A] (-1 non-positive), max_overlaps [B, A] (ProbIoU), extras ``target_boxes`` [B, A, 5],
-        ``target_scores`` [B, A, C], ``assign_metrics`` [B, A]. M == 0 / no valid GT: all negative.
+        pred_scores [B, A, C] logits (the sigmoid is applied here), pred_bboxes [B, A, 5] xywhr px,
+        anchor_points [A, 2] px, gt_labels [B, M] or [B, M, 1], gt_bboxes [B, M, 5] xywhr px, gt_mask [B, M]
+        or [B, M, 1] (None: all valid). Returns BatchAssignResult: gt_inds [B, A] (1-based padded GT index,
+        0 negative), labels [B, A] (-1 non-positive), max_overlaps [B, A] (ProbIoU), extras
+        ``target_boxes`` [B, A, 5], ``target_scores`` [B, A, C], ``assign_metrics`` [B, A]. M == 0 / no
+        valid GT: all negative.
         """
-        scores, pred, points, labels, gts, mask = self._check_batch(pred_scores, pred_bboxes, anchor_points,
-                                                                    gt_labels, gt_bboxes, gt_mask)
+        return self._assign(*self._check_batch(pred_scores, pred_bboxes, anchor_points, gt_labels, gt_bboxes,
+                                               gt_mask, probs=False))
+
+    @torch.no_grad()
+    def assign_batch_probs(self, pred_scores: Tensor, pred_bboxes: Tensor, anchor_points: Tensor, gt_labels: Tensor,
+                           gt_bboxes: Tensor, gt_mask: Optional[Tensor] = None) -> BatchAssignResult:
+        """:meth:`assign_batch` for callers that hold probabilities: pred_scores [B, A, C] in [0, 1]
+        (ultralytics' ``RotatedTaskAlignedAssigner`` call, which receives ``sigmoid(logits)``)."""
+        return self._assign(*self._check_batch(pred_scores, pred_bboxes, anchor_points, gt_labels, gt_bboxes,
+                                               gt_mask, probs=True))
+
+    def _assign(self, scores: Tensor, pred: Tensor, points: Tensor, labels: Tensor, gts: Tensor,
+                mask: Tensor) -> BatchAssignResult:
+        """Steps 1-6. scores [B, A, C] probabilities, pred [B, A, 5], points [A, 2], labels [B, M], gts
+        [B, M, 5] (compute dtype), mask [B, M]."""
         B, A, C = scores.shape
         M = gts.shape[1]
         rows = torch.nonzero(mask.reshape(-1)).squeeze(1)                                  # [G]
@@ -259,88 +296,71 @@ class RotatedTaskAlignedAssigner(BaseAssigner):
             zero_f = torch.zeros(B * A, dtype=scores.dtype, device=scores.device)
             assign = ops.AnchorAssignment(zero_l.bool(), zero_l, zero_f, zero_f)
         else:
-            pairs = self._pairs(scores, pred, points, labels, gts, mask, rows)
-            assign = ops.resolve_conflicts(pairs, B, A, M, "all_gts")
-            if self.topk2 is not None and self.topk2 != self.topk:
-                assign = ops.keep_topk2(assign, B, A, M, self.topk2, stable=self.tie_break == "index")
-        return self._build_result(assign, scores, labels, gts, mask)
+            pairs = self._candidate_pairs(scores, pred, points, labels, gts, mask, rows)    # steps 1-3
+            assign = ops.resolve_conflicts(pairs, B, A, M, "all_gts")                        # step 4
+            if self.topk2 is not None and self.topk2 != self.topk:                           # step 5
+                assign = ops.keep_topk2(assign, B, A, M, self.topk2, stable=self.tie_break == "index",
+                                        max_elems=self._dense_elements(scores.device))
+        return self._build_result(assign, scores, labels, gts, mask)                         # step 6
 
-    def _check_batch(self, pred_scores, pred_bboxes, anchor_points, gt_labels, gt_bboxes, gt_mask):
-        V.check_tensor("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
-        B, A, C = pred_scores.shape
-        V.check_tensor("pred_bboxes", pred_bboxes, (B, A, 5), floating=True)
-        V.check_tensor("anchor_points", anchor_points, (A, 2), floating=True)
-        V.check_tensor("gt_bboxes", gt_bboxes, (B, "M", 5), floating=True)
-        M = gt_bboxes.shape[1]
-        if self.num_classes is not None and C != self.num_classes:
+    def _check_batch(self, pred_scores, pred_bboxes, anchor_points, gt_labels, gt_bboxes, gt_mask, probs: bool):
+        """Validated inputs in the compute dtype (scores as probabilities: logits go through the sigmoid
+        after the upcast)."""
+        pred_scores = V.tensor_input("pred_scores", pred_scores, ("B", "A", "C"), floating=True)
+        pred_bboxes = V.tensor_input("pred_bboxes", pred_bboxes, ("B", "A", 5), floating=True)
+        # the batched interface's priors: a detassign.Priors or the anchor points [A, 2]
+        anchor_points = V.tensor_input("anchor_points", as_priors(anchor_points, "anchor_points").points, ("A", 2),
+                                       floating=True)
+        gt_bboxes = V.tensor_input("gt_bboxes", gt_bboxes, ("B", "M", 5), floating=True)
+        # the anchors are fixed by the model: name the tensor that disagrees with the others
+        V.check_agree("A", [("anchor_points", anchor_points, 0), ("pred_scores", pred_scores, 1),
+                            ("pred_bboxes", pred_bboxes, 1)])
+        V.check_agree("B", [("pred_scores", pred_scores, 0), ("pred_bboxes", pred_bboxes, 0),
+                            ("gt_bboxes", gt_bboxes, 0)])
+        C = pred_scores.shape[2]
+        if self.num_classes is not None and C != self.num_classes and pred_scores.shape[1]:
             raise ValueError(f"pred_scores must have num_classes={self.num_classes} columns, got shape "
                              f"{tuple(pred_scores.shape)}")
-        if gt_labels is None:
-            raise TypeError("gt_labels is required, got None")
-        if gt_labels.dim() == 3 and gt_labels.shape[-1] == 1:
-            gt_labels = gt_labels[..., 0]
-        V.check_tensor("gt_labels", gt_labels, (B, M))
-        if gt_mask is None:
-            gt_mask = torch.ones(B, M, dtype=torch.bool, device=gt_bboxes.device)
-        elif gt_mask.dim() == 3 and gt_mask.shape[-1] == 1:
-            gt_mask = gt_mask[..., 0]
-        V.check_tensor("gt_mask", gt_mask, (B, M))
-        gt_mask = gt_mask.bool()
         V.check_same_device(pred_scores=pred_scores, pred_bboxes=pred_bboxes, anchor_points=anchor_points,
                             gt_labels=gt_labels, gt_bboxes=gt_bboxes, gt_mask=gt_mask)
-        if gt_labels.is_floating_point() and V.value_checks_enabled() and bool((gt_labels != gt_labels.round()).any()):
-            raise ValueError("gt_labels must hold integral class indices, got fractional values")
-        gt_labels = gt_labels.long()
-        if V.value_checks_enabled():
-            V.check_range("pred_scores", pred_scores, 0.0, 1.0)
-            V.check_finite("pred_bboxes", pred_bboxes)
-            V.check_finite("anchor_points", anchor_points)
-            valid_boxes = gt_bboxes[gt_mask]
-            V.check_finite("gt_bboxes", valid_boxes)
-            if bool((valid_boxes[:, 2:4] < 0).any()):
-                raise ValueError("gt_bboxes must be xywhr with non-negative w and h for valid GTs")
-            V.check_labels("gt_labels", gt_labels, C, gt_mask)
-        dtype = torch.float64 if torch.float64 in (pred_scores.dtype, pred_bboxes.dtype, gt_bboxes.dtype,
-                                                   anchor_points.dtype) else torch.float32
-        return (pred_scores.to(dtype), pred_bboxes.to(dtype), anchor_points.to(dtype), gt_labels,
-                gt_bboxes.to(dtype), gt_mask)
+        labels, gts, mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, V.num_classes_of(pred_scores, 1),
+                                             box_format="xywhr")
+        _check_values(("pred_scores", "pred_bboxes", "anchor_points"), pred_scores, pred_bboxes, anchor_points, probs)
+        dtype = compute_dtype(pred_scores, pred_bboxes, gt_bboxes, anchor_points)
+        scores = pred_scores.to(dtype) if probs else pred_scores.to(dtype).sigmoid()
+        return scores, pred_bboxes.to(dtype), anchor_points.to(dtype), labels, gts.to(dtype), mask
+
+    def _dense_elements(self, device: torch.device) -> int:
+        """Elements of one block of densely rebuilt (tied) metric rows within ``max_chunk_mib``."""
+        return max(1, int(self._chunk_bytes(device) / _BYTES_PER_DENSE_ELEMENT))
 
     # ------------------------------------------------------------------ steps 1-3 on candidate pairs
-    def _pairs(self, scores, pred, points, labels, gts, mask, rows) -> ops.PairTable:
+    def _candidate_pairs(self, scores, pred, points, labels, gts, mask, rows) -> ops.PairTable:
         B, A, C = scores.shape
         M = gts.shape[1]
         frames = rotated_candidate_frames(gts, mask, rows, self.min_candidate_size)
-        levels = ops.detect_grid(points, self.strides)
+        levels = _pairs.detect_grid(points, self.strides)
         budget = self._chunk_bytes(points.device)
-        local, anchor = rotated_candidate_pairs(points, frames, levels, int(budget / _BYTES_PER_TEST))
+        local, anchor = rotated_candidate_pairs(points, frames, levels, max(1, int(budget / _BYTES_PER_TEST)))  # 1.
         row = rows.index_select(0, local)
         flat_anchor = torch.div(row, M, rounding_mode="floor") * A + anchor
-        # one call over all pairs where the budget allows (the reference's layout); else aligned blocks
+        # ProbIoU in one call over all pairs where the budget allows (the reference's layout), else in
+        # aligned blocks: its exp / log / sqrt round like that one call, element for element
         step = max(_PAIR_BLOCK_MULTIPLE, int(budget / _BYTES_PER_PAIR) // _PAIR_BLOCK_MULTIPLE * _PAIR_BLOCK_MULTIPLE)
         flat_gts, flat_pred = gts.reshape(-1, 5), pred.reshape(-1, 5)
         flat_scores, flat_labels = scores.reshape(-1), labels.reshape(-1)
         overlaps, metrics = [], []
         for lo in range(0, max(row.numel(), 1), step):
             r, fa = row[lo:lo + step], flat_anchor[lo:lo + step]
-            overlap = aligned_probiou(flat_gts.index_select(0, r), flat_pred.index_select(0, fa)).clamp(min=0)
+            overlap = aligned_probiou(flat_gts.index_select(0, r), flat_pred.index_select(0, fa)).clamp(min=0)   # 2.
             score = flat_scores.index_select(0, fa * C + flat_labels.index_select(0, r))
             overlaps.append(overlap)
             metrics.append(ops.alignment_metric(score, overlap, self.alpha, self.beta))
         overlap, metric = torch.cat(overlaps), torch.cat(metrics)
-        if self.tie_break == "index":
-            selected = ops.rank_in_segments(local, metric, rows.numel(), nonnegative=True) < self.topk
-        else:
-            selected = self._dense_topk(row, anchor, metric, B, M, A)
+        # 3. ultralytics' torch.topk over the dense row (0 off the candidates) for "torch", rebuilt only where tied
+        selected = _pairs.topk_in_segments(local, metric, rows.numel(), self.topk, self.tie_break, anchor, A,
+                                           self._dense_elements(points.device))
         return ops.PairTable(row, anchor, overlap, metric, selected)
-
-    def _dense_topk(self, row: Tensor, anchor: Tensor, metric: Tensor, B: int, M: int, A: int) -> Tensor:
-        """``torch.topk`` over the dense [B, M, A] metric (0 off the candidates), as ultralytics runs it."""
-        dense = torch.zeros(B * M, A, dtype=metric.dtype, device=metric.device)
-        dense[row, anchor] = metric
-        k = min(self.topk, A)
-        top = torch.topk(dense.view(B, M, A), k, dim=-1, largest=True).indices.view(B * M, k)
-        chosen = torch.zeros(B * M, A, dtype=torch.bool, device=metric.device).scatter_(1, top, True)
-        return chosen[row, anchor]
 
     # ------------------------------------------------------------------ outputs
     def _build_result(self, assign: ops.AnchorAssignment, scores: Tensor, labels: Tensor, gts: Tensor,
@@ -373,22 +393,3 @@ class RotatedTaskAlignedAssigner(BaseAssigner):
             assign_metrics=assign.metric.masked_fill(~fg, 0).view(B, A),
         )
 
-
-def ultralytics_targets(result: BatchAssignResult, gt_labels: Tensor, gt_bboxes: Tensor):
-    """A batched TAL result -> ultralytics' ``(target_labels [B, A], target_bboxes [B, A, D],
-    target_scores [B, A, C], fg_mask [B, A], target_gt_idx [B, A])`` with its conventions for negatives
-    (GT index 0, GT 0's label clamped at 0 and box). gt_labels [B, M] or [B, M, 1], gt_bboxes [B, M, D]
-    (D = 4 or 5): what the caller passed to the assigner. M == 0: ultralytics' empty outputs (labels
-    ``num_classes``, zeros)."""
-    fg = result.fg_mask
-    B, A = fg.shape
-    C = result.target_scores.shape[-1]
-    M, D = gt_bboxes.shape[1], gt_bboxes.shape[-1]
-    if M == 0:
-        return (torch.full((B, A), C, dtype=torch.long, device=fg.device), gt_bboxes.new_zeros(B, A, D),
-                result.target_scores, fg, torch.zeros(B, A, dtype=torch.long, device=fg.device))
-    gt_idx = torch.where(fg, result.gt_inds - 1, 0)
-    flat = torch.arange(B, device=fg.device)[:, None] * M + gt_idx
-    labels = gt_labels.reshape(B, M).long().reshape(-1)[flat].clamp(min=0)
-    boxes = gt_bboxes.reshape(-1, D)[flat]
-    return labels, boxes, result.target_scores, fg, gt_idx

@@ -2,18 +2,20 @@
 
 Shape symbols: B images, A priors, A' candidate priors, M GTs, C classes.
 
-Priors are points ``(cx, cy, stride_w, stride_h)`` [A, 4]; ``pred.scores`` are class
-**probabilities** [A, C]; ``pred.bboxes`` decoded predictions [A, 4] xyxy.
+Per image (mmdet's ``assign``) the priors are points ``(cx, cy, stride_w, stride_h)`` [A, 4],
+``pred.scores`` class **probabilities** [A, C] (what YOLOX's head passes) and ``pred.bboxes`` decoded
+predictions [A, 4] xyxy. The batched interface (:meth:`SimOTAAssigner.assign_batch`) takes the head's
+**logits** and applies the sigmoid itself, and a :class:`detassign.Priors` with points and strides.
 
 Steps (mmdetection 3.3.0 ``SimOTAAssigner``):
 
-1. Candidates. ``in_box``: prior centre strictly inside the GT. ``in_center``: prior centre strictly
-   inside the square of half-side ``center_radius * stride`` around the GT centre. With
-   ``candidate_mode="box_or_center"`` (mmdet) a prior is a candidate when it is in the box or centre
-   region of any GT, and a GT's cost gets ``+1e5`` at priors not in *both* its box and its centre
+1. Candidates. ``in_box``: prior center strictly inside the GT. ``in_center``: prior center strictly
+   inside the square of half-side ``center_radius * stride`` around the GT center. With
+   ``candidate_mode="box_or_center"`` (mmdet) a prior is a candidate when it is in the box or center
+   region of any GT, and a GT's cost gets ``+1e5`` at priors not in *both* its box and its center
    region. With ``candidate_mode="center"`` (YOLOX's own ``get_geometry_constraint``, use
-   ``center_radius=1.5``, see :meth:`SimOTAAssigner.yolox`) only the centre regions count, and the
-   penalty applies outside the GT's centre region. YOLOX adds 1e6 where we add 1e5; the constant only
+   ``center_radius=1.5``, see :meth:`SimOTAAssigner.yolox`) only the center regions count, and the
+   penalty applies outside the GT's center region. YOLOX adds 1e6 where we add 1e5; the constant only
    changes how finely float32 orders penalised priors among themselves. For YOLOX's objectness head
    pass ``sqrt(cls * obj)`` as the scores, as YOLOX does.
 2. Cost over the candidates: ``cls_weight * sum_c BCE(p_c, onehot_c) + iou_weight * -log(IoU + 1e-7)
@@ -29,7 +31,8 @@ Two computations:
 * ``exact=True`` (default) for :meth:`~SimOTAAssigner.assign`: op for op as mmdet (one-hot
   ``[A', M, C]`` BCE, ``torch.topk`` per GT), so results are identical to mmdet 3.3.0, ties included.
 * :meth:`~SimOTAAssigner.assign_batch` (and ``assign`` with ``exact=False``): one vectorised pass over
-  a padded batch, costs only over each image's candidates (compacted to [B, M, A']). The class cost
+  a padded batch (``sigmoid(logits)`` over the whole [B, A, C] tensor first, exactly the op a caller of
+  the reference applies), costs only over each image's candidates (compacted to [B, M, A']). The class cost
   avoids the C axis with ``sum_c BCE(p_c, 0) - BCE(p_g, 0) + BCE(p_g, 1)`` for GT class g; that sum
   rounds differently from mmdet's (about 1e-7 relative), and ties at a GT's k-th cost go to the lowest
   prior index (mmdet's ``torch.topk`` order is unspecified). Decisions equal mmdet's except at such
@@ -55,10 +58,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _validate as V
-from ..structures import AssignResult, BatchAssignResult
+from ..boxes import points_in_boxes
+from ..structures import AssignResult, BatchAssignResult, as_priors
 from . import _dynamic_k as DK
 from ._blocks import cat_row_blocks, row_blocks
-from .base import BaseAssigner, empty_assign_result
+from .base import BaseAssigner, empty_assign_result, parse_iou_calculator
 
 __all__ = ["SimOTAAssigner", "CANDIDATE_MODES", "candidate_regions", "candidate_rules"]
 
@@ -70,13 +74,13 @@ CANDIDATE_MODES = ("box_or_center", "center")
 def candidate_regions(priors: Tensor, gt_bboxes: Tensor, center_radius: float) -> Tuple[Tensor, Tensor]:
     """priors [A, 4] (cx, cy, sw, sh), gt_bboxes [..., M, 4] -> (in_box, in_center), each [..., M, A] bool.
 
-    Strict inequalities. mmdet tests ``x - x1 > 0``, which for IEEE floats (gradual underflow) is
-    ``x > x1``; the centre square is built as mmdet builds it (``cx - r * stride`` first) so that
-    borderline priors fall on the same side.
+    Strict inequalities (:func:`detassign.boxes.points_in_boxes`, mmdet's ``x - x1 > 0``); the center
+    square is built as mmdet builds it (``cx - r * stride`` first) so that borderline priors fall on
+    the same side.
     """
     x, y = priors[:, 0], priors[:, 1]
     x1, y1, x2, y2 = (gt_bboxes[..., i].unsqueeze(-1) for i in range(4))     # [..., M, 1]
-    in_box = (x > x1) & (y > y1) & (x < x2) & (y < y2)                        # [..., M, A]
+    in_box = points_in_boxes(priors[:, :2], gt_bboxes)                        # [..., M, A]
     reach_x, reach_y = center_radius * priors[:, 2], center_radius * priors[:, 3]  # [A]
     gt_cx, gt_cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0                           # [..., M, 1]
     in_center = x > gt_cx - reach_x
@@ -150,10 +154,11 @@ class SimOTAAssigner(BaseAssigner):
     """SimOTA assigner; see the module docstring for the algorithm, the modes and mmdet parity.
 
     Args:
-        center_radius: half-side of the centre region in strides (2.5 mmdet, 1.5 YOLOX).
+        center_radius: half-side of the center region in strides (2.5 mmdet, 1.5 YOLOX).
         candidate_topk: number of top IoUs summed into each GT's dynamic k.
         iou_weight, cls_weight: cost weights.
-        iou_calculator: ``dict(type="BboxOverlaps2D")`` (default) or a callable ``(boxes1, boxes2) -> IoU``.
+        iou_calculator: read by :func:`~detassign.assigners.base.parse_iou_calculator` (default
+            ``BboxOverlaps2D``; a callable ``(boxes1, boxes2) -> IoU``; no rotated form).
         candidate_mode: ``"box_or_center"`` (mmdet) or ``"center"`` (YOLOX).
         exact: per-image :meth:`assign` mirrors mmdet op for op (True) or runs the batched path (False).
         block_pairs: :meth:`assign_batch` processes images in blocks of at most this many (GT, prior)
@@ -169,16 +174,15 @@ class SimOTAAssigner(BaseAssigner):
         self.candidate_topk = DK.check_positive_int("candidate_topk", candidate_topk)
         self.iou_weight = DK.check_non_negative("iou_weight", iou_weight)
         self.cls_weight = DK.check_non_negative("cls_weight", cls_weight)
-        self.iou_calculator = iou_calculator
+        self.iou_calculator = parse_iou_calculator(iou_calculator, type(self).__name__, rotated=False)
         self.candidate_mode = candidate_mode
         self.exact = V.check_flag("exact", exact)
         self.block_pairs = DK.check_block_pairs(block_pairs)
-        self._iou = DK.resolve_iou_calculator(iou_calculator)
 
     @classmethod
     def yolox(cls, candidate_topk: int = 10, iou_weight: float = 3.0, cls_weight: float = 1.0,
               exact: bool = True) -> "SimOTAAssigner":
-        """YOLOX's original rule: centre-region candidates only, radius 1.5 strides."""
+        """YOLOX's original rule: center-region candidates only, radius 1.5 strides."""
         return cls(center_radius=1.5, candidate_topk=candidate_topk, iou_weight=iou_weight,
                    cls_weight=cls_weight, candidate_mode="center", exact=exact)
 
@@ -189,8 +193,8 @@ class SimOTAAssigner(BaseAssigner):
         gt ``bboxes`` [M, 4], ``labels`` [M]. If M == 0 or no prior is a candidate: all negative."""
         priors, bboxes, scores, gt_bboxes, gt_labels = DK.read_image_inputs(pred_instances, gt_instances, True)
         if not self.exact:
-            batch = self.assign_batch(scores[None], bboxes[None], priors, gt_labels[None], gt_bboxes[None])
-            return batch[0]
+            return self._assign_padded(scores[None], bboxes[None], priors, gt_labels[None], gt_bboxes[None], None,
+                                       probabilities=True)[0]
         num_gt, num_priors = gt_bboxes.shape[0], priors.shape[0]
         if num_gt == 0 or num_priors == 0:
             return empty_assign_result(num_gt, num_priors, priors.device, 0.0, DK.result_dtype(bboxes))
@@ -206,7 +210,7 @@ class SimOTAAssigner(BaseAssigner):
         def blocks():   # mmdet's [A', M] costs, a block of GTs at a time
             for blk in row_blocks(num_gt, num_cand):
                 unpenalised = self._rules(cand_priors, gt_bboxes[blk])[1].t()          # [A', g]
-                ious = self._iou(cand_boxes, gt_bboxes[blk])                            # [A', g]
+                ious = self.iou_calculator.pairwise(cand_boxes, gt_bboxes[blk])          # [A', g]
                 cls_cost = cat_row_blocks(  # mmdet's [A', g, C] one-hot temporaries, in blocks of priors
                     lambda rows: exact_cls_cost(cand_scores[rows], gt_labels[blk]), num_cand,
                     ious.shape[1] * num_classes)                                         # [A', g]
@@ -224,17 +228,36 @@ class SimOTAAssigner(BaseAssigner):
 
     # ------------------------------------------------------------------ batched
     @torch.no_grad()
-    def assign_batch(self, pred_scores: Tensor, pred_bboxes: Tensor, priors: Tensor, gt_labels: Tensor,
+    def assign_batch(self, pred_scores: Tensor, pred_bboxes: Tensor, priors, gt_labels: Tensor,
                      gt_bboxes: Tensor, gt_mask: Optional[Tensor] = None) -> BatchAssignResult:
-        """Padded batch, vectorised over images, GTs and candidates (no loop over images or GTs; only
-        over blocks of images when the batch exceeds ``block_pairs``).
+        """The batched interface: a padded batch, vectorised over images, GTs and candidates (no loop over
+        images or GTs; only over blocks of images when the batch exceeds ``block_pairs``).
 
-        pred_scores [B, A, C] probabilities, pred_bboxes [B, A, 4] xyxy, priors [A, 4] (cx, cy, sw, sh),
-        gt_labels [B, M], gt_bboxes [B, M, 4] xyxy, gt_mask [B, M] (None: all valid) ->
-        BatchAssignResult(gt_inds [B, A] 1-based into the padded M, labels [B, A], max_overlaps [B, A]).
+        pred_scores [B, A, C] logits (their sigmoid is the class probability), pred_bboxes [B, A, 4] xyxy,
+        priors a :class:`detassign.Priors` with points and strides, gt_labels [B, M], gt_bboxes [B, M, 4]
+        xyxy, gt_mask [B, M] (None: all valid) -> BatchAssignResult(gt_inds [B, A] 1-based into the padded
+        M, labels [B, A], max_overlaps [B, A]).
         """
+        point_priors = as_priors(priors).point_priors(type(self).__name__)
+        return self._assign_padded(pred_scores, pred_bboxes, point_priors, gt_labels, gt_bboxes, gt_mask,
+                                   probabilities=False)
+
+    @torch.no_grad()
+    def assign_batch_probs(self, pred_scores: Tensor, pred_bboxes: Tensor, priors, gt_labels: Tensor,
+                           gt_bboxes: Tensor, gt_mask: Optional[Tensor] = None) -> BatchAssignResult:
+        """:meth:`assign_batch` for callers that hold probabilities: pred_scores [B, A, C] in [0, 1] (what
+        ultralytics' loss hands its assigner), used as they are."""
+        point_priors = as_priors(priors).point_priors(type(self).__name__)
+        return self._assign_padded(pred_scores, pred_bboxes, point_priors, gt_labels, gt_bboxes, gt_mask,
+                                   probabilities=True)
+
+    def _assign_padded(self, pred_scores, pred_bboxes, priors: Tensor, gt_labels, gt_bboxes, gt_mask,
+                       probabilities: bool) -> BatchAssignResult:
+        """The batched path on point priors [A, 4]: scores [B, A, C] probabilities or logits."""
         scores, bboxes, priors, labels, gt_bboxes, gt_mask = DK.read_batch_inputs(
-            pred_scores, pred_bboxes, priors, gt_labels, gt_bboxes, gt_mask, probabilities=True)
+            pred_scores, pred_bboxes, priors, gt_labels, gt_bboxes, gt_mask, probabilities=probabilities)
+        if not probabilities:
+            scores = scores.sigmoid()   # the whole tensor, as a reference's caller takes it
         return DK.run_blocks(self._assign_block, scores, bboxes, priors, labels, gt_bboxes, gt_mask,
                              self.block_pairs)
 
@@ -252,9 +275,9 @@ class SimOTAAssigner(BaseAssigner):
         all_negative = negative_sums(cand_scores)                                       # [b, 1, A']
 
         def pair_costs(blk: slice) -> Tuple[Tensor, Tensor]:                            # [b, g, A'] each
-            gts = gt_bboxes[:, blk]
-            unpenalised = self._rules(priors, gts)[1].gather(2, index.unsqueeze(1).expand(-1, gts.shape[1], -1))
-            ious = DK.batched_ious(self._iou, gts, cand_boxes)
+            block_bboxes = gt_bboxes[:, blk]
+            unpenalised = self._rules(priors, block_bboxes)[1].gather(2, index.unsqueeze(1).expand(-1, block_bboxes.shape[1], -1))
+            ious = DK.batched_ious(self.iou_calculator, block_bboxes, cand_boxes)
             cls_cost = decomposed_cls_cost(cand_scores, labels[:, blk], all_negative)
             return batched_cost(cls_cost, ious, unpenalised, self.cls_weight, self.iou_weight), ious
 

@@ -19,9 +19,14 @@ Per image (the steps of MS-DETR's ``Stage2Assigner``, itself DETA's with a diffe
 
 A query may be matched to several GTs (one-to-many both ways). The result is a :class:`Stage2Matches`:
 DETR-style ``indices`` (per image ``(query_idx [P], gt_idx [P])``), ``gt_inds`` [B, Q] (1-based, the
-query's highest-quality GT among its pairs, 0 if none), ``num_sampled`` [B] and the ``quality`` [B, M, Q].
+query's highest-quality GT among its pairs, 0 if none), ``num_sampled`` [B], the ``quality`` [B, M, Q]
+and ``labels`` [B, Q] (the class of the ``gt_inds`` GT, -1 if none).
 Steps 1, 2, 4 and 5 run vectorised over the batch; step 3 loops over images (one ``randperm`` pair each,
 to follow the references' random stream).
+
+The per-image :meth:`Stage2Assigner.assign` (mmdet's interface, and what ``detassign.integrations.mmdet``
+serves) returns an ``AssignResult`` whose ``gt_inds`` / ``labels`` are each query's highest-quality GT,
+with the one-to-many pairs as extra properties; a loss over pairs reads those.
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ from torch import Tensor
 
 from .. import _validate as V
 from ..boxes import pairwise_iou
+from ..structures import AssignResult
+from ._batch import check_padded_gts
 from .base import BaseAssigner
 
 __all__ = ["Stage2Assigner", "Stage2Matches"]
@@ -42,6 +49,7 @@ class Stage2Matches(NamedTuple):
     gt_inds: Tensor                        # [B, Q] 1-based highest-quality GT of each query, 0 none
     num_sampled: Tensor                    # [B] positives kept by the subsample (step 3)
     quality: Tensor                        # [B, M, Q] (padded GT rows are -inf)
+    labels: Tensor                         # [B, Q] class of the gt_inds GT (the query's class target), -1 none
 
 
 class Stage2Assigner(BaseAssigner):
@@ -58,17 +66,13 @@ class Stage2Assigner(BaseAssigner):
 
     def __init__(self, threshold: float = 0.4, topk: int = 6, iou_weight: float = 0.7, score_weight: float = 0.3,
                  positive_fraction: float = 0.25, num_samples: Optional[int] = None, low_quality: bool = True) -> None:
-        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-            raise ValueError(f"topk must be an int >= 1, got {topk!r}")
-        if not 0.0 <= float(positive_fraction) <= 1.0:
-            raise ValueError(f"positive_fraction must lie in [0, 1], got {positive_fraction!r}")
-        if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
-                                        or num_samples < 0):
-            raise ValueError(f"num_samples must be None or an int >= 0, got {num_samples!r}")
-        self.threshold, self.topk = float(threshold), topk
-        self.iou_weight, self.score_weight = float(iou_weight), float(score_weight)
-        self.positive_fraction, self.num_samples = float(positive_fraction), num_samples
-        self.low_quality = bool(low_quality)
+        self.threshold = float(V.check_number("threshold", threshold))
+        self.topk = V.check_number("topk", topk, low=1, integer=True)
+        self.iou_weight = float(V.check_number("iou_weight", iou_weight, low=0))
+        self.score_weight = float(V.check_number("score_weight", score_weight, low=0))
+        self.positive_fraction = float(V.check_number("positive_fraction", positive_fraction, low=0, high=1))
+        self.num_samples = V.check_number("num_samples", num_samples, low=0, integer=True, allow_none=True)
+        self.low_quality = V.check_flag("low_quality", low_quality)
 
     def quality(self, pred_scores: Tensor, pred_bboxes: Tensor, gt_labels: Tensor, gt_bboxes: Tensor) -> Tensor:
         """Step 1. pred_scores [B, Q, C] logits, pred_bboxes [B, Q, 4] xyxy, gt_labels [B, M] (valid class
@@ -109,34 +113,34 @@ class Stage2Assigner(BaseAssigner):
         """pred_scores [B, Q, C] logits, pred_bboxes [B, Q, 4] xyxy, gt_labels [B, M], gt_bboxes [B, M, 4]
         xyxy (boxes in one frame: IoU is invariant to scaling, so normalised or pixel boxes give the same
         result), gt_mask [B, M] (None: all valid); ``generator`` seeds step 3 (None: torch's global one)."""
-        V.check_tensor("pred_scores", pred_scores, ("B", "Q", "C"), floating=True)
-        B, Q, C = pred_scores.shape
-        V.check_tensor("pred_bboxes", pred_bboxes, (B, Q, 4), floating=True)
-        V.check_tensor("gt_bboxes", gt_bboxes, (B, "M", 4), floating=True)
-        M = gt_bboxes.shape[1]
-        V.check_tensor("gt_labels", gt_labels, (B, M), floating=False)
-        gt_mask = torch.ones(B, M, dtype=torch.bool, device=gt_bboxes.device) if gt_mask is None else gt_mask.bool()
-        V.check_tensor("gt_mask", gt_mask, (B, M))
+        pred_scores = V.tensor_input("pred_scores", pred_scores, ("B", "Q", "C"), floating=True)
+        pred_bboxes = V.tensor_input("pred_bboxes", pred_bboxes, ("B", "Q", 4), floating=True)
+        V.check_agree("Q", [("pred_scores", pred_scores, 1), ("pred_bboxes", pred_bboxes, 1)])
         V.check_same_device(pred_scores=pred_scores, pred_bboxes=pred_bboxes, gt_labels=gt_labels,
                             gt_bboxes=gt_bboxes, gt_mask=gt_mask)
+        gt_labels, gt_bboxes, gt_mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask,
+                                                         V.num_classes_of(pred_scores, 1))
+        V.check_agree("B", [("pred_scores", pred_scores, 0), ("pred_bboxes", pred_bboxes, 0),
+                            ("gt_bboxes", gt_bboxes, 0)])
+        B, Q, C = pred_scores.shape
+        M = gt_bboxes.shape[1]
         V.check_finite("pred_scores", pred_scores)
         V.check_boxes("pred_bboxes", pred_bboxes)
-        V.check_boxes("gt_bboxes", gt_bboxes, gt_mask)
-        V.check_labels("gt_labels", gt_labels, C, gt_mask)
-        labels = torch.where(gt_mask, gt_labels.long(), 0)                  # padded rows: any in-range class
+        labels = torch.where(gt_mask, gt_labels, 0)                          # padded rows: any in-range class
         if M == 0 or Q == 0:
             empty = torch.zeros(0, dtype=torch.long, device=pred_scores.device)
             quality = pred_scores.new_zeros(B, M, Q, dtype=torch.float32)
             return Stage2Matches([(empty, empty) for _ in range(B)],
                                  torch.zeros(B, Q, dtype=torch.long, device=pred_scores.device),
-                                 torch.zeros(B, dtype=torch.long, device=pred_scores.device), quality)
+                                 torch.zeros(B, dtype=torch.long, device=pred_scores.device), quality,
+                                 torch.full((B, Q), -1, dtype=torch.long, device=pred_scores.device))
         quality = self.quality(pred_scores, pred_bboxes, labels, gt_bboxes)
         quality = quality.masked_fill(~gt_mask[..., None], float("-inf"))
         best_gt, positive = self.positives(quality, gt_mask)
         kept = self.subsample(positive, generator)
-        return self._pairs(quality, best_gt, kept, gt_mask)
+        return self._pairs(quality, best_gt, kept, labels)
 
-    def _pairs(self, quality: Tensor, best_gt: Tensor, kept: Tensor, gt_mask: Tensor) -> Stage2Matches:
+    def _pairs(self, quality: Tensor, best_gt: Tensor, kept: Tensor, labels: Tensor) -> Stage2Matches:
         """Steps 4-5, vectorised: counts per GT, each GT's best queries, pairs sorted by quality."""
         B, M, Q = quality.shape
         counts = torch.zeros(B, M, dtype=torch.long, device=quality.device).scatter_add_(1, best_gt, kept.long())
@@ -163,18 +167,44 @@ class Stage2Assigner(BaseAssigner):
             0, flat, torch.where(top, torch.arange(flat.numel(), device=flat.device), -1), "amax")
         chosen = winner[winner >= 0]
         gt_inds.view(-1)[flat.index_select(0, chosen)] = m.index_select(0, chosen) + 1
-        return Stage2Matches(indices, gt_inds, kept.sum(1), quality)
+        query_labels = torch.where(gt_inds > 0, labels.gather(1, (gt_inds - 1).clamp(min=0)), -1)
+        return Stage2Matches(indices, gt_inds, kept.sum(1), quality, query_labels)
 
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, gt_instances_ignore=None,
-               generator: Optional[torch.Generator] = None) -> Stage2Matches:
-        """One image: ``pred_instances.scores`` [Q, C] logits, ``.bboxes`` [Q, 4] xyxy; ``gt_instances.labels``
-        [M], ``.bboxes`` [M, 4] xyxy. Returns the batch-of-one :class:`Stage2Matches`."""
-        scores = V.get_field(pred_instances, "scores", "pred_instances")
-        bboxes = V.get_field(pred_instances, "bboxes", "pred_instances")
-        labels = V.get_field(gt_instances, "labels", "gt_instances")
-        boxes = V.get_field(gt_instances, "bboxes", "gt_instances")
-        V.check_tensor("pred_instances.scores", scores, ("Q", "C"), floating=True)
-        V.check_tensor("gt_instances.bboxes", boxes, ("M", 4), floating=True)
-        return self.assign_batch(scores[None], bboxes[None], labels[None], boxes[None], None, generator)
+               generator: Optional[torch.Generator] = None) -> AssignResult:
+        """One image, mmdet's interface: ``pred_instances.scores`` [Q, C] logits, ``.bboxes`` [Q, 4] xyxy;
+        ``gt_instances.labels`` [M], ``.bboxes`` [M, 4] xyxy (an empty tensor of any dtype: no GT).
 
+        Returns an :class:`AssignResult` as mmdet's DETR heads read it: ``gt_inds`` [Q] each query's
+        highest-quality GT (1-based, 0 none; what MS-DETR's last-write-wins class target keeps),
+        ``labels`` [Q] its class (-1 none), ``max_overlaps`` [Q] the quality of that pair (0 none), and
+        the whole one-to-many matching as extras: ``pairs_query`` / ``pairs_gt`` [P] (0-based, quality
+        ascending; a query may appear with several GTs), ``num_sampled`` and ``quality`` [M, Q].
+        """
+        scores = V.tensor_input("pred_instances.scores", V.get_field(pred_instances, "scores", "pred_instances"),
+                                ("Q", "C"), floating=True, empty_rows=True)
+        bboxes = V.tensor_input("pred_instances.bboxes", V.get_field(pred_instances, "bboxes", "pred_instances"),
+                                ("Q", 4), floating=True, empty_rows=True)
+        V.check_agree("Q", [("pred_instances.scores", scores, 0), ("pred_instances.bboxes", bboxes, 0)])
+        boxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"), ("M", 4),
+                               floating=True, empty_rows=True)
+        labels = V.get_field(gt_instances, "labels", "gt_instances")
+        V.check_same_device(scores=scores, bboxes=bboxes, gt_bboxes=boxes, gt_labels=labels)
+        labels = V.labels_input("gt_instances.labels", labels, ("M",), num_classes=V.num_classes_of(scores),
+                                rows_like=("gt_instances.bboxes", boxes))
+        # named as the caller passed them (assign_batch checks again, quickly)
+        V.check_finite("pred_instances.scores", scores)
+        V.check_boxes("pred_instances.bboxes", bboxes)
+        V.check_boxes("gt_instances.bboxes", boxes)
+        matches = self.assign_batch(scores[None], bboxes[None], labels[None], boxes[None], None, generator)
+        gt_inds = matches.gt_inds[0]
+        quality = matches.quality[0]                                                    # [M, Q]
+        picked = quality.gather(0, (gt_inds - 1).clamp(min=0)[None])[0] if quality.shape[0] else quality.new_zeros(
+            gt_inds.shape)
+        result = AssignResult(boxes.shape[0], gt_inds, torch.where(gt_inds > 0, picked, 0.0), matches.labels[0])
+        (pairs_query, pairs_gt), = matches.indices
+        for key, value in (("pairs_query", pairs_query), ("pairs_gt", pairs_gt),
+                           ("num_sampled", matches.num_sampled[0]), ("quality", quality)):
+            result.set_extra_property(key, value)
+        return result

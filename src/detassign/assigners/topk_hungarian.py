@@ -33,13 +33,13 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from .. import _validate as V
-from ..boxes import aligned_iou
+from ..boxes import to_compute_dtype
 from ..registry import build_match_cost
-from ..structures import AssignResult, Instances
+from ..structures import AssignResult, Instances, Priors
 from ._blocks import row_blocks
-from .base import BaseAssigner
-from .hungarian import _image_name, _raise_non_finite
-from .match_costs import BaseMatchCost, _f32, _pairwise_overlaps, per_image_cost
+from .base import BaseAssigner, parse_iou_calculator
+from .hungarian import image_name, raise_non_finite
+from .match_costs import BaseMatchCost, per_image_cost
 
 __all__ = ["TopkHungarianAssigner", "alignment_metrics", "topk_linear_assignment"]
 
@@ -48,14 +48,6 @@ CostConfig = Union[BaseMatchCost, Mapping]
 
 def _build_cost(cost: CostConfig) -> BaseMatchCost:
     return build_match_cost(cost) if isinstance(cost, Mapping) else cost
-
-
-def _check_iou_calculator(iou_calculator: Mapping) -> None:
-    cfg = iou_calculator if isinstance(iou_calculator, Mapping) else {}
-    plain = cfg.get("dtype") is None and cfg.get("scale", 1.0) == 1.0
-    if cfg.get("type") not in ("BboxOverlaps2D", "mmdet.BboxOverlaps2D") or not plain:
-        raise ValueError(f"iou_calculator must be dict(type='BboxOverlaps2D') (mmdet's default; scale / fp16 "
-                         f"options are not supported), got {iou_calculator!r}")
 
 
 def alignment_metrics(pred_scores: Tensor, ious: Tensor, gt_labels: Tensor, alpha: float, beta: float) -> Tensor:
@@ -90,7 +82,8 @@ class TopkHungarianAssigner(BaseAssigner):
 
     Args:
         topk: queries per GT (capped at N // M per image).
-        iou_calculator: mmdet config, only ``dict(type='BboxOverlaps2D')`` (plain IoU) is accepted.
+        iou_calculator: the IoU of the metric and ``max_overlaps``, read as every assigner reads it
+            (:func:`~detassign.assigners.base.parse_iou_calculator`; no rotated form).
         cls_cost, reg_cost, iou_cost: match cost configs or objects (mmdet defaults: FocalLossCost 2.0,
             BBoxL1Cost 5.0, IoUCost giou 2.0).
         dense_outputs: False (mmdet) gives per-positive ``max_overlaps`` / ``assign_metrics``;
@@ -103,8 +96,7 @@ class TopkHungarianAssigner(BaseAssigner):
                  iou_cost: CostConfig = dict(type="IoUCost", iou_mode="giou", weight=2.0),
                  dense_outputs: bool = False) -> None:
         self.topk = V.check_number("topk", topk, low=1, integer=True)
-        _check_iou_calculator(iou_calculator)
-        self.iou_calculator = iou_calculator
+        self.iou_calculator = parse_iou_calculator(iou_calculator, type(self).__name__, rotated=False)
         self.cls_cost = _build_cost(cls_cost)
         self.reg_cost = _build_cost(reg_cost)
         self.iou_cost = _build_cost(iou_cost)
@@ -153,7 +145,7 @@ class TopkHungarianAssigner(BaseAssigner):
         labels = torch.full((N,), -1, dtype=torch.long, device=device)
         if M == 0:
             return self._result(0, gt_inds, labels, None, None, N)
-        scores, boxes, gts = _f32(pred_scores), _f32(decode_bboxes), _f32(gt_bboxes)
+        scores, boxes, gt_bboxes = to_compute_dtype(pred_scores), to_compute_dtype(decode_bboxes), to_compute_dtype(gt_bboxes)
         k = min(self.topk, N // M)
         if k == 0:   # fewer queries than GTs: no positive at all (as mmdet), so nothing to compute
             empty = scores.new_zeros(0)
@@ -161,14 +153,14 @@ class TopkHungarianAssigner(BaseAssigner):
         gt_labels = gt_labels.long()
         inputs = {"pred_scores": pred_scores, "decode_bboxes": decode_bboxes}
         blocks = row_blocks(M, N * k)     # blocks of GTs: [N, g] cost terms, [N, g * k] solver columns
-        costs = (self._block_cost(scores, boxes, gts, gt_labels, blk, img_meta, inputs) for blk in blocks)
+        costs = (self._block_cost(scores, boxes, gt_bboxes, gt_labels, blk, img_meta, inputs) for blk in blocks)
         rows, matched = topk_linear_assignment_blocks(costs, N, M, k)
         gt_inds[rows] = matched + 1
         labels[rows] = gt_labels[matched]
-        pos_ious = aligned_iou(boxes[rows], gts[matched])
+        pos_ious = self.iou_calculator.aligned(boxes[rows], gt_bboxes[matched])
         pos_metrics = None
         for blk in blocks:                # the TOOD metric of the matched pairs, from [N, g] blocks
-            ious = _pairwise_overlaps(boxes[None], gts[None, blk], "iou")[0]                    # [N, g]
+            ious = self.iou_calculator.pairwise(boxes, gt_bboxes[blk])                                  # [N, g]
             metrics = alignment_metrics(scores, ious, gt_labels[blk], alpha, beta)
             if pos_metrics is None:
                 pos_metrics = metrics.new_empty(rows.shape[0])
@@ -176,13 +168,13 @@ class TopkHungarianAssigner(BaseAssigner):
             pos_metrics[inside] = metrics[rows[inside], matched[inside] - blk.start]
         return self._result(M, gt_inds, labels, pos_ious, pos_metrics, N, rows)
 
-    def _block_cost(self, scores: Tensor, boxes: Tensor, gts: Tensor, gt_labels: Tensor, blk: slice, img_meta,
+    def _block_cost(self, scores: Tensor, boxes: Tensor, gt_bboxes: Tensor, gt_labels: Tensor, blk: slice, img_meta,
                     inputs) -> Tuple[int, Tensor]:
         """(first GT, total cost [N, g]) of the GTs in ``blk``; a non-finite cost is reported on the whole
         matrices (error path only), naming the image, the cost terms and the inputs."""
-        cost, _, _ = self._costs(scores, boxes, gts[blk], gt_labels[blk], img_meta)
+        cost, _, _ = self._costs(scores, boxes, gt_bboxes[blk], gt_labels[blk], img_meta)
         if not bool(torch.isfinite(cost).all()):
-            self._check_finite(*self._costs(scores, boxes, gts, gt_labels, img_meta), img_meta, inputs)
+            self._check_finite(*self._costs(scores, boxes, gt_bboxes, gt_labels, img_meta), img_meta, inputs)
         return blk.start, cost
 
     @staticmethod
@@ -191,8 +183,17 @@ class TopkHungarianAssigner(BaseAssigner):
         if bool(torch.isfinite(cost).all()):
             return
         valid = np.ones((1, cost.shape[1]), dtype=bool)
-        _raise_non_finite(cost[None].detach().cpu().numpy(), valid, [t[None] for t in terms], names,
-                          [_image_name(img_meta)], {k: v[None] for k, v in (inputs or {}).items()})
+        raise_non_finite(cost[None].detach().cpu().numpy(), valid, [t[None] for t in terms], names,
+                          [image_name(img_meta)], {k: v[None] for k, v in (inputs or {}).items()})
+
+    def image_inputs(self, priors: Priors, pred_scores: Optional[Tensor], pred_bboxes: Optional[Tensor],
+                     gt_labels: Tensor, gt_bboxes: Tensor) -> Tuple[tuple, dict]:
+        """Batched interface, one image: every prior's prediction is a query; the scores are the
+        probabilities of the logits (DDQ's auxiliary head passes ``sigmoid(cls_scores)``)."""
+        scores = V.tensor_input("pred_scores", pred_scores, ("A", "C"), floating=True)
+        boxes = V.tensor_input("pred_bboxes", pred_bboxes, ("A", 4), floating=True)
+        meta = None if priors.image_size is None else {"img_shape": priors.image_size}
+        return (scores.sigmoid(), boxes, gt_bboxes, gt_labels), {"img_meta": meta}
 
     def _result(self, num_gts: int, gt_inds: Tensor, labels: Tensor, pos_ious: Optional[Tensor],
                 pos_metrics: Optional[Tensor], N: int, rows: Optional[Tensor] = None) -> AssignResult:

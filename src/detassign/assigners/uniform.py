@@ -31,7 +31,8 @@ Deviations from mmdet: when fewer than ``match_times`` priors exist, all of them
 ``gt_instances.labels`` may be absent (``labels`` is None); the top-k runs on the inputs' device
 (mmdet copies the costs to the CPU, because CUDA ``topk`` may break distance ties differently);
 half-precision inputs are computed in float32; ``gt_instances_ignore`` is accepted and unused, as in
-mmdet; ``iou_calculator`` is accepted for config compatibility only (``BboxOverlaps2D``).
+mmdet; ``iou_calculator`` is read as every assigner reads it
+(:func:`~detassign.assigners.base.parse_iou_calculator`, no rotated form) and gives both IoUs.
 """
 from __future__ import annotations
 
@@ -41,10 +42,9 @@ import torch
 from torch import Tensor
 
 from .. import _validate as V
-from ..boxes import pairwise_iou, xyxy_to_cxcywh
-from ..structures import AssignResult
-from .atss import compute_dtype, check_iou_calculator
-from .base import BaseAssigner, labels_from_gt_inds
+from ..boxes import compute_dtype, xyxy_to_cxcywh
+from ..structures import AssignResult, Instances, Priors, labels_from_gt_inds
+from .base import BaseAssigner, parse_iou_calculator
 
 __all__ = ["UniformAssigner", "MAX_OVERLAPS_MODES", "l1_costs", "uniform_candidates", "ignore_negatives",
            "last_pair_wins"]
@@ -98,7 +98,7 @@ class UniformAssigner(BaseAssigner):
         neg_ignore_thr: a prediction whose best IoU with any GT is > this is ignored, not negative
             (default 0.7, YOLOF's config).
         match_times: positives per GT from the predictions and again from the priors (4 in YOLOF).
-        iou_calculator: mmdet's ``dict(type="BboxOverlaps2D")``, accepted for config compatibility.
+        iou_calculator: mmdet's ``dict(type="BboxOverlaps2D")`` (the default) or a callable.
         max_overlaps_mode: ``"per_gt"`` (mmdet, length M) or ``"per_prior"`` (length A).
     """
 
@@ -108,7 +108,7 @@ class UniformAssigner(BaseAssigner):
         self.max_overlaps_mode = V.check_choice("max_overlaps_mode", max_overlaps_mode, MAX_OVERLAPS_MODES)
         self.pos_ignore_thr = float(V.check_number("pos_ignore_thr", pos_ignore_thr, finite=False))
         self.neg_ignore_thr = float(V.check_number("neg_ignore_thr", neg_ignore_thr, finite=False))
-        self.iou_calculator = check_iou_calculator(iou_calculator)
+        self.iou_calculator = parse_iou_calculator(iou_calculator, type(self).__name__, rotated=False)
 
     def _read_inputs(self, pred_instances, gt_instances):
         priors = V.tensor_input("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
@@ -150,8 +150,8 @@ class UniformAssigner(BaseAssigner):
 
         prior_index, gt_index = uniform_candidates(l1_costs(pred, gt_bboxes), l1_costs(priors, gt_bboxes),
                                                    self.match_times)                 # [2TM], [2TM]
-        pred_ious = pairwise_iou(pred, gt_bboxes)                                    # [A, M]
-        prior_ious = pairwise_iou(priors, gt_bboxes)                                 # [A, M]
+        pred_ious = self.iou_calculator.pairwise(pred, gt_bboxes)                    # [A, M]
+        prior_ious = self.iou_calculator.pairwise(priors, gt_bboxes)                 # [A, M]
         pair_ok = prior_ious[prior_index, gt_index] >= self.pos_ignore_thr           # [2TM]
         values = torch.where(pair_ok, gt_index + 1, -1)
         gt_inds = last_pair_wins(ignore_negatives(pred_ious, self.neg_ignore_thr), prior_index, values)
@@ -167,6 +167,13 @@ class UniformAssigner(BaseAssigner):
         result.set_extra_property("pos_predicted_boxes", pred[prior_index])
         result.set_extra_property("target_boxes", gt_bboxes[gt_index])
         return result
+
+    def image_inputs(self, priors: Priors, pred_scores: Optional[Tensor], pred_bboxes: Optional[Tensor],
+                     gt_labels: Tensor, gt_bboxes: Tensor) -> Tuple[tuple, dict]:
+        """Batched interface, one image: the anchor boxes and the predicted boxes (``decoder_priors``)."""
+        boxes = priors.require("boxes", type(self).__name__)
+        pred = V.tensor_input("pred_bboxes", pred_bboxes, ("A", 4), floating=True)
+        return (Instances(priors=boxes, decoder_priors=pred), Instances(bboxes=gt_bboxes, labels=gt_labels)), {}
 
     def _empty(self, num_gts: int, num_priors: int, pred: Tensor, gt_labels: Optional[Tensor]) -> AssignResult:
         """No GT or no prior: every prior negative; mmdet's empty extras."""

@@ -13,7 +13,7 @@ What the source does (read from the installed 8.4.190):
   per GT, resolves anchors claimed twice by the highest overlap, then keeps each GT's single best anchor
   by the metric (``topk2=1`` in ``select_highest_overlaps``): one positive per GT.
 * Small targets: in ``select_candidates_in_gts`` GT sides below ``stride_val = stride[1]`` (16 px with
-  strides 8 / 16 / 32) are enlarged to ``stride_val`` about the centre, for the candidate test only (the
+  strides 8 / 16 / 32) are enlarged to ``stride_val`` about the center, for the candidate test only (the
   targets keep the real box), for valid GTs; both branches do it. ``v8OBBLoss`` also drops GTs with a
   side below 2 px before assigning.
 * The two losses are summed as ``o2m * loss_one2many + o2o * loss_one2one`` with ``o2m`` starting at 0.8

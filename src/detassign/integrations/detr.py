@@ -9,8 +9,11 @@ Algorithm (one call):
        class (``-softmax(logits)[label]`` for DETR, the focal cost of Deformable-DETR / DINO / RT-DETR),
        L1 of the normalised (cx, cy, w, h) boxes, -GIoU of their corners;
        C = cost_bbox * L1 + cost_class * class + cost_giou * (-GIoU)   (DETR's order of the sum);
-    3. one host transfer of C (scipy) and a minimum-cost one-to-one matching per image and query group,
-       or a batched GPU solver (``torch-linear-assignment``) over the blocks of equal shape.
+    3. a minimum-cost one-to-one matching per image and query group, all blocks in one call of
+       :func:`detassign.assigners.one_to_many.match_blocks` (the project's one implementation of groups,
+       GT repeats and the pluggable solver, :mod:`detassign.assigners.lsa_solvers`): with scipy, C goes
+       to the host once and everything after runs there; with the GPU solver (``torch-linear-assignment``)
+       the blocks stay on the device and only the matched GT per query comes back.
 
 Returns, per image, ``(query_idx, gt_idx)`` int64 CPU tensors sorted by query (scipy's order), as
 DETR's ``HungarianMatcher``. Options on the same call:
@@ -27,16 +30,14 @@ A NaN / Inf cost on a valid (query, GT) pair raises ``ValueError`` naming the im
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from .. import _validate as V
+from ..assigners.lsa_solvers import SOLVERS, resolve_solver, torch_linear_assignment_available
+from ..assigners.one_to_many import match_blocks
 from ..boxes import cxcywh_to_xyxy, pairwise_giou
 
 __all__ = ["HungarianMatcher", "MATCHER_PRESETS", "softmax_class_cost", "focal_class_cost", "l1_box_cost",
@@ -49,7 +50,6 @@ MATCHER_PRESETS: Dict[str, Dict[str, Any]] = {
     "dino": dict(_FOCAL),
     "rt_detr": dict(_FOCAL),
 }
-SOLVERS = ("auto", "scipy", "torch_linear_assignment")
 _FOCAL_EPS = 1e-8  # inside the logs, as Deformable-DETR's matcher
 Indices = List[Tuple[Tensor, Tensor]]
 
@@ -132,52 +132,6 @@ def pad_targets(targets: Sequence[Mapping], batch: int, num_classes: int,
     return labels, boxes, sizes
 
 
-# ----------------------------------------------------------------------------- solvers
-def _solve_scipy(cost: np.ndarray, sizes: Sequence[int], groups: int,
-                 repeats: int) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """cost [B, Q, M] on the host -> per image (query_idx, gt_idx) arrays sorted by query."""
-    B, Q = cost.shape[:2]
-    q_per_group = Q // groups
-    out = []
-    for b in range(B):
-        m = sizes[b]
-        rows, cols = [], []
-        if m and q_per_group:
-            block = cost[b, :, :m]
-            for g in range(groups):
-                part = block[g * q_per_group:(g + 1) * q_per_group]
-                r, c = linear_sum_assignment(np.tile(part, (1, repeats)) if repeats > 1 else part)
-                rows.append(r + g * q_per_group)
-                cols.append(c % m)
-        out.append((np.concatenate(rows) if rows else np.zeros(0, np.int64),
-                    np.concatenate(cols) if cols else np.zeros(0, np.int64)))
-    return out
-
-
-def _solve_batched(solver, cost: Tensor, sizes: Sequence[int], groups: int, repeats: int) -> np.ndarray:
-    """torch-linear-assignment over blocks of equal shape. cost [B, Q, M] -> [B, Q] original GT index
-    per query (-1 unmatched), on the host (one transfer)."""
-    B, Q = cost.shape[:2]
-    q_per_group = Q // groups
-    matched = torch.full((B, Q), -1, dtype=torch.long, device=cost.device)
-    for m in sorted(set(sizes)):
-        if m == 0 or q_per_group == 0:
-            continue
-        images = torch.tensor([b for b in range(B) if sizes[b] == m], device=cost.device)
-        block = cost.index_select(0, images)[:, :, :m].reshape(len(images) * groups, q_per_group, m)
-        if repeats > 1:
-            block = block.repeat(1, 1, repeats)                                        # GT columns tiled k times
-        col = solver.batch_linear_assignment(block.contiguous()).reshape(len(images), Q)   # -1: unmatched
-        matched[images] = torch.where(col >= 0, col % m, col)
-    return matched.cpu().numpy()
-
-
-def _gpu_solver_ok(device: torch.device) -> bool:
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
-        return False
-    return importlib.util.find_spec("torch_linear_assignment") is not None
-
-
 class HungarianMatcher(nn.Module):
     """DETR's ``HungarianMatcher`` interface, batched (see the module docstring).
 
@@ -207,7 +161,7 @@ class HungarianMatcher(nn.Module):
         self.alpha = float(V.check_number("alpha", alpha, low=0, high=1))
         self.gamma = float(V.check_number("gamma", gamma, low=0))
         self.solver = V.check_choice("solver", solver, SOLVERS)
-        if solver == "torch_linear_assignment" and importlib.util.find_spec("torch_linear_assignment") is None:
+        if solver == "torch_linear_assignment" and not torch_linear_assignment_available():
             raise ImportError("solver='torch_linear_assignment' needs `pip install torch-linear-assignment`")
         self.num_groups = int(V.check_number("num_groups", num_groups, low=1, integer=True))
         self.repeat_gts = int(V.check_number("repeat_gts", repeat_gts, low=1, integer=True))
@@ -253,21 +207,20 @@ class HungarianMatcher(nn.Module):
         gt_labels, gt_boxes, sizes = pad_targets(targets, B, C, logits.device)
         terms = self.cost_terms(logits, boxes, gt_labels, gt_boxes)
         l1, cls_cost, giou = terms.values()
-        total = l1 + cls_cost + giou                                                   # [B, Q, M]
-        use_gpu = self.solver == "torch_linear_assignment" or (self.solver == "auto" and _gpu_solver_ok(logits.device))
-        if use_gpu:
-            counts = torch.tensor(sizes, device=total.device)
-            valid = torch.arange(total.shape[2], device=total.device)[None, :] < counts[:, None]   # [B, M]
-            if not bool((torch.isfinite(total) | ~valid[:, None, :]).all()):                 # one sync
-                _raise_non_finite(total.cpu().numpy(), sizes, terms)
-            matched = _solve_batched(importlib.import_module("torch_linear_assignment"), total, sizes, groups, repeats)
-            pairs = [(np.flatnonzero(row >= 0), row[row >= 0]) for row in matched]
-        else:
-            cost = total.cpu().numpy()                                                     # the one transfer
-            if not all(np.isfinite(cost[b, :, :m]).all() for b, m in enumerate(sizes)):
-                _raise_non_finite(cost, sizes, terms)
-            pairs = _solve_scipy(cost, sizes, groups, repeats)
-        return [(torch.as_tensor(q, dtype=torch.int64), torch.as_tensor(g, dtype=torch.int64)) for q, g in pairs]
+        total = l1 + cls_cost + giou                                                   # [B, Q, M] float32
+        valid = torch.arange(total.shape[2])[None, :] < torch.tensor(sizes, dtype=torch.long)[:, None]   # [B, M]
+        solver = resolve_solver(self.solver, total.device)
+        if solver == "scipy":
+            total = total.cpu()                                                          # the one transfer
+        valid = valid.to(total.device)
+        if not bool((torch.isfinite(total) | ~valid[:, None, :]).all()):                 # one sync on a device
+            _raise_non_finite(total, valid, terms)
+        gt_inds = match_blocks(total, valid, repeat=repeats, groups=groups, layout="tile", solver=solver).cpu()
+        out = []
+        for row in gt_inds:                                                              # [Q] 1-based, 0 none
+            query = torch.nonzero(row).squeeze(1)
+            out.append((query, row.index_select(0, query) - 1))
+        return out
 
     def extra_repr(self) -> str:
         kind = f"focal(alpha={self.alpha}, gamma={self.gamma})" if self.focal else "softmax"
@@ -275,14 +228,16 @@ class HungarianMatcher(nn.Module):
                 f"solver={self.solver!r}, num_groups={self.num_groups}, repeat_gts={self.repeat_gts}")
 
 
-def _raise_non_finite(cost: np.ndarray, sizes: Sequence[int], terms: Mapping[str, Tensor]) -> None:
-    """Name the first image and cost term with NaN / Inf on a valid (query, GT) pair (error path only)."""
-    for b, m in enumerate(sizes):
-        if np.isfinite(cost[b, :, :m]).all():
+def _raise_non_finite(total: Tensor, valid: Tensor, terms: Mapping[str, Tensor]) -> None:
+    """Name the first image and cost term with NaN / Inf on a valid (query, GT) pair (error path only).
+    total [B, Q, M], valid [B, M], terms each [B, Q, M]."""
+    for b in range(total.shape[0]):
+        cols = torch.nonzero(valid[b]).squeeze(1)
+        if bool(torch.isfinite(total[b].index_select(1, cols)).all()):
             continue
         culprits = []
         for name, term in terms.items():
-            block = term[b, :, :m].cpu()
+            block = term[b].index_select(1, cols.to(term.device))
             nan, inf = int(torch.isnan(block).sum()), int(torch.isinf(block).sum())
             if nan or inf:
                 culprits.append(f"{name} has {nan} NaN and {inf} Inf values")

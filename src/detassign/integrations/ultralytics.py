@@ -1,4 +1,4 @@
-"""detassign inside ultralytics' detection losses (YOLOv8 / YOLO11 / YOLO26, ultralytics 8.4).
+"""detassign inside ultralytics' detection and OBB losses (YOLOv8 / YOLO11 / YOLO26, ultralytics 8.4).
 
 Shape symbols: B batch, A anchor points, M padded GTs per image, C classes.
 
@@ -14,9 +14,18 @@ conventions; by default it gives ultralytics' result exactly on the same device,
 zero-metric ties included (``tie_break="torch"``: ``torch.topk``'s choice is reproduced on the GT rows
 where it is tied, every other row takes the sparse path), at a fraction of its time and memory.
 
+Oriented boxes (OBB): ``v8OBBLoss.__init__`` builds the module-level name ``RotatedTaskAlignedAssigner``,
+and :class:`RotatedTaskAlignedAssigner` is the same kind of swap (boxes [..., 5] xywhr, ProbIoU, exact by
+default, memory proportional to the candidate pairs)::
+
+    ultralytics.utils.loss.RotatedTaskAlignedAssigner = RotatedTaskAlignedAssigner
+
+Both convert detassign's result with the one :func:`ultralytics_targets` (4 or 5 box columns).
+
 :func:`use` swaps any detassign batched assigner (TaskAligned with any preset, ATSS, SimOTA,
 DynamicSoftLabel) into the loss of a live model, trainer or ``YOLO`` object; assigners that return
-only indices get the IoU-quality targets of :mod:`detassign.yolo.loss`.
+only indices get the IoU-quality targets of :mod:`detassign.yolo.loss`. An OBB criterion takes the exact
+rotated swap (other assigners have no oriented-box adapter here).
 
 Nothing here imports ultralytics at import time; :func:`use` imports ``ultralytics.utils.tal`` to
 recognise the stock assigner it replaces.
@@ -29,14 +38,12 @@ import torch
 from torch import Tensor, nn
 
 from .. import _validate as V
-from ..assigners import _tal_ops as ops
-from ..assigners.atss import ATSSAssigner
-from ..assigners.dynamic_soft_label import DynamicSoftLabelAssigner
-from ..assigners.sim_ota import SimOTAAssigner
+from ..assigners import _pairs
+from ..assigners.rotated_task_aligned import RotatedTaskAlignedAssigner as _CoreRotatedTAL
 from ..assigners.task_aligned import TaskAlignedAssigner as _CoreTAL
-from ..yolo.loss import targets_from_gt_inds
+from ..yolo.loss import loss_priors, targets_from_gt_inds
 
-__all__ = ["TaskAlignedAssigner", "AssignerAdapter", "use", "ultralytics_targets"]
+__all__ = ["TaskAlignedAssigner", "RotatedTaskAlignedAssigner", "AssignerAdapter", "use", "ultralytics_targets"]
 
 UltralyticsTargets = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -54,20 +61,20 @@ def empty_targets(pd_scores: Tensor, pd_bboxes: Tensor, num_classes: int) -> Ult
 
 def ultralytics_targets(gt_inds: Tensor, target_scores: Tensor, gt_labels: Tensor,
                         gt_bboxes: Tensor) -> UltralyticsTargets:
-    """detassign's result -> ultralytics' 5-tuple.
+    """detassign's result -> ultralytics' 5-tuple (both swaps, horizontal and oriented).
 
     gt_inds [B, A] (1-based, 0 negative, -1 ignored), target_scores [B, A, C], gt_labels [B, M, 1] or
-    [B, M], gt_bboxes [B, M, 4] (M >= 1) -> (target_labels [B, A] long, target_bboxes [B, A, 4],
-    target_scores [B, A, C], fg_mask [B, A] bool, target_gt_idx [B, A] long). As in ultralytics,
-    negatives (ignored priors included) point at GT 0 and carry its label and box.
+    [B, M], gt_bboxes [B, M, D] (D = 4 xyxy or 5 xywhr; M >= 1) -> (target_labels [B, A] long,
+    target_bboxes [B, A, D], target_scores [B, A, C], fg_mask [B, A] bool, target_gt_idx [B, A] long).
+    As in ultralytics, negatives (ignored priors included) point at GT 0 and carry its label and box.
     """
-    B, M = gt_bboxes.shape[:2]
+    B, M, D = gt_bboxes.shape
     fg_mask = gt_inds > 0
     target_gt_idx = (gt_inds - 1).clamp(min=0)                                        # [B, A]
     flat = target_gt_idx + torch.arange(B, device=gt_inds.device)[:, None] * M
     labels = gt_labels.reshape(B * M).long()
     target_labels = labels[flat].clamp(min=0)
-    target_bboxes = gt_bboxes.reshape(B * M, 4)[flat]                                   # [B, A, 4]
+    target_bboxes = gt_bboxes.reshape(B * M, D)[flat]                                   # [B, A, D]
     return target_labels, target_bboxes, target_scores, fg_mask, target_gt_idx
 
 
@@ -97,6 +104,8 @@ class TaskAlignedAssigner(nn.Module):
     no [B, M, A] tensor), and fp16 scores (AMP on CUDA) are raised to float32 before the power
     ``s ** alpha``, where ultralytics takes it in fp16.
     """
+
+    box_columns = 4   # xyxy
 
     def __init__(self, topk: int = 13, num_classes: int = 80, alpha: float = 1.0, beta: float = 6.0,
                  stride: Optional[Sequence[float]] = None, eps: float = 1e-9, topk2: Optional[int] = None, *,
@@ -136,15 +145,47 @@ class TaskAlignedAssigner(nn.Module):
     def forward(self, pd_scores: Tensor, pd_bboxes: Tensor, anc_points: Tensor, gt_labels: Tensor,
                 gt_bboxes: Tensor, mask_gt: Tensor, **extra) -> UltralyticsTargets:
         _reject_extra(extra)
-        gt_bboxes = V.tensor_input("gt_bboxes", gt_bboxes, ("B", "M", 4), floating=True)
+        gt_bboxes = V.tensor_input("gt_bboxes", gt_bboxes, ("B", "M", self.box_columns), floating=True)
         if gt_bboxes.shape[1] == 0:
             return empty_targets(pd_scores, pd_bboxes, self.num_classes)
-        result = self.core().assign_batch(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt)
+        # ultralytics hands the assigner probabilities: the probability entry keeps the swap exact
+        result = self.core().assign_batch_probs(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt)
         return ultralytics_targets(result.gt_inds, result.get_extra_property("target_scores"), gt_labels, gt_bboxes)
 
     def extra_repr(self) -> str:
         return (f"topk={self.topk}, topk2={self.topk2}, num_classes={self.num_classes}, alpha={self.alpha}, "
                 f"beta={self.beta}, stride={self.stride}, tie_break={self.tie_break!r}")
+
+
+class RotatedTaskAlignedAssigner(TaskAlignedAssigner):
+    """ultralytics' ``RotatedTaskAlignedAssigner`` interface (OBB training) over detassign's rotated TAL
+    (:class:`detassign.assigners.rotated_task_aligned.RotatedTaskAlignedAssigner`).
+
+    Constructor, attributes and call are :class:`TaskAlignedAssigner`'s (ultralytics' names and
+    defaults, ``tie_break="torch"``: exact by default), with oriented boxes: ``pd_bboxes`` [B, A, 5] and
+    ``gt_bboxes`` [B, M, 5] xywhr px (radians), and ``target_bboxes`` [B, A, 5] in the 5-tuple. As the
+    reference's, the candidate test is inclusive on the rotated GT (sides below ``stride_val`` widened)
+    and the overlap is ProbIoU clamped at 0. Keyword-only: ``tie_break``, ``max_chunk_mib`` (the
+    candidate-pair blocks; the result never depends on it). Not reproduced: the per-image retry after a
+    CUDA out-of-memory error (no [B, M, A] tensor is built). ``v8OBBLoss``'s filter of GTs below 2 px
+    runs in the loss, before the call, as there. ``forward`` is :class:`TaskAlignedAssigner`'s: the rotated
+    core answers the same ``assign_batch_probs`` call, so one change to the call serves both swaps.
+    """
+
+    box_columns = 5   # xywhr
+
+    def __init__(self, topk: int = 13, num_classes: int = 80, alpha: float = 1.0, beta: float = 6.0,
+                 stride: Optional[Sequence[float]] = None, eps: float = 1e-9, topk2: Optional[int] = None, *,
+                 tie_break: str = "torch", max_chunk_mib: Optional[float] = None) -> None:
+        super().__init__(topk, num_classes, alpha, beta, stride, eps, topk2, tie_break=tie_break,
+                         max_chunk_mib=max_chunk_mib)
+
+    def core(self) -> _CoreRotatedTAL:
+        """The detassign rotated assigner for the current attributes (ultralytics preset)."""
+        topk2 = None if self.topk2 in (None, self.topk) else self.topk2
+        return _CoreRotatedTAL(preset="ultralytics", topk=self.topk, alpha=self.alpha, beta=self.beta,
+                               num_classes=self.num_classes, strides=tuple(self.stride), eps=self.eps, topk2=topk2,
+                               tie_break=self.tie_break, max_chunk_mib=self.max_chunk_mib)
 
 
 # ----------------------------------------------------------------------------- any batched assigner
@@ -166,7 +207,7 @@ def anchor_strides(anc_points: Tensor, strides: Sequence[float]) -> Tuple[Tensor
     anc_points [A, 2] px (concatenated row-major grids, ``make_anchors * stride``) -> ([A] strides,
     per-level counts). Raises ValueError for points that are not exactly such grids.
     """
-    levels = ops.detect_grid(anc_points, strides)
+    levels = _pairs.detect_grid(anc_points, strides)
     if levels is None:
         raise ValueError(f"anc_points must be the concatenated row-major anchor grids of strides {list(strides)} "
                          f"(ultralytics make_anchors * stride), got {tuple(anc_points.shape)} points that are not")
@@ -178,25 +219,20 @@ def anchor_strides(anc_points: Tensor, strides: Sequence[float]) -> Tuple[Tensor
 def assign_any(assigner: Any, scores: Tensor, boxes: Tensor, points: Tensor, strides: Tensor,
                level_sizes: Sequence[int], labels: Tensor, gt_bboxes: Tensor, mask: Tensor,
                anchor_scale: float = 5.0):
-    """Call a detassign batched assigner the way :class:`detassign.yolo.DetectionLoss` does.
+    """Call a detassign batched assigner the way :class:`detassign.yolo.DetectionLoss` does: through the
+    batched interface, with the loss' priors (:func:`detassign.yolo.loss.loss_priors`: the points, their
+    strides and levels, square anchors of side ``anchor_scale * stride``).
 
     scores [B, A, C] probabilities, boxes [B, A, 4] xyxy px, points [A, 2] px, strides [A],
-    labels [B, M] long, gt_bboxes [B, M, 4], mask [B, M] bool -> its BatchAssignResult. ATSS gets
-    square anchors of side ``anchor_scale * stride`` (and logits for its DDOD mode); SimOTA gets
-    probabilities and DynamicSoftLabel logits, both with ``(cx, cy, stride, stride)`` priors; any
-    other assigner TaskAligned's ``assign_batch(scores, boxes, points, labels, gt_bboxes, mask)``.
+    labels [B, M] long, gt_bboxes [B, M, 4], mask [B, M] bool -> its BatchAssignResult. An assigner that
+    applies the sigmoid itself and offers ``assign_batch_probs`` (TaskAligned, SimOTA) gets ultralytics'
+    probabilities as they are (exact); any other ``assign_batch`` with the recovered logits.
     """
-    if isinstance(assigner, ATSSAssigner):
-        half = anchor_scale * strides[:, None] / 2
-        priors = torch.cat((points - half, points + half), dim=-1)                     # [A, 4]
-        return assigner.assign_batch(priors, list(level_sizes), labels, gt_bboxes, mask,
-                                     pred_scores=recovered_logits(scores), pred_bboxes=boxes)
-    point_priors = torch.cat((points, strides[:, None], strides[:, None]), dim=-1)   # [A, 4]
-    if isinstance(assigner, SimOTAAssigner):
-        return assigner.assign_batch(scores, boxes, point_priors, labels, gt_bboxes, mask)
-    if isinstance(assigner, DynamicSoftLabelAssigner):
-        return assigner.assign_batch(recovered_logits(scores), boxes, point_priors, labels, gt_bboxes, mask)
-    return assigner.assign_batch(scores, boxes, points, labels, gt_bboxes, mask)
+    priors = loss_priors(points, strides, level_sizes, anchor_scale)
+    probs_entry = getattr(assigner, "assign_batch_probs", None)
+    if probs_entry is not None:
+        return probs_entry(scores, boxes, priors, labels, gt_bboxes, mask)
+    return assigner.assign_batch(recovered_logits(scores), boxes, priors, labels, gt_bboxes, mask)
 
 
 class AssignerAdapter(nn.Module):
@@ -246,10 +282,31 @@ class AssignerAdapter(nn.Module):
 
 
 # ----------------------------------------------------------------------------- swapping into live objects
-def _stock_assigner_class():
+def _stock_assigner_class(name: str = "TaskAlignedAssigner"):
     import ultralytics.utils.tal as tal  # the caller has ultralytics: it passed us one of its objects
 
-    return tal.TaskAlignedAssigner
+    return getattr(tal, name)
+
+
+def _is_rotated(assigner: Any) -> bool:
+    """An OBB criterion's assigner: ours, or ultralytics' ``RotatedTaskAlignedAssigner`` (checked by exact
+    type, since it subclasses the detection one)."""
+    return isinstance(assigner, RotatedTaskAlignedAssigner) or (
+        not isinstance(assigner, (TaskAlignedAssigner, AssignerAdapter))
+        and type(assigner) is _stock_assigner_class("RotatedTaskAlignedAssigner"))
+
+
+def _swap_rotated(criterion: Any, old: Any, assigner: Any) -> Any:
+    """``v8OBBLoss``: the exact rotated swap (None: with the criterion's own settings) or one given."""
+    if assigner is None:
+        criterion.assigner = RotatedTaskAlignedAssigner.like(old)
+    elif isinstance(assigner, RotatedTaskAlignedAssigner):
+        criterion.assigner = assigner
+    else:
+        raise TypeError(f"an OBB criterion ({type(criterion).__name__}) takes only the rotated task-aligned swap "
+                        f"(assigner=None or detassign.integrations.ultralytics.RotatedTaskAlignedAssigner), got "
+                        f"{type(assigner).__name__}: detassign has no oriented-box adapter for other assigners")
+    return criterion
 
 
 def swap_criterion(criterion: Any, assigner: Any = None, anchor_scale: float = 5.0) -> Any:
@@ -257,9 +314,11 @@ def swap_criterion(criterion: Any, assigner: Any = None, anchor_scale: float = 5
 
     ``v8DetectionLoss`` (and its segmentation / pose subclasses that use the plain detection
     assigner): ``assigner`` None gives the exact :class:`TaskAlignedAssigner` with the criterion's
-    own settings; otherwise an :class:`AssignerAdapter`. End-to-end criteria (``one2many`` /
-    ``one2one``, YOLOv10 / YOLO26): the one-to-many branch takes ``assigner``, the one-to-one branch
-    (topk 7, topk2 1, which keeps the head NMS-free) the exact TaskAligned swap.
+    own settings; otherwise an :class:`AssignerAdapter`. ``v8OBBLoss``: the exact
+    :class:`RotatedTaskAlignedAssigner` (None, or one passed in; other assigners are refused).
+    End-to-end criteria (``one2many`` / ``one2one``, YOLOv10 / YOLO26, YOLO26-OBB): the one-to-many
+    branch takes ``assigner``, the one-to-one branch (topk 7, topk2 1, which keeps the head NMS-free)
+    the exact swap.
     """
     if hasattr(criterion, "one2many") and hasattr(criterion, "one2one"):
         swap_criterion(criterion.one2many, assigner, anchor_scale)
@@ -269,10 +328,15 @@ def swap_criterion(criterion: Any, assigner: Any = None, anchor_scale: float = 5
     if old is None or not hasattr(criterion, "nc") or not hasattr(criterion, "stride"):
         raise TypeError(f"expected an ultralytics detection criterion (v8DetectionLoss: .assigner, .nc, .stride), "
                         f"got {type(criterion).__name__}")
+    if _is_rotated(old):
+        return _swap_rotated(criterion, old, assigner)
     if not isinstance(old, (TaskAlignedAssigner, AssignerAdapter)) and type(old) is not _stock_assigner_class():
-        # rotated / pose / segmentation variants compute other overlaps; a plain swap would change them
-        raise TypeError(f"this criterion uses {type(old).__name__}; use() replaces only the detection "
-                        f"TaskAlignedAssigner (ultralytics.utils.tal.TaskAlignedAssigner)")
+        # pose / segmentation variants that compute other overlaps: a plain swap would change them
+        raise TypeError(f"this criterion uses {type(old).__name__}; use() replaces the detection "
+                        f"TaskAlignedAssigner and the OBB RotatedTaskAlignedAssigner of ultralytics.utils.tal")
+    if isinstance(assigner, RotatedTaskAlignedAssigner):
+        raise TypeError("RotatedTaskAlignedAssigner reads [..., 5] oriented boxes; this is a detection criterion "
+                        "(xyxy boxes): use TaskAlignedAssigner or another detassign assigner")
     stride = [float(s) for s in criterion.stride]
     if assigner is None and isinstance(old, AssignerAdapter):
         # the stock settings are gone: v8DetectionLoss' own (topk 10, alpha 0.5, beta 6)
@@ -315,8 +379,9 @@ def use(target: Any, assigner: Any = None, *, anchor_scale: float = 5.0) -> Any:
           module the workers import;
         * a ``DetectionModel`` (its criterion is built now if it has none);
         * a criterion (``v8DetectionLoss`` or an end-to-end one).
-    assigner: None (the exact :class:`TaskAlignedAssigner` with the loss's own topk / alpha / beta),
-        a detassign batched assigner, or its config dict (``dict(type="DynamicSoftLabelAssigner")``).
+    assigner: None (the exact :class:`TaskAlignedAssigner` with the loss's own topk / alpha / beta;
+        :class:`RotatedTaskAlignedAssigner` for an OBB loss), a detassign batched assigner, or its config
+        dict (``dict(type="DynamicSoftLabelAssigner")``); an OBB loss takes only the rotated swap.
     anchor_scale: side of ATSS's square anchors in strides (as :class:`detassign.yolo.DetectionLoss`).
     """
     if isinstance(assigner, Mapping):

@@ -6,10 +6,11 @@ K classes, R DFL bins (``reg_max``).
 The loss does not hold the model. ``DetectionLoss(...)(feats, targets)`` takes the head's raw per-level
 maps [B, 4R + K, H_l, W_l] and padded targets, and computes, as ultralytics' ``v8DetectionLoss``:
 
-1. ``make_anchor_points``: anchor points at cell centres (offset 0.5), in grid units, and their strides;
+1. ``make_anchor_points``: anchor points at cell centers (offset 0.5), in grid units, and their strides;
 2. ``decode_pred_boxes``: DFL expectation (softmax over R bins dotted with 0..R-1) -> (l, t, r, b)
    distances -> xyxy boxes in grid units;
-3. ``assign``: the assigner sees detached class logits, boxes and anchor points in pixels and the GTs
+3. ``assign``: the assigner's batched interface gets detached class logits, boxes in pixels,
+   :func:`loss_priors` (anchor points and strides in pixels, the levels, square anchor boxes) and the GTs
    in pixels; it yields ``target_boxes`` [B, A, 4] px, ``target_scores`` [B, A, K] and ``fg_mask``;
 4. ``classification_loss``: BCE-with-logits against the soft ``target_scores``, summed over anchors and
    classes, divided by ``target_scores_sum = max(sum(target_scores), 1)``;
@@ -24,23 +25,22 @@ maps [B, 4R + K, H_l, W_l] and padded targets, and computes, as ultralytics' ``v
 
 Values equal ``v8DetectionLoss`` (ultralytics 8.4.190) to float rounding (``tests/test_yolo_loss.py``:
 items, total and gradients w.r.t. the raw maps) when the assigner is
-``TaskAlignedAssigner(preset="ultralytics", topk=10, alpha=0.5, beta=6.0, tie_break="torch")``. The
-default assigner uses ``tie_break="index"`` (deterministic across devices, faster sparse path); it
+``TaskAlignedAssigner(preset="ultralytics_loss", tie_break="torch")``. The default assigner
+(:data:`DEFAULT_ASSIGNER`, the same preset) uses ``tie_break="index"`` (deterministic across devices,
+faster sparse path); it
 differs from ultralytics only where a GT has zero-metric anchors inside its top-k, whose choice
 ultralytics leaves to ``torch.topk``'s unspecified tie order.
 The box and DFL terms are computed densely over all anchors and masked (no host synchronisation);
 non-foreground anchors contribute exact zeros.
 
-Assigners (``assigner=`` an object, a config dict for :func:`detassign.build_assigner`, or None):
-
-* ``TaskAlignedAssigner`` (default: ``topk=10, alpha=0.5, beta=6.0``, ultralytics' training values)
-  and any object with its ``assign_batch(pred_scores [B, A, K] logits, pred_bboxes [B, A, 4] px,
-  anchor_points [A, 2] px, gt_labels, gt_bboxes, gt_mask)`` signature. Its result's ``target_boxes`` /
-  ``target_scores`` are used as they are when present.
-* ``ATSSAssigner``: priors are square anchor boxes of side ``anchor_scale * stride`` (5, as PP-YOLOE /
-  mmyolo use ATSS during their warm-up epochs) centred on the anchor points; DDOD mode receives logits.
-* ``SimOTAAssigner`` (probabilities) and ``DynamicSoftLabelAssigner`` (logits): priors are
-  ``(cx, cy, stride, stride)`` in pixels.
+Assigners (``assigner=`` an object, a config dict for :func:`detassign.build_assigner`, or None): every
+assigner is called through the batched interface, ``assign_batch(pred_scores [B, A, K] logits,
+pred_bboxes [B, A, 4] px, priors, gt_labels, gt_bboxes, gt_mask)``; each reads from the
+:class:`detassign.Priors` what its algorithm needs (TaskAligned the points; SimOTA / DynamicSoftLabel
+points and strides; ATSS and MaxIoU the square anchor boxes of side ``anchor_scale * stride``, 5 as
+PP-YOLOE / mmyolo use ATSS during their warm-up epochs). The default is :data:`DEFAULT_ASSIGNER`,
+ultralytics' training TaskAligned (``preset="ultralytics_loss"``: topk 10, alpha 0.5, beta 6). A
+result's ``target_boxes`` / ``target_scores`` are used as they are when present.
 
 For assigners that return only ``gt_inds`` / ``labels``, the loss builds the targets itself:
 ``target_boxes`` = the assigned GT boxes, ``target_scores = one_hot(label) * IoU(pred_box, gt_box)``
@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -61,14 +61,15 @@ from .. import _validate as V
 from ..assigners._batch import check_padded_gts
 from ..boxes import aligned_iou, cxcywh_to_xyxy
 from ..losses import bbox_ciou_loss, dfl_decode, dfl_unchecked
+from ..structures import Priors
 from .predict import distances_to_boxes, make_anchor_points, split_predictions
 
 __all__ = ["DetectionLoss", "DetectionTargets", "AssignedTargets", "BatchAssignment", "targets_from_yolo_batch",
-           "as_targets",
-           "decode_pred_boxes", "classification_loss", "box_losses", "boxes_to_distances",
-           "targets_from_gt_inds", "assign_like_loss", "DEFAULT_ASSIGNER"]
+           "as_targets", "decode_pred_boxes", "classification_loss", "box_losses", "boxes_to_distances",
+           "targets_from_gt_inds", "targets_of", "loss_priors", "assign_like_loss", "as_assigner", "DEFAULT_ASSIGNER"]
 
-DEFAULT_ASSIGNER = dict(type="TaskAlignedAssigner", preset="ultralytics", topk=10, alpha=0.5, beta=6.0)
+# TaskAligned as ultralytics' v8DetectionLoss builds it (topk 10, alpha 0.5, beta 6): the one definition
+DEFAULT_ASSIGNER = dict(type="TaskAlignedAssigner", preset="ultralytics_loss")
 DFL_MARGIN = 0.01  # target distances stay below R - 1 so the right DFL bin exists
 
 
@@ -243,88 +244,43 @@ def targets_from_gt_inds(gt_inds: Tensor, gt_labels: Tensor, gt_bboxes: Tensor, 
     return AssignedTargets(target_boxes, target_scores, fg_mask, (gt_inds >= 0).to(quality.dtype))
 
 
-# ----------------------------------------------------------------------------- assigner adapters
-@dataclass
-class _AssignInputs:
-    cls_logits: Tensor       # [B, A, K] detached
-    pred_boxes: Tensor       # [B, A, 4] px, detached
-    anchor_points: Tensor    # [A, 2] px
-    strides: Tensor          # [A, 1]
-    level_sizes: Sequence[int]
-    gt_labels: Tensor        # [B, M]
-    gt_bboxes: Tensor        # [B, M, 4] px
-    gt_mask: Tensor          # [B, M]
-    num_classes: int
-    anchor_scale: float
+# ----------------------------------------------------------------------------- assignment
+def loss_priors(anchor_points: Tensor, strides: Tensor, level_sizes: Sequence[int], anchor_scale: float,
+                image_size: Optional[Sequence[int]] = None,
+                level_shapes: Optional[Sequence[Tuple[int, int]]] = None) -> Priors:
+    """The priors the loss gives every assigner: anchor points [A, 2] px, strides [A] (or [A, 1]) px, priors
+    per level, square anchor boxes of side ``anchor_scale * stride``, and when known the input size (h, w)
+    and the levels' grids (h_l, w_l)."""
+    priors = Priors(anchor_points, strides.reshape(-1), level_sizes,
+                    image_size=None if image_size is None else (int(image_size[0]), int(image_size[1])),
+                    level_shapes=level_shapes)
+    return priors.with_square_boxes(anchor_scale)
 
 
-def _finish(result, inputs: _AssignInputs) -> AssignedTargets:
+def targets_of(result, gt_labels: Tensor, gt_bboxes: Tensor, pred_boxes: Tensor, num_classes: int) -> AssignedTargets:
+    """A batched result -> the loss' targets: its own ``target_boxes`` / ``target_scores`` when it has both,
+    else :func:`targets_from_gt_inds`."""
     target_scores = result.get_extra_property("target_scores")
     target_boxes = result.get_extra_property("target_boxes")
     if target_scores is None or target_boxes is None:
-        targets = targets_from_gt_inds(result.gt_inds, inputs.gt_labels, inputs.gt_bboxes, inputs.pred_boxes,
-                                       inputs.num_classes)
+        targets = targets_from_gt_inds(result.gt_inds, gt_labels, gt_bboxes, pred_boxes, num_classes)
         targets.result = result
         return targets
-    fg_mask = result.get_extra_property("fg_mask")
-    fg_mask = result.gt_inds > 0 if fg_mask is None else fg_mask.bool()
-    return AssignedTargets(target_boxes, target_scores, fg_mask, result=result)
+    return AssignedTargets(target_boxes, target_scores, result.gt_inds > 0, result=result)
 
 
-def _assign_task_aligned(assigner, x: _AssignInputs) -> AssignedTargets:
-    result = assigner.assign_batch(x.cls_logits, x.pred_boxes.to(x.gt_bboxes.dtype), x.anchor_points,
-                                   x.gt_labels, x.gt_bboxes, x.gt_mask)
-    return _finish(result, x)
-
-
-def _assign_atss(assigner, x: _AssignInputs) -> AssignedTargets:
-    half = x.anchor_scale * x.strides / 2  # [A, 1]
-    priors = torch.cat((x.anchor_points - half, x.anchor_points + half), dim=-1)  # [A, 4] square anchors
-    result = assigner.assign_batch(priors, list(x.level_sizes), x.gt_labels, x.gt_bboxes, x.gt_mask,
-                                   pred_scores=x.cls_logits, pred_bboxes=x.pred_boxes)
-    return _finish(result, x)
-
-
-def _point_priors(x: _AssignInputs) -> Tensor:
-    return torch.cat((x.anchor_points, x.strides, x.strides), dim=-1)  # [A, 4] (cx, cy, stride_w, stride_h)
-
-
-def _assign_sim_ota(assigner, x: _AssignInputs) -> AssignedTargets:
-    result = assigner.assign_batch(x.cls_logits.sigmoid(), x.pred_boxes, _point_priors(x), x.gt_labels,
-                                   x.gt_bboxes, x.gt_mask)
-    return _finish(result, x)
-
-
-def _assign_dynamic_soft_label(assigner, x: _AssignInputs) -> AssignedTargets:
-    result = assigner.assign_batch(x.cls_logits, x.pred_boxes, _point_priors(x), x.gt_labels, x.gt_bboxes,
-                                   x.gt_mask)
-    return _finish(result, x)
-
-
-ADAPTERS: Dict[str, Callable[[Any, _AssignInputs], AssignedTargets]] = {
-    "TaskAlignedAssigner": _assign_task_aligned,
-    "ATSSAssigner": _assign_atss,
-    "SimOTAAssigner": _assign_sim_ota,
-    "DynamicSoftLabelAssigner": _assign_dynamic_soft_label,
-}
-
-
-def assign_like_loss(assigner, cls_logits: Tensor, pred_boxes: Tensor, anchor_points: Tensor, strides: Tensor,
-                     level_sizes: Sequence[int], gt_labels: Tensor, gt_bboxes: Tensor, gt_mask: Tensor,
-                     num_classes: int, anchor_scale: float = 5.0) -> AssignedTargets:
+def assign_like_loss(assigner, cls_logits: Tensor, pred_boxes: Tensor, priors: Priors, gt_labels: Tensor,
+                     gt_bboxes: Tensor, gt_mask: Tensor, num_classes: int) -> AssignedTargets:
     """Run ``assigner`` (an object or config dict) on a batch exactly as :class:`DetectionLoss` does.
 
-    cls_logits [B, A, K], pred_boxes [B, A, 4] xyxy px, anchor_points [A, 2] px, strides [A, 1] px,
-    level_sizes (priors per level), gt_labels [B, M], gt_bboxes [B, M, 4] px, gt_mask [B, M] ->
-    :class:`AssignedTargets` with the assigner's ``result``. Pictures and ``detassign compare --static``
-    use it so that they show what training sees.
+    cls_logits [B, A, K], pred_boxes [B, A, 4] xyxy px, priors (:func:`loss_priors`), gt_labels [B, M],
+    gt_bboxes [B, M, 4] px, gt_mask [B, M] -> :class:`AssignedTargets` with the assigner's ``result``.
+    Pictures and ``detassign compare --static`` use it so that they show what training sees.
     """
-    assigner = _build_assigner(assigner)
-    adapter = ADAPTERS.get(type(assigner).__name__, _assign_task_aligned)
-    inputs = _AssignInputs(cls_logits.detach(), pred_boxes.detach(), anchor_points, strides.reshape(-1, 1),
-                           list(level_sizes), gt_labels, gt_bboxes, gt_mask.bool(), int(num_classes),
-                           float(anchor_scale))
-    return adapter(assigner, inputs)
+    assigner = as_assigner(assigner)
+    pred_boxes = pred_boxes.detach().to(gt_bboxes.dtype)
+    result = assigner.assign_batch(cls_logits.detach(), pred_boxes, priors, gt_labels, gt_bboxes, gt_mask.bool())
+    return targets_of(result, gt_labels, gt_bboxes, pred_boxes, num_classes)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -333,16 +289,18 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _build_assigner(assigner):
+def as_assigner(assigner):
+    """An assigner object (returned as it is), a config dict for :func:`detassign.build_assigner`, or None
+    (:data:`DEFAULT_ASSIGNER`) -> an object with the batched interface."""
     if assigner is None:
         assigner = dict(DEFAULT_ASSIGNER)
     if isinstance(assigner, Mapping):
         from ..registry import build_assigner
 
         assigner = build_assigner(assigner)
-    if not hasattr(assigner, "assign_batch"):
-        raise TypeError(f"assigner must have an assign_batch method (supported: {sorted(ADAPTERS)}), "
-                        f"got {type(assigner).__name__}")
+    if not callable(getattr(assigner, "assign_batch", None)):
+        raise TypeError(f"assigner must have the batched interface assign_batch(pred_scores, pred_bboxes, priors, "
+                        f"gt_labels, gt_bboxes, gt_mask), got {type(assigner).__name__}")
     return assigner
 
 
@@ -353,10 +311,11 @@ class DetectionLoss(nn.Module):
         num_classes: K.
         reg_max: DFL bins R (16).
         strides: stride of each level, in the order of ``feats``.
-        assigner: None (TaskAlignedAssigner topk 10, alpha 0.5, beta 6), a config dict for
-            :func:`detassign.build_assigner`, or an assigner object (see the module docstring).
+        assigner: None (:data:`DEFAULT_ASSIGNER`), a config dict for :func:`detassign.build_assigner`, or an
+            assigner object (see the module docstring).
         box_gain, cls_gain, dfl_gain: loss gains (ultralytics' 7.5, 0.5, 1.5).
-        anchor_scale: side of ATSS's square anchors in strides (5.0); used by ATSS only.
+        anchor_scale: side of the square anchor boxes in strides (5.0); read by the assigners that use
+            anchor boxes (ATSS, MaxIoU).
 
     ``forward(feats, targets, img_size=None)``:
         feats: list of raw maps [B, 4R + K, H_l, W_l] (``YOLO11`` in train mode).
@@ -382,8 +341,7 @@ class DetectionLoss(nn.Module):
         self.num_classes = int(num_classes)
         self.reg_max = int(reg_max)
         self.strides = tuple(float(s) for s in (strides.tolist() if isinstance(strides, Tensor) else strides))
-        self.assigner = _build_assigner(assigner)
-        self._adapter = ADAPTERS.get(type(self.assigner).__name__, _assign_task_aligned)
+        self.assigner = as_assigner(assigner)
         self.box_gain, self.cls_gain, self.dfl_gain = float(box_gain), float(cls_gain), float(dfl_gain)
         self.anchor_scale = float(anchor_scale)
 
@@ -404,16 +362,17 @@ class DetectionLoss(nn.Module):
         gt_labels, gt_bboxes, gt_mask = check_padded_gts(tg.labels, tg.bboxes, tg.mask, self.num_classes)
         if gt_bboxes.shape[0] != B:
             raise ValueError(f"targets must have batch size {B} (from feats), got {gt_bboxes.shape[0]}")
-        inputs = _AssignInputs(cls_logits.detach(), pred_boxes.detach() * stride_tensor, anchor_points * stride_tensor,
-                               stride_tensor, [f.shape[-2] * f.shape[-1] for f in feats], gt_labels, gt_bboxes,
-                               gt_mask, self.num_classes, self.anchor_scale)
+        shapes = [(f.shape[-2], f.shape[-1]) for f in feats]
+        priors = loss_priors(anchor_points * stride_tensor, stride_tensor, [h * w for h, w in shapes],
+                             self.anchor_scale, img_size, shapes)
         if return_assignment:
             _synchronize(cls_logits.device)
             started = time.perf_counter()
-        assigned = self._adapter(self.assigner, inputs)
+        assigned = assign_like_loss(self.assigner, cls_logits, pred_boxes * stride_tensor, priors, gt_labels,
+                                    gt_bboxes, gt_mask, self.num_classes)
         if return_assignment:
             _synchronize(cls_logits.device)
-            assignment = BatchAssignment(assigned.result, assigned, gt_bboxes, gt_mask, list(inputs.level_sizes),
+            assignment = BatchAssignment(assigned.result, assigned, gt_bboxes, gt_mask, list(priors.level_sizes),
                                          [int(s) for s in self.strides], time.perf_counter() - started)
 
         target_scores_sum = assigned.target_scores.sum().clamp(min=1)

@@ -68,6 +68,7 @@ from .checkpoint import (CheckpointError, capture_rng_state, checkpoint_header, 
                          model_from_checkpoint, plain, remove_stale_temporaries, restore_rng_state,
                          save_checkpoint_atomic, strip_checkpoint)
 from ..stats import add_to_tally, new_tally, tally_columns
+from .loss import DEFAULT_ASSIGNER
 from .runs import (RESULTS_COLUMNS, RUN_FILES, next_run_dir, plot_confusion_matrix, plot_f1_curve, plot_pr_curve, plot_results,
                    write_atomic, write_results_csv)
 
@@ -80,7 +81,7 @@ __all__ = [
 
 # Short names accepted for ``TrainConfig.assigner``; ultralytics' TAL settings are the default.
 ASSIGNER_PRESETS: Dict[str, Dict[str, Any]] = {
-    "tal": dict(type="TaskAlignedAssigner", preset="ultralytics", topk=10, alpha=0.5, beta=6.0),
+    "tal": DEFAULT_ASSIGNER,   # ultralytics' training TAL, defined once in detassign.yolo.loss
     "atss": dict(type="ATSSAssigner", topk=9),
     "simota": dict(type="SimOTAAssigner"),
     "dsl": dict(type="DynamicSoftLabelAssigner"),
