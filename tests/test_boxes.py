@@ -108,6 +108,51 @@ def test_points_in_boxes():
     boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
     assert B.points_in_boxes(pts, boxes).tolist() == [[True, False, False]]
     assert B.points_in_boxes(pts, boxes, inclusive=True).tolist() == [[True, True, False]]
+    # eps: (1, 1) is 1 px from every side of (0, 0, 2, 2): inside for eps 0.5, not for eps 1 (strictly more)
+    assert B.points_in_boxes(pts[:1], boxes, eps=0.5).tolist() == [[True]]
+    assert B.points_in_boxes(pts[:1], boxes, eps=1.0).tolist() == [[False]]
+    # NaN anywhere is outside, whichever test
+    nan = torch.tensor([[float("nan"), 1.0]])
+    assert not B.points_in_boxes(nan, boxes).any() and not B.points_in_boxes(nan, boxes, inclusive=True).any()
+
+
+@pytest.mark.parametrize("eps, inclusive", [(0.0, False), (1e-9, False), (0.01, False), (0.0, True)])
+def test_points_in_boxes_is_the_references_test(eps, inclusive):
+    # the references compute the four distances and compare their minimum (ultralytics'
+    # ``deltas.amin(-1).gt_(eps)``, mmdet's ``min(deltas) > 0.01``); points on sides, corners and 0.01 px
+    # inside them included, so a different rounding would show
+    g = torch.Generator().manual_seed(0)
+    gts = torch.cat([random_boxes(20, 1), torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.1, 0.1, 0.3, 0.3]])])
+    pts = torch.cat([torch.rand(200, 2, generator=g) * 600, gts[:, :2], gts[:, 2:], gts[:, :2] + 0.01,
+                     torch.stack([gts[:, 0], gts[:, 3] - 0.01], 1)])
+    deltas = torch.stack((pts[None, :, 0] - gts[:, None, 0], pts[None, :, 1] - gts[:, None, 1],
+                          gts[:, None, 2] - pts[None, :, 0], gts[:, None, 3] - pts[None, :, 1]), -1)   # [M, A, 4]
+    expected = deltas.amin(-1) >= 0 if inclusive else deltas.amin(-1) > eps
+    assert torch.equal(B.points_in_boxes(pts, gts, eps, inclusive), expected)
+    # aligned: each point with its own box, any broadcast (here [M, A] pairs)
+    assert torch.equal(B.aligned_points_in_boxes(pts[None], gts[:, None], eps, inclusive), expected)
+
+
+def test_compute_dtype():
+    f16, f32, f64 = torch.zeros(1, dtype=torch.float16), torch.zeros(1), torch.zeros(1, dtype=torch.float64)
+    assert B.compute_dtype(f16, torch.zeros(1, dtype=torch.bfloat16)) == torch.float32
+    assert B.compute_dtype(f16, None, f64) == torch.float64 and B.compute_dtype() == torch.float32
+    assert B.to_compute_dtype(torch.tensor([3])).dtype == torch.float32 and B.to_compute_dtype(f64) is f64
+    assert B.to_compute_dtype(f32) is f32 and B.to_compute_dtype(torch.tensor([True])).dtype == torch.float32
+
+
+@pytest.mark.parametrize("mode", ["iou", "giou", "iof"])
+def test_one_mmdet_kernel_for_pairwise_aligned_and_coordinates(mode):
+    # pairwise, aligned and coordinate-table calls run the same kernel: the same bits, in place or not
+    a, b = random_boxes(30, 4, degenerate=True), random_boxes(40, 5, degenerate=True)
+    pairwise = B.bbox_overlaps(a, b, mode)                                              # [30, 40]
+    aligned = B.bbox_overlaps(a[:, None].expand(30, 40, 4), b[None].expand(30, 40, 4), mode, is_aligned=True)
+    assert torch.equal(pairwise, aligned)
+    ca, cb = a[:, None].expand(30, 40, 4).reshape(-1, 4).t(), b[None].expand(30, 40, 4).reshape(-1, 4).t()
+    for inplace in (False, True):
+        table = B.overlaps_of_coordinates(ca.clone(), cb.clone(), mode, area_a=B.box_area(ca.t()),
+                                          area_b=B.box_area(cb.t()), inplace=inplace)
+        assert torch.equal(table.view(30, 40), pairwise)
 
 
 # ------------------------------------------------------------------ properties

@@ -16,14 +16,6 @@ from detassign.structures import AssignResult
 from detassign.yolo.train import TrainConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def squares(n=2, size=64, seed=0):
     """Dark images with one bright 8-24 px square each (one COCO-small GT, side < 32)."""
     rng = np.random.default_rng(seed)

@@ -24,14 +24,6 @@ NOT_ON_GRID = {"MaskHungarianAssigner": "CrossEntropyLossCost needs pred_instanc
                "RotatedATSSAssigner": "[A, 5] xywhr", "RotatedTaskAlignedAssigner": "[B, A, 5]"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _voc(root, boxes_per_image, size=64):
     """A VOC folder: image i holds the boxes ``boxes_per_image[i]`` (bright squares on a dark image)."""
     from PIL import Image

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from . import _validate as V
 
-__all__ = ["AssignResult", "BatchAssignResult", "Instances", "Priors", "as_priors", "labels_from_gt_inds"]
+__all__ = ["AssignResult", "BatchAssignResult", "Instances", "Priors", "as_priors", "labels_from_gt_inds",
+           "check_level_sizes"]
 
 
 def labels_from_gt_inds(gt_inds: Tensor, gt_labels: Optional[Tensor], fill: int = -1) -> Tensor:
