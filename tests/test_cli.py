@@ -3,17 +3,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from detassign.cli import COMMANDS, main
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

@@ -11,11 +11,7 @@ import detassign.stats as stats_module
 from detassign import AssignResult, BatchAssignResult, Instances, build_assigner
 from detassign.assigners.task_aligned import TaskAlignedAssigner
 from detassign.stats import assignment_stats, combine_stats
-
-
-def grid_points(size=64, stride=8):
-    ys, xs = torch.meshgrid(torch.arange(size // stride), torch.arange(size // stride), indexing="ij")
-    return torch.stack([xs, ys], -1).reshape(-1, 2).float().add(0.5).mul(stride)       # [A, 2] px
+from tests.fixtures import make_anchors
 
 
 def test_docstring_example():
@@ -40,7 +36,7 @@ def test_max_iou_hand_worked():
 def test_task_aligned_batched_hand_worked():
     # image 0: a 40 x 40 GT (8 x 8 grid, stride 8: 25 anchor centres inside) -> exactly topk = 3 positives;
     #          a padded slot; image 1: one GT that takes 3, and a second far away that also takes 3
-    points = grid_points()
+    points = make_anchors(64, strides=(8,))
     B, A, C = 2, len(points), 2
     gts = torch.tensor([[[8, 8, 48, 48], [0, 0, 0, 0]], [[0, 0, 24, 24], [40, 40, 64, 64.]]])
     mask = torch.tensor([[True, False], [True, True]])

@@ -44,7 +44,7 @@ class AnchorAssignment(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- candidate tests
-def widened_candidate_boxes(gt_boxes: Tensor, min_size: Optional[float]) -> Tensor:
+def widened_candidate_boxes(gt_bboxes: Tensor, min_size: Optional[float]) -> Tensor:
     """Boxes used for the centre-in-GT test. [..., 4] xyxy -> [..., 4] xyxy.
 
     ``min_size`` set: sides shorter than ``min_size`` grow to it about the centre, through a
@@ -54,8 +54,8 @@ def widened_candidate_boxes(gt_boxes: Tensor, min_size: Optional[float]) -> Tens
     ``min_size`` None: the boxes unchanged.
     """
     if min_size is None:
-        return gt_boxes
-    x1, y1, x2, y2 = gt_boxes.unbind(-1)
+        return gt_bboxes
+    x1, y1, x2, y2 = gt_bboxes.unbind(-1)
     centre = torch.stack(((x1 + x2) / 2, (y1 + y2) / 2), dim=-1)
     size = torch.stack((x2 - x1, y2 - y1), dim=-1)
     size = torch.where(size < min_size, torch.full_like(size, min_size), size)
@@ -88,45 +88,31 @@ def prediction_reach(anchor_points: Tensor, pred_boxes: Tensor, levels: List[Gri
     return torch.stack(parts, 1).clamp(min=0)
 
 
-def overlap_windows(gt_boxes: Tensor, reach: Tensor) -> Tensor:
+def overlap_windows(gt_bboxes: Tensor, reach: Tensor) -> Tensor:
     """Where an anchor point must lie for its predicted box to intersect a GT box.
 
-    gt_boxes [G, 4] xyxy, reach [G, L, 4] (the GT's image, from :func:`prediction_reach`) -> windows
+    gt_bboxes [G, 4] xyxy, reach [G, L, 4] (the GT's image, from :func:`prediction_reach`) -> windows
     [G, L, 4] in float64: a predicted box ``[x - l, ., x + r, .]`` with ``l <= left``, ``r <= right``
     meets ``[x1, ., x2, .]`` only if ``x1 - right < x < x2 + left`` (same in y); widened by a relative
     1e-5 so that float32 rounding of the reach cannot drop an anchor.
     """
-    gt = gt_boxes.double()[:, None, :]
+    gt = gt_bboxes.double()[:, None, :]
     reach = reach.double()
     pad = 1e-5 * (gt.abs() + reach + 1.0)
     return torch.cat((gt[..., :2] - reach[..., 2:] - pad[..., :2], gt[..., 2:] + reach[..., :2] + pad[..., 2:]), -1)
 
 
 # ----------------------------------------------------------------------------- metric
-def pair_overlaps(gt_boxes: Tensor, pred_boxes: Tensor, kind: str) -> Tensor:
-    """Overlap of matching rows. gt_boxes [..., 4], pred_boxes [..., 4] xyxy -> [...].
+def pair_overlaps(gt_bboxes: Tensor, pred_boxes: Tensor, kind: str) -> Tensor:
+    """Overlap of matching rows. gt_bboxes [..., 4], pred_boxes [..., 4] xyxy -> [...].
 
     ``"ciou"``: ultralytics' CIoU(gt, pred) clamped at 0 (argument order as ultralytics, for identical
     rounding); ``"iou"``: mmdet ``bbox_overlaps(pred, gt)``.
     """
     if kind == "ciou":
-        return aligned_ciou(gt_boxes, pred_boxes).clamp(min=0)
-    return _mmdet_iou(pred_boxes, gt_boxes)
+        return aligned_ciou(gt_bboxes, pred_boxes).clamp(min=0)
+    return aligned_iou(pred_boxes, gt_bboxes)
 
-
-def _mmdet_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
-    """mmdet ``bbox_overlaps(a, b, is_aligned=True)`` with broadcasting: the same operations in the same
-    order (bit-identical), but the eps floor is a Python scalar (``clamp``), not ``new_tensor([eps])``,
-    whose host-to-device copy would synchronise on CUDA. [..., 4], [..., 4] -> [...]."""
-    if a.dtype != b.dtype or not a.is_floating_point() or a.dtype in (torch.float16, torch.bfloat16):
-        return aligned_iou(a, b)
-    area1 = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area2 = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    w = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
-    h = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
-    overlap = w * h
-    union = (area1 + area2 - overlap).clamp(min=eps)
-    return overlap / union
 
 
 def pair_sigmoid(logits: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ Algorithm (Zhu et al., "Feature Selective Anchor-Free Module", 2019; mmdetection
    ``foreground_dominate=True`` it stays positive and its rows leave ``shadowed_labels`` instead.
 
 The result is bit-for-bit mmdet 3.3.0's (gt_inds, labels, and ``shadowed_labels`` including its row
-order; see tests/test_center_region.py), with these conventions:
+order; see tests/assigners/test_center_region.py), with these conventions:
 
 * ``max_overlaps`` is ``None``, as in mmdet.
 * ``shadowed_labels`` is an extra property (``result.shadowed_labels`` or

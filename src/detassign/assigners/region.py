@@ -21,7 +21,7 @@ Algorithm (Vu et al., "Cascade RPN", 2019; mmdetection's ``RegionAssigner``), pe
 5. Anchors that are invalid (``valid_flags``) or cross the image border by more than
    ``allowed_border`` px are ignored (a negative ``allowed_border`` checks ``valid_flags`` only).
 
-Differences from mmdet 3.3.0 (everything else is bit-for-bit; see tests/test_region.py):
+Differences from mmdet 3.3.0 (everything else is bit-for-bit; see tests/assigners/test_region.py):
 
 * ``labels`` are -1 for non-positives (the library-wide contract); mmdet writes 0 there, which
   ``mmdet_labels=True`` reproduces (including mmdet's -1 labels when there are no GTs or anchors).

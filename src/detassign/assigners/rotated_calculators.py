@@ -77,21 +77,21 @@ def rotated_max_iou_assign(assigner, pred_instances, gt_instances, gt_instances_
         raise ValueError("perm_repeat_gt_cfg is not supported with iou_calculator=dict(type='RBboxOverlaps2D')")
     priors = rotated_box_tensor("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
                                 ("A",), empty_rows=True)
-    gt_boxes = _gt_boxes(gt_instances)
+    gt_bboxes = _gt_boxes(gt_instances)
     gt_labels = V.get_field(gt_instances, "labels", "gt_instances", required=False)
     ignore = _optional_ignore(gt_instances_ignore)
-    V.check_same_device(priors=priors, gt_bboxes=gt_boxes, gt_labels=gt_labels, gt_bboxes_ignore=ignore)
+    V.check_same_device(priors=priors, gt_bboxes=gt_bboxes, gt_labels=gt_labels, gt_bboxes_ignore=ignore)
     gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), allow_none=True,
-                               rows_like=("gt_instances.bboxes", gt_boxes))
+                               rows_like=("gt_instances.bboxes", gt_bboxes))
     V.check_finite("pred_instances.priors", priors)
-    V.check_rboxes("gt_instances.bboxes", gt_boxes)
+    V.check_rboxes("gt_instances.bboxes", gt_bboxes)
     V.check_rboxes("gt_instances_ignore.bboxes", ignore)
     device = priors.device
-    if assigner.gpu_assign_thr > 0 and gt_boxes.shape[0] > assigner.gpu_assign_thr:
-        priors, gt_boxes = priors.cpu(), gt_boxes.cpu()
+    if assigner.gpu_assign_thr > 0 and gt_bboxes.shape[0] > assigner.gpu_assign_thr:
+        priors, gt_bboxes = priors.cpu(), gt_bboxes.cpu()
         ignore = None if ignore is None else ignore.cpu()
         gt_labels = None if gt_labels is None else gt_labels.cpu()
-    overlaps = rbbox_overlaps(gt_boxes, priors)                                            # [M, A]
+    overlaps = rbbox_overlaps(gt_bboxes, priors)                                            # [M, A]
     if assigner.ignore_iof_thr > 0 and ignore is not None and ignore.numel() > 0 and priors.numel() > 0:
         if assigner.ignore_wrt_candidates:
             iof = rbbox_overlaps(priors, ignore, mode="iof").amax(dim=1)                   # over the prior's area
@@ -115,7 +115,7 @@ def rotated_atss_assign(assigner, pred_instances, num_level_priors: Sequence[int
 
     priors = rotated_box_tensor("pred_instances.priors", V.get_field(pred_instances, "priors", "pred_instances"),
                                 ("A",), empty_rows=True)
-    gt_boxes = _gt_boxes(gt_instances)
+    gt_bboxes = _gt_boxes(gt_instances)
     gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
     scores = bboxes = None
     if assigner.alpha is not None:
@@ -126,18 +126,18 @@ def rotated_atss_assign(assigner, pred_instances, num_level_priors: Sequence[int
         V.check_agree("A", [("pred_instances.priors", priors, 0), ("pred_instances.scores", scores, 0),
                             ("pred_instances.bboxes", bboxes, 0)])
     levels = check_level_sizes(num_level_priors, priors.shape[0], "num_level_priors")
-    V.check_same_device(priors=priors, gt_bboxes=gt_boxes, gt_labels=gt_labels, scores=scores, bboxes=bboxes)
-    gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), rows_like=("gt_instances.bboxes", gt_boxes),
+    V.check_same_device(priors=priors, gt_bboxes=gt_bboxes, gt_labels=gt_labels, scores=scores, bboxes=bboxes)
+    gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), rows_like=("gt_instances.bboxes", gt_bboxes),
                                num_classes=None if scores is None else V.num_classes_of(scores))
     V.check_finite("pred_instances.priors", priors)
-    V.check_rboxes("gt_instances.bboxes", gt_boxes)
+    V.check_rboxes("gt_instances.bboxes", gt_bboxes)
     V.check_finite("pred_instances.scores", scores)
     V.check_finite("pred_instances.bboxes", bboxes)
-    dtype = compute_dtype(priors, gt_boxes, scores, bboxes)
-    M, A = gt_boxes.shape[0], priors.shape[0]
+    dtype = compute_dtype(priors, gt_bboxes, scores, bboxes)
+    M, A = gt_bboxes.shape[0], priors.shape[0]
     if M == 0 or A == 0:
         return empty_assign_result(M, A, priors.device, overlap_fill=0.0, overlap_dtype=dtype)
-    priors, gt = priors.to(dtype), gt_boxes.to(dtype)[None]                               # gt [1, M, 5]
+    priors, gt = priors.to(dtype), gt_bboxes.to(dtype)[None]                               # gt [1, M, 5]
     ignored = None
     ignore = _optional_ignore(gt_instances_ignore)
     V.check_rboxes("gt_instances_ignore.bboxes", ignore)
@@ -245,27 +245,27 @@ def rotated_dsl_assign(assigner, pred_instances, gt_instances) -> AssignResult:
                             ("A", "C"), floating=True, empty_rows=True)
     V.check_agree("A", [("pred_instances.priors", priors, 0), ("pred_instances.bboxes", bboxes, 0),
                         ("pred_instances.scores", scores, 0)])
-    gt_boxes = _gt_boxes(gt_instances)
+    gt_bboxes = _gt_boxes(gt_instances)
     gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
-    V.check_same_device(priors=priors, bboxes=bboxes, scores=scores, gt_bboxes=gt_boxes, gt_labels=gt_labels)
+    V.check_same_device(priors=priors, bboxes=bboxes, scores=scores, gt_bboxes=gt_bboxes, gt_labels=gt_labels)
     gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), num_classes=V.num_classes_of(scores),
-                               rows_like=("gt_instances.bboxes", gt_boxes))
+                               rows_like=("gt_instances.bboxes", gt_bboxes))
     for name, x in (("pred_instances.priors", priors), ("pred_instances.bboxes", bboxes),
                     ("pred_instances.scores", scores)):
         V.check_finite(name, x)
-    V.check_rboxes("gt_instances.bboxes", gt_boxes)
-    M, A = gt_boxes.shape[0], priors.shape[0]
+    V.check_rboxes("gt_instances.bboxes", gt_bboxes)
+    M, A = gt_bboxes.shape[0], priors.shape[0]
     dtype = compute_dtype(bboxes)
     if M == 0 or A == 0:
         return empty_assign_result(M, A, priors.device, 0.0, dtype)
-    inside = inside_mmrotate(priors[None, :, 0], priors[None, :, 1], gt_boxes[:, None, :], ROTATED_INSIDE_EPS)
+    inside = inside_mmrotate(priors[None, :, 0], priors[None, :, 1], gt_bboxes[:, None, :], ROTATED_INSIDE_EPS)
     valid = inside.any(dim=0)                                                               # [A]
     if not bool(valid.any()):
         return empty_assign_result(M, A, priors.device, 0.0, dtype)
     cand = priors[valid]
-    center_cost = D.exact_soft_center_prior(cand[:, :2], cand[:, 2], rotated_centers(gt_boxes),
+    center_cost = D.exact_soft_center_prior(cand[:, :2], cand[:, 2], rotated_centers(gt_bboxes),
                                             assigner.soft_center_radius)                   # [A', M]
-    ious = rbbox_overlaps(bboxes[valid], gt_boxes)                                         # [A', M]
+    ious = rbbox_overlaps(bboxes[valid], gt_bboxes)                                         # [A', M]
     iou_cost = -torch.log(ious + D.EPS) * assigner.iou_weight
     cost = D.exact_cls_cost(scores[valid], gt_labels.long(), ious) + iou_cost + center_cost
     fg, gt_index, matched = DK.mmdet_dynamic_k_matching(cost, ious, assigner.topk)

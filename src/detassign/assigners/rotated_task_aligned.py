@@ -242,20 +242,20 @@ class RotatedTaskAlignedAssigner(BaseAssigner):
                                 ("A", "C"), floating=True, empty_rows=True)
         V.check_agree("A", [("pred_instances.priors", priors, 0), ("pred_instances.bboxes", bboxes, 0),
                             ("pred_instances.scores", scores, 0)])
-        gt_boxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"),
+        gt_bboxes = V.tensor_input("gt_instances.bboxes", V.get_field(gt_instances, "bboxes", "gt_instances"),
                                   ("M", 5), floating=True, empty_rows=True)
         gt_labels = V.get_field(gt_instances, "labels", "gt_instances")
-        V.check_same_device(priors=priors, bboxes=bboxes, scores=scores, gt_bboxes=gt_boxes, gt_labels=gt_labels)
+        V.check_same_device(priors=priors, bboxes=bboxes, scores=scores, gt_bboxes=gt_bboxes, gt_labels=gt_labels)
         gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), num_classes=V.num_classes_of(scores),
-                                   rows_like=("gt_instances.bboxes", gt_boxes))
+                                   rows_like=("gt_instances.bboxes", gt_bboxes))
         _check_values(("pred_instances.scores", "pred_instances.bboxes", "pred_instances.priors"), scores, bboxes,
                       priors, probs=True)
-        V.check_rboxes("gt_instances.bboxes", gt_boxes)
-        num_gts = gt_boxes.shape[0]
+        V.check_rboxes("gt_instances.bboxes", gt_bboxes)
+        num_gts = gt_bboxes.shape[0]
         if priors.shape[0] == 0:   # no priors, nothing to assign (empty scores need not even say C)
-            gt_boxes, gt_labels = gt_boxes[:0], gt_labels[:0]
+            gt_bboxes, gt_labels = gt_bboxes[:0], gt_labels[:0]
         result = self.assign_batch_probs(scores[None], bboxes[None], priors[:, :2], gt_labels[None],
-                                         gt_boxes[None])[0]
+                                         gt_bboxes[None])[0]
         result.num_gts = num_gts
         return result
 

@@ -4,7 +4,7 @@ Shape symbols: B batch, C channels, H, W spatial size, R DFL bins (``reg_max``),
 
 Every block reproduces the reference's layers, their order of registration and their parameter
 shapes, so a reference ``state_dict`` maps onto ours position by position (see
-``tests/test_yolo_model.py``). The code is our own.
+``tests/yolo/test_yolo_model.py``). The code is our own.
 
 * :class:`Conv` Conv2d (no bias) + BatchNorm (eps 1e-3, momentum 0.03, as ultralytics sets them) + SiLU.
 * :class:`Bottleneck` two convs with a residual add when shapes allow.

@@ -23,7 +23,7 @@ maps [B, 4R + K, H_l, W_l] and padded targets, and computes, as ultralytics' ``v
    assigner's result on this batch, the GTs it saw, the level layout and the seconds it took), whose
    ``stats()`` are :func:`detassign.stats.assignment_stats`; the module keeps no state between calls.
 
-Values equal ``v8DetectionLoss`` (ultralytics 8.4.190) to float rounding (``tests/test_yolo_loss.py``:
+Values equal ``v8DetectionLoss`` (ultralytics 8.4.190) to float rounding (``tests/yolo/test_yolo_loss.py``:
 items, total and gradients w.r.t. the raw maps) when the assigner is
 ``TaskAlignedAssigner(preset="ultralytics_loss", tie_break="torch")``. The default assigner
 (:data:`DEFAULT_ASSIGNER`, the same preset) uses ``tie_break="index"`` (deterministic across devices,

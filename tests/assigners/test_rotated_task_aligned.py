@@ -19,7 +19,7 @@ from detassign.structures import Instances, Priors
 from tests import oracles
 from tests.memory import measure_in_child
 from tests.test_rotated_boxes import random_rboxes
-from tests.test_task_aligned import make_anchors
+from tests.fixtures import make_anchors
 
 PRESET_ARGS = {  # preset -> ultralytics RotatedTaskAlignedAssigner arguments
     "ultralytics": dict(topk=13, alpha=1.0, beta=6.0),
@@ -203,7 +203,7 @@ def test_crowded_aerial_scene_runs_in_bounded_memory():
     setup = """
     import math
     from detassign.assigners.rotated_task_aligned import RotatedTaskAlignedAssigner
-    from tests.test_task_aligned import make_anchors
+    from tests.fixtures import make_anchors
     g = torch.Generator().manual_seed(0)
     size, B, M, C = 1024, 1, 3000, 15
     pts = make_anchors(size)

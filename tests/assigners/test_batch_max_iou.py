@@ -9,7 +9,7 @@ from detassign.assigners._batch import pad_gts
 from detassign.assigners.batch_max_iou import BatchMaxIoUAssigner
 from detassign.assigners.max_iou import MaxIoUAssigner
 from tests.oracles import mmdet
-from tests.test_max_iou import KNOBS, assert_same, random_boxes, random_case
+from tests.assigners.test_max_iou import KNOBS, assert_same, random_boxes, random_case
 
 
 def random_batch(seed, B=4, A=30):

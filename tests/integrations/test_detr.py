@@ -29,7 +29,7 @@ from detassign.integrations import detr
 from detassign.integrations.detr import MATCHER_PRESETS, HungarianMatcher
 from detassign.structures import Instances
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 # ----------------------------------------------------------------------------- data and the loop oracle

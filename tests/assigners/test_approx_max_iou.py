@@ -9,7 +9,7 @@ from detassign.assigners.approx_max_iou import ApproxMaxIoUAssigner, approx_over
 from detassign.assigners.max_iou import MaxIoUAssigner
 from detassign.boxes import pairwise_iou
 from tests.oracles import mmdet
-from tests.test_max_iou import KNOBS, assert_same, random_case, run_pair
+from tests.assigners.test_max_iou import KNOBS, assert_same, random_case, run_pair
 
 
 def random_approxs(priors, seed, P=None):

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from detassign import build_assigner
 from detassign.assigners.topk_hungarian import TopkHungarianAssigner
 from tests import oracles
-from tests.test_hungarian import FixedCost
+from tests.assigners.test_hungarian import FixedCost
 
 C = 5
 META = dict(img_shape=(160, 200))

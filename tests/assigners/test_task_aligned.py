@@ -17,20 +17,10 @@ from detassign.structures import Instances, Priors
 from tests import oracles
 from tests.memory import measure_in_child
 from tests.tolerances import assert_close_across_paths
+from tests.fixtures import make_anchors
 
 
 # ----------------------------------------------------------------------------- data
-def make_anchors(size=128, strides=(8, 16, 32)):
-    """Anchor points in pixels, laid out as ultralytics make_anchors(...) * stride_tensor. -> [A, 2]"""
-    points = []
-    for s in strides:
-        n = size // s
-        c = torch.arange(n, dtype=torch.float32) + 0.5
-        gy, gx = torch.meshgrid(c, c, indexing="ij")
-        points.append(torch.stack((gx, gy), -1).reshape(-1, 2) * s)
-    return torch.cat(points)
-
-
 def random_batch(seed, B=3, M=8, C=5, size=128, tiny=False, off_image=True, logits=False):
     """Padded batch: image 0 may have no GT; GT sides log-uniform in [min_side, 100] px. Scores are
     probabilities, or with ``logits`` the logits of such probabilities (the batched call's input)."""
@@ -625,7 +615,7 @@ def test_dense_scene_memory_and_time():
     # measured in a fresh child process: ru_maxrss is a process-wide peak, blind once this process peaked
     setup = """
     from detassign.assigners.task_aligned import TaskAlignedAssigner
-    from tests.test_task_aligned import make_anchors
+    from tests.fixtures import make_anchors
     g = torch.Generator().manual_seed(0)
     points = make_anchors(128)
     B, M, A, C = 2, 2000, len(points), 8

@@ -10,8 +10,9 @@ from detassign.assigners.rotated_task_aligned import RotatedTaskAlignedAssigner
 from detassign.assigners.task_aligned import TAL_PRESETS, TaskAlignedAssigner
 from detassign.assigners.yolo26 import yolo26_assigners, yolo26_branch_weights
 from tests import oracles
-from tests.test_rotated_task_aligned import assert_matches_ultralytics, random_obb_batch
-from tests.test_task_aligned import make_anchors, random_batch
+from tests.assigners.test_rotated_task_aligned import assert_matches_ultralytics, random_obb_batch
+from tests.assigners.test_task_aligned import random_batch
+from tests.fixtures import make_anchors
 
 
 def e2e_loss(loss_name="v8DetectionLoss", epochs=10, nc=5):
@@ -153,7 +154,7 @@ def test_yolo_stack_loss_trains_each_branch_like_e2e_loss(branch):
     # the YOLO11 stack's DetectionLoss with a YOLO26 preset = that branch of ultralytics' E2ELoss (loss items,
     # total and gradients), so either branch's assignment trains in the stack (its model has one head)
     from detassign.yolo.loss import DetectionLoss
-    from tests.test_yolo_loss import R, random_case
+    from tests.yolo.test_yolo_loss import R, random_case
 
     feats, batch = random_case(2, B=2, nc=5, n=10)
     crit = getattr(e2e_loss(nc=5), branch)

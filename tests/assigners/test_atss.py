@@ -1,5 +1,4 @@
 """ATSSAssigner: hand-worked cases, mmdet 3.3.0 parity, batched == per-image, properties, bad inputs."""
-import math
 
 import pytest
 import torch
@@ -10,41 +9,13 @@ from detassign import Instances, Priors, build_assigner
 from detassign.assigners._batch import pad_gts
 from detassign.assigners.atss import ATSSAssigner
 from tests.oracles import mmdet
+from tests.fixtures import anchor_boxes as make_priors, jitter_boxes, make_gts
 from tests.tolerances import assert_close_across_paths
 
 NEG = -1e8  # mmdet's -INF sentinel for non-positive priors
 
 
 # ----------------------------------------------------------------------------- data
-def make_priors(img=128, strides=(8, 16, 32), ratios=(1.0,), base=8, dtype=torch.float32):
-    """Anchors of side base * stride centered on each cell, every ratio per location -> ([A, 4], per-level counts)."""
-    boxes, levels = [], []
-    for s in strides:
-        n = math.ceil(img / s)
-        ys, xs = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-        cx, cy = (xs.reshape(-1).double() + 0.5) * s, (ys.reshape(-1).double() + 0.5) * s
-        per_ratio = []
-        for r in ratios:
-            w, h = base * s / math.sqrt(r), base * s * math.sqrt(r)
-            per_ratio.append(torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1))
-        level = torch.stack(per_ratio, 1).reshape(-1, 4)
-        boxes.append(level)
-        levels.append(len(level))
-    return torch.cat(boxes).to(dtype), levels
-
-
-def make_gts(g, m, img=128, lo=4.0, hi=128.0, off=0.0):
-    """m boxes with log-uniform sides in [lo, hi] and centers in the image (off > 0: partly outside)."""
-    wh = torch.exp(torch.empty(m, 2).uniform_(math.log(lo), math.log(hi), generator=g))
-    c = torch.rand(m, 2, generator=g) * img * (1 + 2 * off) - off * img
-    return torch.cat([c - wh / 2, c + wh / 2], 1)
-
-
-def jitter_boxes(g, boxes, sigma):
-    b = boxes + torch.randn(boxes.shape, generator=g) * sigma
-    return torch.cat([torch.minimum(b[..., :2], b[..., 2:]), torch.maximum(b[..., :2], b[..., 2:])], -1)
-
-
 def assign(assigner, priors, levels, gt, labels, ignore=None, scores=None, bboxes=None):
     pred = Instances(priors=priors)
     if scores is not None:

@@ -23,7 +23,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, dump_dir: str) -> No
     import torch.distributed as dist
 
     from detassign.yolo.train import train
-    from tests.test_train import toy_config
+    from tests.yolo.test_train import toy_config
 
     try:
         result = train(toy_config(out_dir, n=8, batch=4, nominal_batch=4, max_steps=3, augment=True))

@@ -25,7 +25,7 @@ from detassign.assigners.task_aligned import TaskAlignedAssigner
 from detassign.registry import ASSIGNERS, MATCH_COSTS
 from tests import oracles
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 B, C, S = 2, 4, 128          # images, classes, image side (px)
 LOSS_TOL = dict(rtol=1e-6, atol=1e-7)   # ours vs mmdet through the same head: identical targets
 
@@ -707,7 +707,7 @@ def test_stock_max_iou_and_atss_dicts_assign_as_mmdet(mm, fast_tmp):
 # ----------------------------------------------------------------------------- README snippets
 def _readme_blocks():
     text = README.read_text()
-    match = re.search(r"^## Use it inside mmdetection\b.*?(?=^## )", text, flags=re.S | re.M)
+    match = re.search(r"^### mmdetection\b.*?(?=^###? )", text, flags=re.S | re.M)
     assert match, "README needs its 'Use it inside mmdetection' section"
     return re.findall(r"```python\n(.*?)```", match.group(0), flags=re.S)
 

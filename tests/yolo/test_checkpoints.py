@@ -16,7 +16,7 @@ from detassign.yolo.checkpoint import (CheckpointError, FileWriteError, capture_
                                        model_from_checkpoint, remove_stale_temporaries, restore_rng_state,
                                        save_checkpoint_atomic, strip_checkpoint)
 from detassign.yolo.train import train
-from tests.test_train import toy_config, toy_set
+from tests.yolo.test_train import toy_config, toy_set
 
 # Words of the low-level errors a user must never be left with.
 LOW_LEVEL = ("PytorchStreamReader", "EOFError", "UnpicklingError", "KeyError", "Weights only", "weights_only",

@@ -8,7 +8,7 @@ from detassign import Instances, build_assigner
 from detassign.assigners.grid import GridAssigner
 from detassign.boxes import pairwise_iou
 from tests.oracles import mmdet
-from tests.test_max_iou import assert_same, random_case, run_pair
+from tests.assigners.test_max_iou import assert_same, random_case, run_pair
 
 
 def random_flags(n, seed, p=0.4):

@@ -28,23 +28,14 @@ from detassign.integrations.ultralytics import (AssignerAdapter, RotatedTaskAlig
                                                 ultralytics_targets, use)
 from detassign.yolo.loss import DetectionLoss
 from tests import oracles
+from tests.fixtures import make_anchors
 from tests.tolerances import assert_close_across_paths
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 R = 16  # DFL bins
 
 
 # ----------------------------------------------------------------------------- data
-def make_anchors(size, strides=(8, 16, 32)):
-    """ultralytics' make_anchors(...) * stride_tensor for a square image. -> [A, 2] px"""
-    points = []
-    for s in strides:
-        c = torch.arange(size // s, dtype=torch.float32) + 0.5
-        gy, gx = torch.meshgrid(c, c, indexing="ij")
-        points.append(torch.stack((gx, gy), -1).reshape(-1, 2) * s)
-    return torch.cat(points)
-
-
 def scene(seed, B=2, M=12, C=4, size=128, crowded=False, oriented=False):
     """Padded batch in ultralytics' call format. crowded: hundreds of 2-16 px GTs and small predicted
     boxes, so many GTs have fewer than k positive metrics and zero-metric candidates (ties).
@@ -307,7 +298,7 @@ def test_use_swaps_the_exact_tal_into_a_criterion_and_an_end_to_end_one():
                          ids=lambda c: c.get("preset", c["type"]))
 def test_use_with_other_assigners_gives_detassign_losses(cfg):
     # the swapped ultralytics loss == detassign's own DetectionLoss with the same assigner (same targets;
-    # the loss arithmetic agrees to float rounding, tests/test_yolo_loss.py)
+    # the loss arithmetic agrees to float rounding, tests/yolo/test_yolo_loss.py)
     ultra = oracles.ultralytics()
     feats, preds, batch = loss_case(5, B=2, nc=3, size=128, n=40)
     crit = use(ultra.loss.v8DetectionLoss(stand_in_model(3)), assigner=cfg)

@@ -1,5 +1,4 @@
 """UniformAssigner: hand-worked cases, mmdet 3.3.0 parity, properties, bad inputs."""
-import math
 
 import pytest
 import torch
@@ -9,24 +8,10 @@ from hypothesis import strategies as st
 from detassign import Instances, build_assigner
 from detassign.assigners.uniform import UniformAssigner, l1_costs, uniform_candidates
 from tests.oracles import mmdet
-from tests.test_atss import jitter_boxes, make_gts
+from tests.fixtures import anchor_boxes, jitter_boxes, make_gts
 
 PRIORS = torch.tensor([[0.0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10]])
 PREDS = torch.tensor([[0.0, 0, 10, 10], [12, 0, 22, 10], [20, 0, 30, 10]])
-
-
-def make_priors(img=128, strides=(8, 16, 32), ratios=(1.0,), base=4):
-    boxes = []
-    for s in strides:
-        n = math.ceil(img / s)
-        ys, xs = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-        cx, cy = (xs.reshape(-1).double() + 0.5) * s, (ys.reshape(-1).double() + 0.5) * s
-        per_ratio = []
-        for r in ratios:
-            w, h = base * s / math.sqrt(r), base * s * math.sqrt(r)
-            per_ratio.append(torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1))
-        boxes.append(torch.stack(per_ratio, 1).reshape(-1, 4))
-    return torch.cat(boxes).float()
 
 
 def assign(assigner, priors, preds, gt, labels):
@@ -101,7 +86,7 @@ def test_build_from_config():
 # ----------------------------------------------------------------------------- oracle parity
 def _case(seed):
     g = torch.Generator().manual_seed(seed)
-    priors = make_priors(ratios=(1.0,) if seed % 2 else (0.5, 1.0, 2.0))
+    priors = anchor_boxes(ratios=(1.0,) if seed % 2 else (0.5, 1.0, 2.0), base=4)[0]
     m = [0, 1, 2, 4, 7, 12][seed % 6]
     kind = seed % 4
     gt = make_gts(g, m, lo=1.0, hi=6.0) if kind == 0 else make_gts(g, m, off=0.5 if kind == 1 else 0.0)
@@ -149,7 +134,7 @@ def test_fp16_inputs_match_mmdet_on_float32_copy(seed):
 @given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 8))
 def test_per_prior_overlaps_are_own_gt_iou_for_positives(seed, m):
     g = torch.Generator().manual_seed(seed)
-    priors = make_priors(img=64)
+    priors = anchor_boxes(img=64, base=4)[0]
     gt, labels = make_gts(g, m, img=64), torch.randint(0, 3, (m,), generator=g)
     preds = jitter_boxes(g, priors, 4.0)
     res = assign(UniformAssigner(0.1, 0.7, max_overlaps_mode="per_prior"), priors, preds, gt, labels)
@@ -164,7 +149,7 @@ def test_per_prior_overlaps_are_own_gt_iou_for_positives(seed, m):
 def test_gt_permutation_equivariance_where_unambiguous(seed, m):
     # Equivariant except for priors claimed by pairs of several GTs (there the last GT in order wins).
     g = torch.Generator().manual_seed(seed)
-    priors = make_priors(img=64)
+    priors = anchor_boxes(img=64, base=4)[0]
     gt, labels = make_gts(g, m, img=64), torch.randint(0, 3, (m,), generator=g)
     preds = jitter_boxes(g, priors, 4.0)
     a = UniformAssigner(0.1, 0.7)

@@ -518,7 +518,7 @@ def test_topk_hungarian_single_cost(impl, cost):
 
 def test_deviation_table_is_complete():
     """Every deviation is exercised above and listed in the README."""
-    with open(__file__.replace("tests/test_mmdet_own_tests.py", "README.md"), encoding="utf-8") as f:
+    with open(__file__.replace("tests/assigners/test_mmdet_own_tests.py", "README.md"), encoding="utf-8") as f:
         readme = f.read()
     for case in DEVIATIONS:
         assert case in readme, f"README does not list the deviation {case!r}"

@@ -15,7 +15,7 @@ from detassign.yolo.evaluate import coco_evaluate, confusion_matrix, precision_r
 from detassign.yolo.runs import (RESULTS_COLUMNS, FileWriteError, holds_run, next_run_dir, read_results_csv,
                                  results_csv_text, write_atomic)
 from detassign.yolo.train import DEFAULT_EPOCHS, TrainConfig, Trainer, train
-from tests.test_train import toy_config, toy_set
+from tests.yolo.test_train import toy_config, toy_set
 
 
 def _digest(path):

@@ -23,7 +23,7 @@ from detassign.assigners.multi_instance import MultiInstanceAssigner
 from detassign.assigners.sim_ota import SimOTAAssigner
 from detassign.assigners.topk_hungarian import TopkHungarianAssigner
 from tests.memory import measure_in_child
-from tests.test_hungarian import FixedCost
+from tests.assigners.test_hungarian import FixedCost
 
 IMG = 160
 

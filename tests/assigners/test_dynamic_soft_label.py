@@ -8,7 +8,7 @@ from detassign import BatchAssignResult, Instances, build_assigner
 from detassign.assigners.dynamic_soft_label import DynamicSoftLabelAssigner, exact_cls_cost, exact_soft_center_prior
 from detassign.boxes import bbox_overlaps, box_centers, points_in_boxes
 from tests.oracles import mmdet
-from tests.test_sim_ota import (as_priors, assert_same, batch_from_cases, case_kwargs, make_case,
+from tests.assigners.test_sim_ota import (as_priors, assert_same, batch_from_cases, case_kwargs, make_case,
                                 near_tie_at_decisions, per_image_gt_inds, run)
 
 

@@ -12,15 +12,6 @@ from detassign.yolo.train import (ModelEMA, TrainConfig, _set_lrs, build_optimiz
 from detassign.yolo.runs import read_results_csv
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on a shared 2-core machine spin against each other (10x slower); one is fastest.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def toy_set(n=4, size=64, seed=0):
     """Dark noisy images with 1-3 bright squares (12-23 px) each; boxes are the squares."""
     rng = np.random.default_rng(seed)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from detassign import Instances, build_assigner
 from detassign.assigners.point import PointAssigner
 from tests.oracles import mmdet
+from tests.fixtures import make_gts
 
 # Level 3 (stride 8): points 0-3 at x = 4, 12, 20, 28 (y 4); level 4 (stride 16): points 4-5 at x = 8, 24 (y 8).
 POINTS = torch.tensor([[4.0, 4, 8], [12, 4, 8], [20, 4, 8], [28, 4, 8], [8, 8, 16], [24, 8, 16]])
@@ -22,12 +23,6 @@ def make_points(img=128, strides=(8, 16, 32, 64), offset=0.5):
         xy = (torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).float() + offset) * s
         pts.append(torch.cat([xy, torch.full((n * n, 1), float(s))], 1))
     return torch.cat(pts)
-
-
-def make_gts(g, m, img=128, lo=2.0, hi=200.0, off=0.0):
-    wh = torch.exp(torch.empty(m, 2).uniform_(math.log(lo), math.log(hi), generator=g))
-    c = torch.rand(m, 2, generator=g) * img * (1 + 2 * off) - off * img
-    return torch.cat([c - wh / 2, c + wh / 2], 1)
 
 
 def assign(assigner, points, gt, labels):
@@ -87,9 +82,9 @@ def _case(seed):
     if kind == 0:
         gt = make_gts(g, m, lo=0.5, hi=6.0)                 # tiny: clamped to the lowest level
     elif kind == 1:
-        gt = make_gts(g, m, off=0.6)                        # off-image
+        gt = make_gts(g, m, lo=2.0, hi=200.0, off=0.6)                        # off-image
     else:
-        gt = make_gts(g, m)
+        gt = make_gts(g, m, lo=2.0, hi=200.0)
     if m > 2 and seed % 3 == 0:
         gt[2] = gt[0]
     return points, gt, torch.randint(0, 5, (m,), generator=g)
@@ -124,7 +119,7 @@ def test_fp16_points_match_mmdet_on_float32_copy(seed):
 def test_gt_permutation_equivariance(seed, m, pos_num):
     g = torch.Generator().manual_seed(seed)
     points = make_points(img=64)
-    gt, labels = make_gts(g, m, img=64), torch.randint(0, 3, (m,), generator=g)
+    gt, labels = make_gts(g, m, img=64, lo=2.0, hi=200.0), torch.randint(0, 3, (m,), generator=g)
     a = PointAssigner(pos_num=pos_num)
     perm = torch.randperm(m, generator=g)
     base, permuted = assign(a, points, gt, labels), assign(a, points, gt[perm], labels[perm])
