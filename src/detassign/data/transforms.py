@@ -63,13 +63,13 @@ def random_crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, size, 
 def random_scaled_crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, size, rng: np.random.Generator,
                        jitter: float = 0.0, min_visible: float = 0.3, min_side: float = 2.0):
     """Scale jitter: a random window of ``size / s`` px resized to ``size`` (``size`` an int or (width, height)),
-    with the zoom ``s`` log-uniform in ``[1 / (1 + jitter), 1 + jitter]`` (objects drawn up to ``1 + jitter``
-    times larger or smaller). ``jitter=0`` is :func:`random_crop` (the same random draws).
+    with the zoom ``s`` log-uniform in ``[1 - jitter, 1 + jitter]`` (the range of ultralytics' ``scale``;
+    ``0 <= jitter < 1``). ``jitter=0`` is :func:`random_crop` (the same random draws).
     An image smaller than the window gives a smaller output (the letterbox pads it later)."""
-    if not (np.isfinite(jitter) and jitter >= 0):
-        raise ValueError(f"jitter must be a finite number >= 0, got {jitter!r}")
+    if not (np.isfinite(jitter) and 0 <= jitter < 1):
+        raise ValueError(f"jitter must be a number in [0, 1), got {jitter!r}")
     size_w, size_h = (size, size) if np.isscalar(size) else size
-    zoom = float(np.exp(rng.uniform(-np.log1p(jitter), np.log1p(jitter)))) if jitter > 0 else 1.0
+    zoom = float(np.exp(rng.uniform(np.log1p(-jitter), np.log1p(jitter)))) if jitter > 0 else 1.0
     window = (max(1, int(round(size_w / zoom))), max(1, int(round(size_h / zoom))))
     image, boxes, labels = random_crop(image, boxes, labels, window, rng, min_visible, 0.0 if zoom != 1 else min_side)
     if zoom == 1.0:
@@ -194,7 +194,8 @@ def _drop_tiny(boxes: np.ndarray, labels: np.ndarray, min_side: float = 1.0):
 
 @dataclass
 class TrainAugment:
-    """Training pipeline: random crop to ``crop`` (if set; zoomed by up to ``1 + scale_jitter`` either way),
+    """Training pipeline: random crop to ``crop`` (if set; zoomed by ``1 +- scale_jitter``, see
+    :func:`random_scaled_crop`),
     or with probability ``mosaic`` a 2 x 2 mosaic of four such crops (this image and three drawn from ``pool``,
     split at a random centre in the middle half); then flips, 90-degree turns (for nadir imagery, where every
     orientation is a valid image), brightness / contrast (``color``), saturation and per-channel gains, and a
@@ -228,10 +229,12 @@ class TrainAugment:
             value = getattr(self, name)
             if not (number(value) and 0.0 <= value <= 1.0):
                 raise ValueError(f"TrainAugment.{name} is a probability in [0, 1], got {value!r}")
-        for name in ("color", "saturation", "channel_gain", "scale_jitter"):
+        for name in ("color", "saturation", "channel_gain"):
             value = getattr(self, name)
             if not (number(value) and value >= 0):
                 raise ValueError(f"TrainAugment.{name} must be a finite number >= 0, got {value!r}")
+        if not (number(self.scale_jitter) and 0 <= self.scale_jitter < 1):
+            raise ValueError(f"TrainAugment.scale_jitter must be a number in [0, 1), got {self.scale_jitter!r}")
         if self.mosaic > 0:
             if self.pool is None or len(self.pool) == 0:
                 raise ValueError("TrainAugment.mosaic > 0 needs pool: the records to draw mosaic partners from")
