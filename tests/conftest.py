@@ -14,6 +14,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    # mmengine imports yapf, which builds its grammar pickles in the user cache on first import and renames
+    # the file into place before it is flushed: two xdist workers importing it at once on a fresh machine
+    # can read an empty pickle and fail collection. Build the cache once here, in the controller, first.
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        try:
+            import yapf  # noqa: F401
+        except ImportError:
+            pass
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
