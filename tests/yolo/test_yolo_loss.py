@@ -1,4 +1,4 @@
-"""DetectionLoss (YOLOv8 / YOLO11 loss) and the small loss functions of detassign.losses.
+"""DetectionLoss (YOLOv8 / YOLO11 loss); the loss functions of detassign.losses are tested in tests/losses.
 
 Parity: ultralytics 8.4.190 ``v8DetectionLoss`` built on a stand-in model (tests/oracles), same raw maps
 and batch -> same (box, cls, dfl) items, total and gradients w.r.t. the raw maps.
@@ -9,8 +9,6 @@ import types
 import pytest
 import torch
 
-from detassign.losses import (bbox_ciou_loss, dfl_decode, distribution_focal_loss, quality_focal_loss,
-                              varifocal_loss)
 from detassign.structures import BatchAssignResult
 from detassign.yolo import YOLO11
 from detassign.yolo.loss import (DEFAULT_ASSIGNER, DetectionLoss, DetectionTargets, targets_from_gt_inds,
@@ -268,85 +266,3 @@ def test_loss_trains_a_model_end_to_end():
     total.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-
-
-# ----------------------------------------------------------------------------- detassign.losses
-def test_dfl_hand_value_and_decode():
-    # uniform logits over 4 bins, target 2.3 -> -(0.7 ln 1/4 + 0.3 ln 1/4) = ln 4
-    loss = distribution_focal_loss(torch.zeros(1, 4), torch.tensor([2.3]))
-    torch.testing.assert_close(loss, torch.tensor([math.log(4)]))
-    # one-hot-ish logits on bin 3 of 16 for every side decode to 3
-    logits = torch.full((1, 4, 16), -50.0)
-    logits[..., 3] = 50.0
-    torch.testing.assert_close(dfl_decode(logits.view(1, 64), 16), torch.full((1, 4), 3.0))
-    with pytest.raises(ValueError, match="target"):
-        distribution_focal_loss(torch.zeros(1, 4), torch.tensor([3.0]))
-    with pytest.raises(ValueError, match="pred_dist"):
-        dfl_decode(torch.zeros(2, 10), 16)
-
-
-def test_dfl_gradcheck_float64():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(6, 8, dtype=torch.float64, generator=g, requires_grad=True)
-    target = torch.rand(6, dtype=torch.float64, generator=g) * 6.5
-    assert torch.autograd.gradcheck(lambda x: distribution_focal_loss(x, target), (logits,))
-
-
-def _boxes64(seed, n=5):
-    g = torch.Generator().manual_seed(seed)
-    xy = torch.rand(n, 2, dtype=torch.float64, generator=g) * 10
-    pred = torch.cat((xy, xy + 1 + torch.rand(n, 2, dtype=torch.float64, generator=g) * 5), 1)
-    gt = torch.cat((xy + 0.5, xy + 2 + torch.rand(n, 2, dtype=torch.float64, generator=g) * 5), 1)
-    return pred, gt
-
-
-def test_ciou_loss_gradcheck_float64():
-    # CIoU's trade-off weight alpha = v / (1 - IoU + v) is a constant for the gradient (Zheng et al.'s
-    # reference code), so finite differences of the full formula disagree by design. Gradcheck instead the
-    # same formula with alpha frozen at its value, written out here from aligned_diou, and check that
-    # bbox_ciou_loss's autograd gradient equals that gradient.
-    from detassign.boxes import aligned_diou
-
-    eps = 1e-7
-    pred, gt = _boxes64(0)
-
-    def aspect_term(p):
-        w1, h1 = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1] + eps
-        w2, h2 = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1] + eps
-        return (4 / math.pi ** 2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)) ** 2
-
-    with torch.no_grad():
-        from detassign.boxes import aligned_iou
-
-        v0 = aspect_term(pred)
-        alpha0 = v0 / (1 - aligned_iou(pred, gt, convention="ultralytics") + v0 + eps)
-
-    def frozen(p):
-        return 1 - (aligned_diou(p, gt) - aspect_term(p) * alpha0)
-
-    p = pred.clone().requires_grad_()
-    assert torch.autograd.gradcheck(frozen, (p,))
-    torch.testing.assert_close(bbox_ciou_loss(p, gt), frozen(p))
-    ours = torch.autograd.grad(bbox_ciou_loss(p, gt).sum(), p)[0]
-    reference = torch.autograd.grad(frozen(p).sum(), p)[0]
-    torch.testing.assert_close(ours, reference)
-
-
-def test_ciou_loss_values():
-    box = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
-    assert bbox_ciou_loss(box, box).abs().item() < 1e-6
-    # disjoint equal squares side 1, centers 3 apart on x: IoU 0, rho^2 = 9, c^2 = 4^2 + 1^2 = 17, v = 0
-    a, b = torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([[3.0, 0.0, 4.0, 1.0]])
-    torch.testing.assert_close(bbox_ciou_loss(a, b), torch.tensor([1 + 9 / 17]), rtol=1e-5, atol=1e-5)
-
-
-def test_varifocal_and_quality_focal_hand_values():
-    logits = torch.zeros(2)
-    target = torch.tensor([0.8, 0.0])
-    ln2 = math.log(2)
-    # positive: BCE(p=.5, q=.8) = ln 2, weight q = 0.8; negative: ln 2 * 0.75 * 0.5^2
-    torch.testing.assert_close(varifocal_loss(logits, target), torch.tensor([0.8 * ln2, 0.1875 * ln2]))
-    # QFL: |0.5 - y|^2 * ln 2 -> 0.09 ln 2 and 0.25 ln 2
-    torch.testing.assert_close(quality_focal_loss(logits, target), torch.tensor([0.09 * ln2, 0.25 * ln2]))
-    half = varifocal_loss(logits.half(), target.half())
-    assert half.dtype == torch.float32

@@ -31,13 +31,13 @@ def distribution_focal_loss(pred_logits: Tensor, target: Tensor) -> Tensor:
 
     pred_logits [..., R] (unnormalised), target [...] continuous in ``[0, R - 1)`` -> [...] loss.
     Callers keep ``target < R - 1`` (ultralytics clamps at ``R - 1 - 0.01``) so the right bin exists;
-    a target outside ``[0, R - 1)`` raises ``ValueError`` when value checks are enabled.
+    a target outside ``[0, R - 1)`` (or NaN) raises ``ValueError`` when value checks are enabled.
     """
     if pred_logits.dim() < 1 or target.shape != pred_logits.shape[:-1]:
         raise ValueError(f"pred_logits must be [..., R] and target [...] with the same leading shape, got "
                          f"{tuple(pred_logits.shape)} and {tuple(target.shape)}")
     num_bins = pred_logits.shape[-1]
-    if value_checks_enabled() and target.numel() and bool(((target < 0) | (target >= num_bins - 1)).any()):
+    if value_checks_enabled() and target.numel() and not bool(((target >= 0) & (target < num_bins - 1)).all()):
         raise ValueError(f"target must lie in [0, {num_bins - 1}) for {num_bins} bins, got range "
                          f"[{float(target.min())}, {float(target.max())}]")
     return dfl_unchecked(pred_logits, target)
