@@ -120,9 +120,16 @@ def build_case(name, torch, device):
     d = make_batch(torch, B, M, C, device, full=family == "tal_dense")
     ours, priors, ref = _dense_case(family, params, torch, d, C)
 
+    # ultralytics' TAL returns target boxes and [B, A, C] target scores, which ours computes when read:
+    # read them where the reference builds them (mmdet's assigners return assignments only)
+    read_targets = family in ("tal_ultra", "tal_dense")
+
     def run_ours():   # every assigner through the one batched interface, on the head's logits
-        return ours.assign_batch(d["pred_logits"], d["pred_bboxes"], priors, d["gt_labels"], d["gt_bboxes"],
-                                 d["gt_mask"])
+        result = ours.assign_batch(d["pred_logits"], d["pred_bboxes"], priors, d["gt_labels"], d["gt_bboxes"],
+                                   d["gt_mask"])
+        if read_targets:
+            result.extras
+        return result
     return run_ours, ref
 
 

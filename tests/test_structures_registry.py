@@ -6,7 +6,7 @@ from detassign import AssignResult, BatchAssignResult, Instances, Priors, build_
 from detassign.assigners.base import IoUCalculator, parse_iou_calculator
 from detassign.boxes import pairwise_iou
 from detassign.registry import ASSIGNERS, MATCH_COSTS, build_match_cost
-from detassign.structures import as_priors, labels_from_gt_inds
+from detassign.structures import Deferred, as_priors, labels_from_gt_inds
 
 
 def test_assign_result_contract():
@@ -39,6 +39,25 @@ def test_batch_result_indexing():
     assert one.target_boxes.shape == (3, 4)
     assert res.fg_mask.sum() == 3
     assert [r.num_gts for r in res] == [2, 1]
+
+
+def test_deferred_extras_are_computed_once_when_read():
+    calls = []
+
+    def build():
+        calls.append(1)
+        return torch.arange(6.0).view(2, 3)
+
+    res = BatchAssignResult(torch.tensor([1, 1]), torch.ones(2, 3, dtype=torch.long),
+                            target_scores=Deferred(build), assign_metrics=torch.zeros(2, 3))
+    image = res[1]                                   # slicing does not compute it
+    assert calls == [] and "target_scores" in repr(res)
+    assert torch.equal(image.target_scores, torch.tensor([3.0, 4.0, 5.0])) and calls == [1]
+    assert torch.equal(res.target_scores, torch.arange(6.0).view(2, 3))
+    assert torch.equal(res.get_extra_property("target_scores")[0], torch.tensor([0.0, 1.0, 2.0]))
+    assert set(res.extras) == {"target_scores", "assign_metrics"} and calls == [1]
+    assert not any(isinstance(v, Deferred) for v in res[0].extras.values())
+    assert not any(isinstance(v, Deferred) for v in res[0].info.values())
 
 
 def test_instances_container():

@@ -13,14 +13,14 @@ batched assigner takes one as ``assign_batch``'s third argument.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from . import _validate as V
 
-__all__ = ["AssignResult", "BatchAssignResult", "Instances", "Priors", "as_priors", "labels_from_gt_inds",
+__all__ = ["AssignResult", "BatchAssignResult", "Deferred", "Instances", "Priors", "as_priors", "labels_from_gt_inds",
            "check_level_sizes"]
 
 
@@ -276,6 +276,25 @@ class Instances:
         return f"Instances({', '.join(parts)})"
 
 
+class Deferred:
+    """An extra property computed on first access, then kept: e.g. TaskAligned's ``target_scores``
+    [B, A, C], which mmdet-style callers (they read ``assign_metrics``) never use. Reading it through the
+    result (attribute, ``get_extra_property``, ``extras``) always gives the computed value."""
+
+    __slots__ = ("compute",)
+
+    def __init__(self, compute: Callable[[], Any]) -> None:
+        self.compute = compute
+
+
+def _resolved(store: Dict[str, Any], key: str) -> Any:
+    """``store[key]``, computing (once) a :class:`Deferred` value; None when absent."""
+    value = store.get(key)
+    if isinstance(value, Deferred):
+        value = store[key] = value.compute()
+    return value
+
+
 class AssignResult:
     """Assignment of A priors to ``num_gts`` GTs in one image.
 
@@ -303,16 +322,16 @@ class AssignResult:
         self._extra_properties[key] = value
 
     def get_extra_property(self, key: str) -> Any:
-        return self._extra_properties.get(key, None)
+        return _resolved(self._extra_properties, key)
 
     @property
     def extras(self) -> Dict[str, Any]:
-        return dict(self._extra_properties)
+        return {key: _resolved(self._extra_properties, key) for key in list(self._extra_properties)}
 
     def __getattr__(self, name: str) -> Any:
         extras = self.__dict__.get("_extra_properties", {})
         if name in extras:
-            return extras[name]
+            return _resolved(extras, name)
         raise AttributeError(f"AssignResult has no attribute {name!r}")
 
     @property
@@ -348,7 +367,7 @@ class AssignResult:
     def info(self) -> Dict[str, Any]:
         out = {"num_gts": self.num_gts, "num_preds": self.num_preds, "gt_inds": self.gt_inds,
                "max_overlaps": self.max_overlaps, "labels": self.labels}
-        out.update(self._extra_properties)
+        out.update(self.extras)
         return out
 
     def add_gt_(self, gt_labels: Tensor) -> None:
@@ -393,18 +412,18 @@ class BatchAssignResult:
     def __getattr__(self, name: str) -> Any:
         extras = self.__dict__.get("_extras", {})
         if name in extras:
-            return extras[name]
+            return _resolved(extras, name)
         raise AttributeError(f"BatchAssignResult has no attribute {name!r}; extras: {sorted(extras)}")
 
     def set_extra_property(self, key: str, value: Any) -> None:
         self._extras[key] = value
 
     def get_extra_property(self, key: str) -> Any:
-        return self._extras.get(key)
+        return _resolved(self._extras, key)
 
     @property
     def extras(self) -> Dict[str, Any]:
-        return dict(self._extras)
+        return {key: _resolved(self._extras, key) for key in list(self._extras)}
 
     @property
     def batch_size(self) -> int:
@@ -438,7 +457,9 @@ class BatchAssignResult:
             None if self.labels is None else self.labels[i],
         )
         for key, value in self._extras.items():
-            if isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == self.batch_size:
+            if isinstance(value, Deferred):   # image i's slice, still computed only when read
+                res.set_extra_property(key, Deferred(lambda key=key: _resolved(self._extras, key)[i]))
+            elif isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == self.batch_size:
                 res.set_extra_property(key, value[i])
         return res
 

@@ -14,7 +14,6 @@ assigner uses them:
    exact) the superset is the grid cells under a per-GT, per-level window, so the cost is
    proportional to the window areas; otherwise every prior, so the cost is ``G * A``. Either way
    :meth:`Candidates.blocks` splits the GT rows so that a block holds at most ``max_pairs`` pairs.
-   :func:`gather_columns` reads per-pair values (boxes, points) from coordinate-major tables.
 2. **rank per GT** -- :func:`rank_in_segments` (ties to the lowest prior index: the earlier pair) and
    :func:`topk_in_segments` with ``tie_break="index"`` or ``"torch"`` (the choice ``torch.topk``
    makes over the dense row, values at the pairs and 0 elsewhere: what the references compute);
@@ -37,7 +36,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["GridLevel", "detect_grid", "grid_cells", "enumerate_cells", "Candidates", "plan_candidates",
-           "gather_columns", "rank_in_segments", "topk_in_segments", "reference_topk", "topk_dense", "count_per_prior",
+           "rank_in_segments", "topk_in_segments", "reference_topk", "topk_dense", "count_per_prior",
            "best_per_prior", "scatter_to_priors", "PriorSummary"]
 
 TIE_BREAKS = ("index", "torch")
@@ -125,30 +124,43 @@ def grid_cells(levels: List[GridLevel], windows: Tensor) -> Tuple[Tensor, Tensor
     return lo, (hi - lo + 1).clamp(min=0)
 
 
-def enumerate_cells(levels: List[GridLevel], lo: Tensor, n: Tensor) -> Tuple[Tensor, Tensor]:
+def enumerate_cells(levels: List[GridLevel], lo: Tensor, n: Tensor,
+                    row_offset: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Every (row, prior) of the cell rectangles from :func:`grid_cells`.
 
-    lo, n [G, L, 2] -> (row [P] in [0, G), prior [P]) ordered by row then ascending prior (levels are
-    concatenated in layout order and each is row-major). Expanded in two steps (grid rows, then cells
-    along each grid row), so no per-pair division is needed. Two host syncs (the sizes).
+    lo, n [G, L, 2]; row_offset [G] (optional) added to each row's priors (``b * A``: flat batch
+    priors) -> (row [P] in [0, G), prior [P]) ordered by row then ascending prior (levels are
+    concatenated in layout order and each is row-major). Each output is one running sum of per-pair
+    steps (1 along a grid row, a jump at each new grid row / GT row), so the P-sized work is two fills
+    and two in-place cumulative sums. One host sync (the size).
     """
     device = lo.device
     G, L = lo.shape[:2]
     width = torch.tensor([lv.width for lv in levels], device=device)
     start = torch.tensor([lv.start for lv in levels], device=device)
     nx, ny = n[..., 0].reshape(-1), n[..., 1].reshape(-1)
-    base = (start + lo[..., 1] * width + lo[..., 0]).reshape(-1)                       # [G * L] first prior
-    pitch = width.expand(G, L).reshape(-1)
-    # one entry per (GT row, level, grid row)
-    seg = torch.repeat_interleave(torch.arange(G * L, device=device), ny)             # host sync
+    ny = torch.where(nx > 0, ny, torch.zeros_like(ny))                                 # no empty grid rows
+    base = start + lo[..., 1] * width + lo[..., 0]                                     # [G, L] first prior
+    if row_offset is not None:
+        base = base + row_offset[:, None]
+    base, pitch = base.reshape(-1), width.expand(G, L).reshape(-1)
+    # one entry per (GT row, level, grid row) holding cells: R of them, each of row_n > 0 cells
+    seg = torch.repeat_interleave(torch.arange(G * L, device=device), ny)             # [R]
     dy = torch.arange(seg.shape[0], device=device) - (torch.cumsum(ny, 0) - ny).index_select(0, seg)
-    row_base = base.index_select(0, seg) + dy * pitch.index_select(0, seg)
-    row_nx = nx.index_select(0, seg)
-    # one entry per cell along each grid row: prior = row_base + (position - first position of the row)
-    cell_row = torch.repeat_interleave(torch.arange(seg.shape[0], device=device), row_nx)   # host sync
-    shift = row_base - (torch.cumsum(row_nx, 0) - row_nx)
-    prior = torch.arange(cell_row.shape[0], device=device) + shift.index_select(0, cell_row)
-    return torch.div(seg, L, rounding_mode="floor").index_select(0, cell_row), prior
+    row_first = base.index_select(0, seg) + dy * pitch.index_select(0, seg)           # [R]
+    row_n = nx.index_select(0, seg)
+    row_gt = torch.div(seg, L, rounding_mode="floor")
+    num_pairs = int(row_n.sum())                                                       # host sync
+    prior = torch.ones(num_pairs, dtype=torch.long, device=device)
+    row = torch.zeros(num_pairs, dtype=torch.long, device=device)
+    if num_pairs == 0:
+        return row, prior
+    row_start = torch.cumsum(row_n, 0) - row_n                                         # [R] first pair
+    # prior: +1 along a grid row; at a row's first pair, the jump from the previous row's last prior
+    prev_last = torch.cat((row_first.new_zeros(1), (row_first + row_n - 1)[:-1]))
+    prior.index_put_((row_start,), row_first - prev_last)
+    row.index_put_((row_start,), row_gt - torch.cat((row_gt.new_zeros(1), row_gt[:-1])))
+    return row.cumsum_(0), prior.cumsum_(0)
 
 
 class Candidates(NamedTuple):
@@ -179,16 +191,20 @@ class Candidates(NamedTuple):
             blocks.append(slice(first, self.num_rows))
         return blocks
 
-    def pairs(self, rows: slice = slice(None)) -> Tuple[Tensor, Tensor]:
+    def pairs(self, rows: slice = slice(None), row_offset: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """The enumerated pairs of ``rows``: (row [P] in [rows.start, rows.stop), prior [P]), ordered by
-        row then ascending prior; a superset of the candidates that the caller's exact test filters."""
+        row then ascending prior; a superset of the candidates that the caller's exact test filters.
+        ``row_offset`` [len(rows)]: added to the priors of each row (``b * A`` gives flat batch priors)."""
         first, stop, _ = rows.indices(self.num_rows)
         if self.levels is None:
             num, A = max(stop - first, 0), self.num_priors
             row = torch.arange(first, first + num, device=self.device).repeat_interleave(A)
-            return row, torch.arange(A, device=self.device).repeat(num)
-        local, prior = enumerate_cells(self.levels, self.lo[first:stop], self.n[first:stop])
-        return local + first, prior
+            prior = torch.arange(A, device=self.device).repeat(num)
+            if row_offset is not None:
+                prior += row_offset.repeat_interleave(A)
+            return row, prior
+        local, prior = enumerate_cells(self.levels, self.lo[first:stop], self.n[first:stop], row_offset)
+        return local.add_(first), prior
 
 
 def plan_candidates(levels: Optional[List[GridLevel]], windows: Tensor, num_priors: int) -> Candidates:
@@ -207,44 +223,42 @@ def plan_candidates(levels: Optional[List[GridLevel]], windows: Tensor, num_prio
     return Candidates(levels, lo, n, windows.shape[0], num_priors, windows.device)
 
 
-def gather_columns(table: Tensor, index: Tensor) -> Tensor:
-    """Per-pair values from a coordinate-major table: table [K, N] (e.g. the 4 box coordinates of N
-    boxes, each row contiguous), index [P] -> [K, P], each row contiguous (so ``out[0]`` is every pair's
-    x1). One 1-D gather per row: faster than ``index_select`` along dim 1 of a 2-D tensor."""
-    out = table.new_empty((table.shape[0], index.numel()))
-    for k in range(table.shape[0]):
-        torch.index_select(table[k], 0, index, out=out[k])
-    return out
-
-
 # ----------------------------------------------------------------------------- rank per GT
-def rank_in_segments(segment: Tensor, key: Tensor, num_segments: int, nonnegative: bool = False) -> Tensor:
+def rank_in_segments(segment: Tensor, key: Tensor, num_segments: int, nonnegative: bool = False,
+                     sorted_segments: bool = False) -> Tensor:
     """Rank of each element inside its segment by ``key`` descending, ties to the earlier element.
 
     segment [P] long in [0, num_segments), key [P] (no NaN) -> rank [P] long (0 = best). On a pair list
     ordered by row then prior, "earlier" is "lower prior index". With ``nonnegative`` (the caller
     guarantees key >= 0) a float32 key is packed with its segment into one int64 (the bits of a
-    non-negative float order like the float), so one stable sort suffices; otherwise two. No sync.
+    non-negative float order like the float), so one stable sort suffices; otherwise two.
+    ``sorted_segments``: the caller guarantees ``segment`` is non-decreasing (a pair list), so the sorted
+    order has the same segment at every position and it need not be gathered. No sync.
     """
     if segment.numel() == 0:
         return torch.zeros_like(segment)
     if nonnegative and key.dtype == torch.float32:
-        bits = (key + 0.0).view(torch.int32).long()          # + 0.0 turns -0.0 into +0.0
-        perm = torch.sort(segment * 2**31 + (2**31 - 1 - bits), stable=True).indices
+        bits = (key + 0.0).view(torch.int32)                  # + 0.0 turns -0.0 into +0.0
+        packed = (segment * 2**31).sub_(bits).add_(2**31 - 1)  # segment major, key descending
+        perm = torch.sort(packed, stable=True).indices
+        sorted_segments_at = segment if sorted_segments else None
     else:
         by_key = torch.sort(key, descending=True, stable=True).indices
         perm = by_key.index_select(0, torch.sort(segment.index_select(0, by_key), stable=True).indices)
+        sorted_segments_at = None
+    if sorted_segments_at is None:
+        sorted_segments_at = segment.index_select(0, perm)
     # index_add instead of bincount, which reads the maximum on the host (a sync on CUDA)
     counts = torch.zeros(num_segments, dtype=torch.long, device=segment.device).index_add_(
         0, segment, torch.ones_like(segment))
     first = torch.cumsum(counts, 0) - counts
-    rank_sorted = torch.arange(segment.numel(), device=segment.device) - first.index_select(
-        0, segment.index_select(0, perm))
+    rank_sorted = torch.arange(segment.numel(), device=segment.device).sub_(first.index_select(0, sorted_segments_at))
     return torch.empty_like(segment).index_copy_(0, perm, rank_sorted)
 
 
 def topk_in_segments(segment: Tensor, key: Tensor, num_segments: int, k: int, tie_break: str = "index",
-                     column: Optional[Tensor] = None, num_columns: int = 0, max_elems: int = 1 << 26) -> Tensor:
+                     column: Optional[Tensor] = None, num_columns: int = 0, max_elems: int = 1 << 26,
+                     sorted_segments: bool = False) -> Tensor:
     """The k largest keys of each segment as a mask [P] bool; segment [P] long, key [P] >= 0, no NaN.
 
     ``tie_break="index"``: equal keys go to the earlier element (the lowest prior on a pair list).
@@ -253,7 +267,7 @@ def topk_in_segments(segment: Tensor, key: Tensor, num_segments: int, k: int, ti
     builds those rows computes, ties included (:func:`reference_topk`; needs ``column``).
     """
     if tie_break == "index":
-        return rank_in_segments(segment, key, num_segments, nonnegative=True) < k
+        return rank_in_segments(segment, key, num_segments, nonnegative=True, sorted_segments=sorted_segments) < k
     if column is None:
         raise ValueError("tie_break='torch' needs the pairs' column (prior) indices")
     return reference_topk(segment, column, key, num_segments, num_columns, k, max_elems)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..boxes import aligned_ciou, aligned_iou
+from ..boxes import MMDET_EPS, aligned_ciou, aligned_iou, overlaps_of_coordinates
 from . import _pairs
 from ._blocks import ROW_MULTIPLE
 from ._pairs import GridLevel
@@ -63,11 +63,21 @@ def widened_candidate_boxes(gt_bboxes: Tensor, min_size: Optional[float]) -> Ten
     return torch.cat((centre - half, centre + half), dim=-1)
 
 
-def boxes_intersect(a: Tensor, b: Tensor) -> Tensor:
-    """Whether matching boxes overlap with positive area (exactly the pairs whose IoU and CIoU can be
-    > 0). a, b [..., 4] xyxy -> [...] bool."""
-    overlap_x = torch.minimum(a[..., 2], b[..., 2]) > torch.maximum(a[..., 0], b[..., 0])
-    return overlap_x & (torch.minimum(a[..., 3], b[..., 3]) > torch.maximum(a[..., 1], b[..., 1]))
+def may_intersect(gt: Tensor, rows: Tensor, pred: Tensor, priors: Tensor) -> Tensor:
+    """A superset of the pairs whose boxes overlap with positive area: ``px2 > gx1``, ``px1 < gx2``,
+    ``py2 > gy1``, ``py1 < gy2``. Every intersecting pair passes; a pair with an inverted box may pass
+    too, and its overlap is 0. gt [G, 4], pred [N, 4] xyxy, rows [P] into G, priors [P] into N -> [P] bool."""
+    p, g = pred.index_select(0, priors), gt.index_select(0, rows)
+    keep = p[:, 2] > g[:, 0]
+    keep &= p[:, 0] < g[:, 2]
+    keep &= p[:, 3] > g[:, 1]
+    keep &= p[:, 1] < g[:, 3]
+    return keep
+
+
+def box_areas(boxes: Tensor) -> Tensor:
+    """``(x2 - x1) * (y2 - y1)`` of boxes [N, 4] -> [N] (mmdet's area arithmetic)."""
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
 def prediction_reach(anchor_points: Tensor, pred_boxes: Tensor, levels: List[GridLevel]) -> Tensor:
@@ -103,15 +113,20 @@ def overlap_windows(gt_bboxes: Tensor, reach: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- metric
-def pair_overlaps(gt_bboxes: Tensor, pred_boxes: Tensor, kind: str) -> Tensor:
+def pair_overlaps(gt_bboxes: Tensor, pred_boxes: Tensor, kind: str, gt_areas: Optional[Tensor] = None,
+                  pred_areas: Optional[Tensor] = None) -> Tensor:
     """Overlap of matching rows. gt_bboxes [..., 4], pred_boxes [..., 4] xyxy -> [...].
 
     ``"ciou"``: ultralytics' CIoU(gt, pred) clamped at 0 (argument order as ultralytics, for identical
-    rounding); ``"iou"``: mmdet ``bbox_overlaps(pred, gt)``.
+    rounding); ``"iou"``: mmdet ``bbox_overlaps(pred, gt)``, reading the boxes' areas [...] from
+    ``gt_areas`` / ``pred_areas`` when given (the same arithmetic, done once per box instead of per pair).
     """
     if kind == "ciou":
         return aligned_ciou(gt_bboxes, pred_boxes).clamp(min=0)
-    return aligned_iou(pred_boxes, gt_bboxes)
+    if gt_areas is None and pred_areas is None:
+        return aligned_iou(pred_boxes, gt_bboxes)
+    return overlaps_of_coordinates(pred_boxes.unbind(-1), gt_bboxes.unbind(-1), "iou", MMDET_EPS,
+                                   area_a=pred_areas, area_b=gt_areas, inplace=True)
 
 
 

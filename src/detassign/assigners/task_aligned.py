@@ -73,7 +73,7 @@ from torch import Tensor
 
 from .. import _validate as V
 from ..boxes import aligned_points_in_boxes, box_centers, compute_dtype
-from ..structures import AssignResult, BatchAssignResult, Priors
+from ..structures import AssignResult, BatchAssignResult, Deferred, Priors
 from . import _pairs
 from . import _tal_ops as ops
 from ._batch import check_padded_gts
@@ -136,28 +136,29 @@ def _check_exponents(alpha, beta) -> None:
 
 
 class _PairInputs(NamedTuple):
-    """One batch laid out for gathering by pair: boxes and points coordinate-major (``[4, N]``, each
-    coordinate contiguous, so element-wise maths on gathered pairs reads contiguous rows)."""
+    """One batch laid out for gathering by pair: per-pair boxes are gathered as rows of these tables."""
 
     scores: Tensor         # [B * A * C] logits or probabilities
     logits: bool
-    pred: Tensor           # [4, B * A]
-    points: Tensor         # [2, A]
+    pred: Tensor           # [B * A, 4] predicted boxes
+    points: Tensor         # [A, 2]
     rows: Tensor           # [G] valid GT rows b * M + m
     labels: Tensor         # [G] their labels
-    gt: Tensor             # [4, G] their boxes
-    test_boxes: Tensor     # [4, G] boxes of the inside test (widened GTs)
+    gt: Tensor             # [G, 4] their boxes
+    test_boxes: Tensor     # [G, 4] boxes of the inside test (widened GTs)
     anchor_offset: Tensor  # [G] b * A: a GT row's first flat anchor
     num_classes: int       # C
+    gt_areas: Tensor       # [G] areas of the GT boxes (mmdet's arithmetic)
+    pred_areas: Tensor     # [B * A] areas of the predicted boxes
 
     @classmethod
     def of(cls, scores, logits, pred, points, labels, gts, rows, min_size) -> "_PairInputs":
         gt = gts.reshape(-1, 4).index_select(0, rows)                                    # [G, 4]
         A, M = pred.shape[1], gts.shape[1]
-        return cls(scores.reshape(-1), logits, pred.reshape(-1, 4).t().contiguous(), points.t().contiguous(), rows,
-                   labels.reshape(-1).index_select(0, rows), gt.t().contiguous(),
-                   ops.widened_candidate_boxes(gt, min_size).t().contiguous(),
-                   torch.div(rows, M, rounding_mode="floor") * A, scores.shape[2])
+        pred = pred.reshape(-1, 4)
+        return cls(scores.reshape(-1), logits, pred, points, rows, labels.reshape(-1).index_select(0, rows), gt,
+                   ops.widened_candidate_boxes(gt, min_size), torch.div(rows, M, rounding_mode="floor") * A,
+                   scores.shape[2], ops.box_areas(gt), ops.box_areas(pred))
 
 
 class TaskAlignedAssigner(BaseAssigner):
@@ -168,7 +169,7 @@ class TaskAlignedAssigner(BaseAssigner):
     ``preset`` None means ``"ultralytics"``, or ``"mmdet"`` when ``iou_calculator`` is given:
     ``iou_calculator=dict(type="BboxOverlaps2D")`` (mmdet configs) is accepted and means ``overlap="iou"``,
     so an mmdet config ``dict(type="TaskAlignedAssigner", topk=13)`` plus its iou_calculator builds the
-    mmdet behaviour. ``method`` ("auto" = "sparse", or "blocked") and ``max_chunk_mib`` (None: 256 on CPU,
+    mmdet behaviour. ``method`` ("auto" = "sparse", or "blocked") and ``max_chunk_mib`` (None: 32 on CPU,
     2048 on accelerators) choose the computation, never the result.
     """
 
@@ -241,9 +242,11 @@ class TaskAlignedAssigner(BaseAssigner):
         return self.strides[1] if len(self.strides) > 1 else self.strides[0]
 
     def _budget(self, device: torch.device, bytes_per_pair: int) -> int:
-        """Pairs of one block: ``max_chunk_mib`` (default 256 MiB on CPU, 2 GiB on accelerators: fewer,
-        larger kernels) over the temporaries one pair needs."""
-        mib = self.max_chunk_mib if self.max_chunk_mib is not None else (256.0 if device.type == "cpu" else 2048.0)
+        """Pairs of one block: ``max_chunk_mib`` over the temporaries one pair needs. Default 32 MiB on CPU:
+        a block's temporaries are then reused from the allocator's free memory instead of being fresh
+        pages from the OS each time (measured: the fastest on 2-core CPUs); 2 GiB on accelerators (fewer,
+        larger kernels)."""
+        mib = self.max_chunk_mib if self.max_chunk_mib is not None else (32.0 if device.type == "cpu" else 2048.0)
         return max(1, int(mib * 2**20 / bytes_per_pair))
 
     # ------------------------------------------------------------------ per image (mmdet interface)
@@ -353,44 +356,46 @@ class TaskAlignedAssigner(BaseAssigner):
         qualify (any other has overlap 0, hence t = 0), and their points lie in the GT widened by how
         far the image's predicted boxes reach on that level. Otherwise every anchor is a candidate.
         """
-        A = batch.points.shape[1]
-        points = batch.points.t()
+        A = batch.points.shape[0]
+        points = batch.points
         levels = _pairs.detect_grid(points, self.strides) if batch.rows.numel() else None
         if self.candidate_stage == "before_topk":
-            return _pairs.plan_candidates(levels, batch.test_boxes.t(), A)
+            return _pairs.plan_candidates(levels, batch.test_boxes, A)
         if not (self.require_positive_metric and beta > 0) or levels is None:
-            return _pairs.plan_candidates(None, batch.gt.t(), A)
+            return _pairs.plan_candidates(None, batch.gt, A)
         reach = ops.prediction_reach(points, pred, levels)                                # [B, L, 4]
         image = torch.div(batch.anchor_offset, A, rounding_mode="floor")
-        return _pairs.plan_candidates(levels, ops.overlap_windows(batch.gt.t(), reach.index_select(0, image)), A)
+        return _pairs.plan_candidates(levels, ops.overlap_windows(batch.gt, reach.index_select(0, image)), A)
 
     def _select(self, plan: _pairs.Candidates, block: slice, batch: "_PairInputs", alpha: float,
                 beta: float) -> ops.PairTable:
         """Steps 1-3 for the GT rows ``rows[block]``: the candidate pairs, their metric, each GT's top-k.
         Returns the pairs step 4 reads, with their top-k flag: every candidate (inside) pair for the
         ``"all_gts"`` rule, which takes the argmax over all GTs, the chosen ones for ``"selected_gts"``."""
-        local, anchor = plan.pairs(block)                             # superset of pairs (local GT row, anchor)
-        flat_anchor = batch.anchor_offset.index_select(0, local) + anchor
         before = self.candidate_stage == "before_topk"
-        if before:
-            keep = self._inside(batch, local, anchor)                                     # 1. inside the GT
-        elif plan.levels is not None:
-            keep = ops.boxes_intersect(_pairs.gather_columns(batch.gt, local).t(),         # 1. t can be > 0
-                                       _pairs.gather_columns(batch.pred, flat_anchor).t())
+        if plan.levels is not None and not before:        # 1. t can be > 0: the predicted box meets the GT
+            local, flat_anchor = plan.pairs(block, batch.anchor_offset[block])   # flat batch anchors
+            local, flat_anchor = _compact(ops.may_intersect(batch.gt, local, batch.pred, flat_anchor),
+                                          local, flat_anchor)
         else:
-            keep = None                                                                   # 1. every anchor
-        if keep is not None:
-            local, anchor, flat_anchor = _compact(keep, local, anchor, flat_anchor)
+            local, anchor = plan.pairs(block)                         # superset of pairs (local GT row, anchor)
+            flat_anchor = batch.anchor_offset.index_select(0, local) + anchor
+            if before:                                                                # 1. inside the GT
+                local, flat_anchor = _compact(self._inside(batch, local, anchor), local, flat_anchor)
         score = batch.scores.index_select(0, flat_anchor * batch.num_classes + batch.labels.index_select(0, local))
         if batch.logits:  # only the pairs need a probability
             score = ops.pair_sigmoid(score)
-        gt_box = _pairs.gather_columns(batch.gt, local).t()                               # [P, 4] views
-        pred_box = _pairs.gather_columns(batch.pred, flat_anchor).t()
-        overlap = ops.pair_overlaps(gt_box, pred_box, self.overlap)                      # 2. metric
+        gt_box = batch.gt.index_select(0, local)                                          # [P, 4]
+        pred_box = batch.pred.index_select(0, flat_anchor)
+        areas = ((batch.gt_areas.index_select(0, local), batch.pred_areas.index_select(0, flat_anchor))
+                 if self.overlap == "iou" else (None, None))
+        overlap = ops.pair_overlaps(gt_box, pred_box, self.overlap, *areas)              # 2. metric
         metric = ops.alignment_metric(score, overlap, alpha, beta)
+        anchor = flat_anchor - batch.anchor_offset.index_select(0, local)
         selected = _pairs.topk_in_segments(local - block.start, metric, block.stop - block.start, self.topk,
                                            self.tie_break, anchor, plan.num_priors,             # 3. top-k per GT
-                                           self._budget(metric.device, _BYTES_PER_DENSE_ELEMENT))
+                                           self._budget(metric.device, _BYTES_PER_DENSE_ELEMENT),
+                                           sorted_segments=True)
         if self.require_positive_metric:
             selected = selected & (metric > 0)
         pairs = (local, anchor, overlap, metric, selected)
@@ -403,8 +408,8 @@ class TaskAlignedAssigner(BaseAssigner):
 
     def _inside(self, batch: "_PairInputs", local: Tensor, anchor: Tensor) -> Tensor:
         """The inside test of pairs (GT row ``rows[local]``, anchor) -> [P] bool."""
-        return aligned_points_in_boxes(_pairs.gather_columns(batch.points, anchor).t(),
-                                       _pairs.gather_columns(batch.test_boxes, local).t(), self.inside_eps,
+        return aligned_points_in_boxes(batch.points.index_select(0, anchor), batch.test_boxes.index_select(0, local),
+                                       self.inside_eps,
                                        self.candidate_test == "inclusive")
 
     # ------------------------------------------------------------------ steps 1-4 on static blocks
@@ -445,38 +450,27 @@ class TaskAlignedAssigner(BaseAssigner):
     # ------------------------------------------------------------------ step 5
     def _targets(self, assign: ops.AnchorAssignment, scores: Tensor, labels: Tensor, gt_bboxes: Tensor,
                  mask: Tensor) -> BatchAssignResult:
-        """Per-anchor assignment -> BatchAssignResult (targets written once, no [B, M, A] tensor)."""
+        """Per-anchor assignment -> BatchAssignResult (targets written once, no [B, M, A] tensor). The
+        target boxes and the [B, A, C] soft scores are computed when first read: mmdet's callers (TOOD's
+        head) read ``assign_metrics`` and build their own targets."""
         B, A, C = scores.shape
         M = gt_bboxes.shape[1]
         fg = assign.fg
         anchor_b = torch.arange(B, device=fg.device)[:, None].expand(B, A).reshape(-1)       # [B * A]
-        if M:
-            gid = anchor_b * M + assign.gt                                             # [B * A]
-            gt_label = labels.reshape(-1).index_select(0, gid)
-            gt_box = gt_bboxes.reshape(-1, 4).index_select(0, gid)
-            norm = ops.normalized_scores(assign, B, A, M, self.eps, gid)
-        else:
-            gt_label = torch.zeros(B * A, dtype=torch.long, device=fg.device)
-            gt_box = gt_bboxes.new_zeros(B * A, 4)
-            norm = torch.zeros_like(assign.metric)
-        target_scores = ops.zeros_buffer((B * A, C), scores.dtype, fg.device)
-        if C and fg.device.type == "cpu":
-            # only the positive rows: the OS-zeroed pages of the other rows are never written
-            pos = torch.nonzero(fg).squeeze(1)
-            target_scores.view(-1).index_copy_(0, pos * C + gt_label.index_select(0, pos).clamp(0, C - 1),
-                                               norm.index_select(0, pos))
-        elif C:
-            target_scores.scatter_(1, gt_label.clamp(0, C - 1)[:, None], norm[:, None])      # no sync
+        # flat GT row of each positive anchor, B * M (a row past the GTs) for the others
+        gid = torch.where(fg, anchor_b * M + assign.gt, B * M) if M else torch.full_like(assign.gt, B * M)
+        gt_label = torch.cat((labels.reshape(-1), labels.new_full((1,), -1))).index_select(0, gid)
         num_gts = mask.sum(1)                                                          # [B]
         # mmdet returns 0 (not its -INF sentinel) for every prior of an image without GT
         fill = torch.where(num_gts > 0, self.neg_overlap, 0.0).to(assign.overlap.dtype)
+        eps, dtype = self.eps, scores.dtype
         return BatchAssignResult(
             num_gts,
             torch.where(fg, assign.gt + 1, 0).view(B, A),
             torch.where(fg, assign.overlap, fill.index_select(0, anchor_b)).view(B, A),
-            torch.where(fg, gt_label, -1).view(B, A),
-            target_boxes=gt_box.masked_fill(~fg[:, None], 0).view(B, A, 4),
-            target_scores=target_scores.view(B, A, C),
+            gt_label.view(B, A),
+            target_boxes=Deferred(lambda: _target_boxes(gt_bboxes, gid).view(B, A, 4)),
+            target_scores=Deferred(lambda: _target_scores(assign, gid, gt_label, B, A, M, C, eps, dtype).view(B, A, C)),
             assign_metrics=assign.metric.masked_fill(~fg, 0).view(B, A),
         )
 
@@ -507,3 +501,26 @@ class TaskAlignedAssigner(BaseAssigner):
                           probs)
         dtype = compute_dtype(pred_scores, pred_bboxes, gts, anchor_points)
         return pred_scores.to(dtype), pred_bboxes.to(dtype), anchor_points.to(dtype), labels, gts.to(dtype), mask
+
+
+def _target_boxes(gt_bboxes: Tensor, gid: Tensor) -> Tensor:
+    """Each anchor's GT box, zeros for negatives. gt_bboxes [B, M, 4], gid [B * A] flat GT row (B * M:
+    none) -> [B * A, 4]."""
+    return torch.cat((gt_bboxes.reshape(-1, 4), gt_bboxes.new_zeros(1, 4))).index_select(0, gid)
+
+
+def _target_scores(assign: ops.AnchorAssignment, gid: Tensor, gt_label: Tensor, B: int, A: int, M: int, C: int,
+                   eps: float, dtype: torch.dtype) -> Tensor:
+    """The soft class targets [B * A, C]: the normalised metric at the GT's class, 0 elsewhere."""
+    fg = assign.fg
+    norm = ops.normalized_scores(assign, B, A, M, eps, gid.clamp(max=max(B * M - 1, 0))) if M else \
+        torch.zeros_like(assign.metric)
+    target_scores = ops.zeros_buffer((B * A, C), dtype, fg.device)
+    if C and fg.device.type == "cpu":
+        # only the positive rows: the OS-zeroed pages of the other rows are never written
+        pos = torch.nonzero(fg).squeeze(1)
+        target_scores.view(-1).index_copy_(0, pos * C + gt_label.index_select(0, pos).clamp(0, C - 1),
+                                           norm.index_select(0, pos))
+    elif C:
+        target_scores.scatter_(1, gt_label.clamp(0, C - 1)[:, None], norm[:, None])      # no sync
+    return target_scores
