@@ -313,3 +313,78 @@ def test_result_is_plain_numpy_free_and_on_input_device():
                                        Instances(labels=labels, bboxes=gt_bboxes), dict(img_shape=(100, 100)))
     assert r.gt_inds.dtype == torch.long and r.gt_inds.device == labels.device
     assert not isinstance(r.gt_inds, np.ndarray)
+
+
+# ------------------------------------------------------------------------------------ cost sum and solver paths
+def _batch_instances(seed, B=4, Q=9, M=5, scores_dtype=torch.float32, boxes_dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    scores = (torch.randn(B, Q, C, generator=gen) * 2).to(scores_dtype)
+    pred = torch.stack([rand_boxes(Q, gen) for _ in range(B)]).to(boxes_dtype)
+    gt = torch.stack([rand_boxes(M, gen) for _ in range(B)])
+    labels = torch.randint(0, C, (B, M), generator=gen)
+    shapes = torch.tensor([[200.0, 240.0]] * B)
+    return Instances(scores=scores, bboxes=pred), Instances(labels=labels, bboxes=gt), shapes
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float32), (torch.float64, torch.float32),
+                                    (torch.float32, torch.float64), (torch.float16, torch.bfloat16)], ids=str)
+def test_total_cost_has_the_bits_of_the_stacked_sum(dtypes):
+    """total_cost sums the terms in place, as they are built (box costs by blocks of images): the same bits as
+    mmdet's stack-then-sum, with any term order, promoted dtypes, a cost returning a stored matrix (left intact)
+    and more terms than a sequential sum reproduces (then it stacks, as when a term of higher precision follows
+    two of lower precision)."""
+    from detassign.assigners.hungarian import build_match_costs, sum_costs, total_cost
+    pred, gt, shapes = _batch_instances(11, scores_dtype=dtypes[0], boxes_dtype=dtypes[1])
+    stored = torch.randn(4, 9, 5, generator=torch.Generator().manual_seed(2))
+    kept = stored.clone()
+    cost_lists = [DETR, DEFORMABLE, VARIANT, DEFORMABLE[::-1], [FixedCost(stored, weight=0.5)] + DETR,
+                  DETR + [FixedCost(stored)], DEFORMABLE * 6]
+    for match_costs in map(build_match_costs, cost_lists):
+        want, _ = sum_costs(match_costs, pred, gt, shapes)
+        got = total_cost(match_costs, pred, gt, shapes)
+        assert got.dtype == want.dtype and torch.equal(got, want), [type(c).__name__ for c in match_costs]
+    assert torch.equal(stored, kept)
+
+
+def test_tall_blocks_solved_as_scipy_solves_them():
+    """solve_host hands scipy the transpose of a block with more queries than valid GTs (scipy transposes such a
+    block itself): the same matching as scipy on the block, ties included; padded columns never matched."""
+    from scipy.optimize import linear_sum_assignment
+
+    from detassign.assigners.hungarian import solve_host
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        B, Q, M = 3, int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        cost = rng.integers(0, 3, (B, Q, M)).astype(np.float32)      # integer costs: many ties
+        valid = rng.random((B, M)) < 0.7
+        gt_inds = solve_host(cost, valid)
+        for b in range(B):
+            cols = np.flatnonzero(valid[b])
+            want = np.zeros(Q, dtype=np.int64)
+            if len(cols):
+                rows, matched = linear_sum_assignment(cost[b][:, cols])
+                want[rows] = cols[matched] + 1
+            assert np.array_equal(gt_inds[b], want), (trial, b)
+
+
+def test_finite_on_valid_columns_only():
+    from detassign.assigners.hungarian import finite_on_valid
+    cost = np.ones((2, 3, 4), dtype=np.float32)
+    valid = np.array([[True, True, False, False], [True, False, True, False]])
+    assert finite_on_valid(cost, valid)
+    assert finite_on_valid(np.full((2, 3, 4), 3e38, dtype=np.float32), valid)   # the sum overflows, values do not
+    cost[0, 1, 3] = np.nan                                                        # padding: ignored
+    cost[1, 2, 1] = np.inf
+    assert finite_on_valid(cost, valid)
+    cost[1, 0, 2] = -np.inf
+    assert not finite_on_valid(cost, valid)
+
+
+def test_cost_terms_of_another_shape_are_refused():
+    """Summing in place would broadcast a [1, Q, M] term over the batch (or keep a [1, Q, M] sum): refused."""
+    from detassign.assigners.hungarian import build_match_costs, total_cost
+    pred, gt, shapes = _batch_instances(12)
+    one = FixedCost(torch.zeros(1, 9, 5))
+    for match_costs in ([one] + DEFORMABLE, DEFORMABLE + [one]):
+        with pytest.raises(ValueError, match=r"gives a cost of shape \((1, 9, 5|4, 9, 5)\) where the other terms"):
+            total_cost(build_match_costs(match_costs), pred, gt, shapes)

@@ -195,3 +195,95 @@ def test_missing_fields_and_img_shape():
         DiceCost()(Instances(scores=pred["scores"]), Instances(**gt))
     with pytest.raises(ValueError, match="same number of pixels"):
         DiceCost()(Instances(masks=torch.zeros(3, 4, 4)), Instances(masks=torch.zeros(2, 5, 5)))
+
+
+# ------------------------------------------------------------------------------------ in-place / blockwise paths
+def _box_batch(seed, B=5, Q=7, M=6, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.stack([rand_boxes(Q, gen=gen) for _ in range(B)]).to(dtype)
+    gt = torch.stack([rand_boxes(M, gen=gen) for _ in range(B)]).to(dtype)
+    pred[0, 0] = gt[0, 0]                         # identical boxes: IoU 1
+    pred[0, 1] = torch.tensor([5.0, 5.0, 5.0, 9.0], dtype=dtype)   # zero area: union clamped at eps
+    return Instances(bboxes=pred), Instances(bboxes=gt), torch.tensor([[100.0, 200.0]] * B)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 2000, 2 ** 20])   # one image per block, a few, all at once
+@pytest.mark.parametrize("cost", [BBoxL1Cost(weight=5.0), BBoxL1Cost(box_format="xywh", weight=5.0),
+                                  IoUCost(weight=2.0), IoUCost(iou_mode="iou", weight=3.0)], ids=repr)
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float32), (torch.float64, torch.float32),
+                                    (torch.float32, torch.float64)], ids=str)
+def test_box_costs_added_by_blocks_are_the_sum(monkeypatch, block_bytes, cost, dtypes):
+    """add_to works a few images at a time and in place; the sum has the bits of total + batched (same
+    element-wise arithmetic), also when the sum must be promoted to the cost's dtype."""
+    import detassign.assigners.match_costs as mc
+    monkeypatch.setattr(mc, "ADD_BLOCK_BYTES", block_bytes)
+    total_dtype, box_dtype = dtypes
+    pred, gt, shapes = _box_batch(3, dtype=box_dtype)
+    total = torch.randn(5, 7, 6, generator=torch.Generator().manual_seed(0), dtype=total_dtype)
+    want = total + cost.batched(pred, gt, shapes)
+    got = cost.add_to(total.clone(), pred, gt, shapes)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("mode", ["iou", "giou"])
+def test_overlaps_into_has_the_bits_of_the_mmdet_kernel(mode):
+    """The four-buffer IoU / GIoU of IoUCost's blocks equals boxes.pairwise_(g)iou bit for bit (it repeats
+    that kernel's operations into scratch), disjoint, nested, identical and degenerate boxes included."""
+    from detassign.assigners.match_costs import overlaps_into
+    from detassign.boxes import pairwise_giou, pairwise_iou
+    for dtype in (torch.float32, torch.float64):
+        pred, gt, _ = _box_batch(7, B=3, Q=9, M=5, dtype=dtype)
+        p, g = pred.bboxes, gt.bboxes
+        a = [p[..., :, i, None].contiguous() for i in range(4)]
+        b = [g[..., None, :, i].contiguous() for i in range(4)]
+        work = torch.full((4, 3, 9, 5), float("nan"), dtype=dtype)
+        got = overlaps_into(a, b, (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]), mode, work)
+        want = (pairwise_giou if mode == "giou" else pairwise_iou)(p, g)
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (0.4, 1.5), (0.25, 0)])
+def test_focal_cost_in_place_equals_its_terms(alpha, gamma):
+    """Without autograd the focal cost runs in place on the gathered logits; same bits as pos - neg."""
+    from detassign.assigners.match_costs import _focal_terms, _gather_classes, focal_cost
+    gen = torch.Generator().manual_seed(1)
+    scores, labels = torch.randn(4, 33, 7, generator=gen) * 4, torch.randint(0, 7, (4, 5), generator=gen)
+    pos, neg = _focal_terms(_gather_classes(scores, labels), alpha, gamma, 1e-12)
+    assert torch.equal(focal_cost(scores, labels, alpha, gamma), pos - neg)
+
+
+def test_in_place_weighting_leaves_stored_costs_alone():
+    """batched() weights in place only what the built-in costs compute anew: a subclass whose compute returns a
+    stored tensor (its own or an IoUCost override) keeps it intact, and batched() always returns a new tensor."""
+    from detassign.assigners.match_costs import BaseMatchCost
+
+    stored = torch.arange(6.0).reshape(1, 2, 3)
+
+    class Stored(BaseMatchCost):
+        def compute(self, pred_instances, gt_instances, img_shapes=None):
+            return stored
+
+    class StoredIoU(IoUCost):
+        def compute(self, pred_instances, gt_instances, img_shapes=None):
+            return stored
+
+    for cost in (Stored(weight=3.0), StoredIoU(weight=3.0)):
+        out = cost.batched(None, None)
+        assert out.data_ptr() != stored.data_ptr() and torch.equal(out, torch.arange(6.0).reshape(1, 2, 3) * 3)
+        assert torch.equal(stored, torch.arange(6.0).reshape(1, 2, 3))
+
+
+def test_not_inf_check_behind_one_sum():
+    """Inf scores are refused with the element-wise check's message; NaN is left to the cost report, and finite
+    scores whose sum overflows (the cheap test fails) still pass."""
+    from detassign.assigners.match_costs import check_not_inf
+    scores = torch.zeros(2, 3, 4)
+    check_not_inf("pred_scores", scores)
+    check_not_inf("pred_scores", torch.full((2, 3, 4), 3e38))               # sum overflows to Inf
+    check_not_inf("pred_scores", torch.full((2, 3, 4), 6e4, dtype=torch.float16))
+    scores[1, 2, 0] = float("nan")
+    check_not_inf("pred_scores", scores)
+    scores[0, 1, 3] = -float("inf")
+    with pytest.raises(ValueError, match=r"pred_scores must be finite, got 1 Inf value\(s\), first at index "
+                                         r"\(0, 1, 3\)"):
+        check_not_inf("pred_scores", scores)

@@ -23,7 +23,11 @@ Choices:
 
 Batched path (:meth:`HungarianAssigner.assign_batch`, the batched interface): the costs of the whole
 padded batch are built by one vectorised call per cost term ([B, Q, M]), copied to the host in one
-transfer, and scipy solves each image's valid [Q, M_i] block. ``pred_bboxes`` there are decoded xyxy
+transfer (none on the CPU: scipy reads the tensor's memory), and scipy solves each image's valid
+[Q, M_i] block. On the CPU the terms are summed in place as they are built (:func:`total_cost`; same
+bits as mmdet's stack-then-sum), and the box costs add themselves a few images at a time into that sum
+(:meth:`.BaseMatchCost.add_to`), so few [B, Q, M] temporaries exist: each fresh one costs more in page
+faults than the arithmetic done on it. ``pred_bboxes`` there are decoded xyxy
 pixels, as every assigner's; a DETR head's normalised (cx, cy, w, h) become those as mmdet's DETR head
 converts them: ``cxcywh_to_xyxy(boxes) * (w, h, w, h)``. Queries have no priors: ``priors`` is unused
 (a :class:`detassign.Priors` with an ``image_size`` gives the default ``img_shapes``).
@@ -48,9 +52,10 @@ from ..structures import AssignResult, BatchAssignResult, Instances, Priors, lab
 from ._batch import check_padded_gts
 from ._blocks import row_blocks
 from .base import BaseAssigner
-from .match_costs import BaseMatchCost, BatchOfOne, check_cost_inputs, img_shape_of, img_shapes_tensor
+from .match_costs import (BaseMatchCost, BatchOfOne, check_cost_inputs, check_not_inf, img_shape_of,
+                          img_shapes_tensor)
 
-__all__ = ["HungarianAssigner", "build_match_costs", "sum_costs", "solve_batch", "matched_costs",
+__all__ = ["HungarianAssigner", "build_match_costs", "sum_costs", "total_cost", "solve_batch", "matched_costs",
            "raise_non_finite", "image_name", "pred_inputs", "WithLabels"]
 
 CostConfig = Union[BaseMatchCost, Mapping]
@@ -76,11 +81,42 @@ def build_match_costs(match_costs: Union[CostConfig, Sequence[CostConfig]]) -> L
 def sum_costs(match_costs: Sequence[BaseMatchCost], pred, gt, img_shapes=None) -> Tuple[Tensor, List[Tensor]]:
     """Weighted cost terms [B, Q, M] each and their sum [B, Q, M] (summed as mmdet does: stack, sum)."""
     terms = [cost.batched(pred, gt, img_shapes) for cost in match_costs]
+    return _stack_sum(terms), terms
+
+
+def _stack_sum(terms: Sequence[Tensor]) -> Tensor:
     dtype = terms[0].dtype
     for term in terms[1:]:
         dtype = torch.promote_types(dtype, term.dtype)
-    total = torch.stack([t.to(dtype) for t in terms]).sum(dim=0)
-    return total, terms
+    return torch.stack([t.to(dtype) for t in terms]).sum(dim=0)
+
+
+# On the CPU, adding the terms one after another gives the bits of torch.stack(terms).sum(0) up to 16 terms
+# (beyond, its cascade sum regroups them; checked with the AVX-512, AVX2 and default kernels). On other devices
+# the reduction's order is not ours to rely on.
+_SEQUENTIAL_SUM_TERMS = 16
+
+
+def total_cost(match_costs: Sequence[BaseMatchCost], pred, gt, img_shapes=None) -> Tensor:
+    """The sum [B, Q, M] of :func:`sum_costs`, same bits, without keeping the terms.
+
+    On the CPU each term is added into the first as soon as it exists (the box costs a few images at a
+    time, :meth:`.BaseMatchCost.add_to`) and no [T, B, Q, M] stack is built: there a fresh temporary of
+    [B, Q, M] costs more in page faults than the arithmetic done on it.
+    """
+    first = match_costs[0].batched(pred, gt, img_shapes)
+    if first.device.type != "cpu" or len(match_costs) > _SEQUENTIAL_SUM_TERMS:
+        return _stack_sum([first] + [cost.batched(pred, gt, img_shapes) for cost in match_costs[1:]])
+    # BaseMatchCost.batched returns a new tensor; another implementation may return one it keeps
+    total = first if getattr(type(match_costs[0]), "batched", None) is BaseMatchCost.batched else first.clone()
+    for k, cost in enumerate(match_costs[1:]):
+        dtype = total.dtype
+        # a lower-precision term is promoted before it is added, as stack(t.to(dtype)) does
+        total = cost.add_to(total, pred, gt, img_shapes) if callable(getattr(cost, "add_to", None)) else \
+            BaseMatchCost.add_to(cost, total, pred, gt, img_shapes)
+        if total.dtype != dtype and k > 0:   # terms already summed in the lower precision (mixed dtypes: rare)
+            return sum_costs(match_costs, pred, gt, img_shapes)[0]
+    return total
 
 
 def _describe_bad(values: Tensor) -> str:
@@ -124,23 +160,52 @@ def solve_batch(cost: Tensor, gt_mask: Tensor, terms: Sequence[Tensor] = (), nam
     the padded M, 0 unmatched). Only the valid columns of each image go to scipy. ``terms`` /
     ``names`` / ``image_names`` only serve the error message for non-finite costs.
     """
-    B, Q, M = cost.shape
-    # one host transfer: the cost block with the GT mask as an extra row
-    packed = torch.cat([cost.detach(), gt_mask[:, None, :].to(cost.dtype)], dim=1).cpu().numpy()
-    cost_np, valid = packed[:, :Q], packed[:, Q] > 0.5
-    if not np.isfinite(cost_np[np.broadcast_to(valid[:, None, :], cost_np.shape)]).all():
+    cost_np, valid = host_costs(cost, gt_mask)
+    if not finite_on_valid(cost_np, valid):
         if image_names is None:
-            image_names = [f"image {b}" for b in range(B)]
+            image_names = [f"image {b}" for b in range(cost.shape[0])]
         raise_non_finite(cost_np, valid, terms, names, image_names, inputs)
+    return torch.from_numpy(solve_host(cost_np, valid)).to(cost.device)
+
+
+def host_costs(cost: Tensor, gt_mask: Tensor) -> Tuple[np.ndarray, np.ndarray]:
+    """cost [B, Q, M], gt_mask [B, M] -> (cost [B, Q, M], valid [B, M] bool) as host arrays: views of CPU
+    tensors, else one transfer (the GT mask travels as an extra row of the costs)."""
+    if cost.device.type == "cpu" and gt_mask.device.type == "cpu":
+        return cost.detach().numpy(), gt_mask.numpy().astype(bool, copy=False)
+    Q = cost.shape[1]
+    packed = torch.cat([cost.detach(), gt_mask[:, None, :].to(cost.device, cost.dtype)], dim=1).cpu().numpy()
+    return packed[:, :Q], packed[:, Q] > 0.5
+
+
+def finite_on_valid(cost_np: np.ndarray, valid: np.ndarray) -> bool:
+    """Whether every cost [B, Q, M] on a valid GT column (valid [B, M]) is finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(cost_np.sum()):   # finite only without NaN / Inf anywhere (an overflow falls through)
+            return True
+    return bool(np.isfinite(cost_np[np.broadcast_to(valid[:, None, :], cost_np.shape)]).all())
+
+
+def solve_host(cost_np: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """scipy's matching of each image's valid columns: cost [B, Q, M], valid [B, M] -> gt_inds [B, Q] int64
+    (1-based into the padded M, 0 unmatched). Costs must be finite on valid columns."""
+    B, Q, M = cost_np.shape
     gt_inds = np.zeros((B, Q), dtype=np.int64)
+    if Q == 0:
+        return gt_inds
     for b in range(B):
         cols = np.flatnonzero(valid[b])
-        if len(cols) == 0 or Q == 0:
+        if len(cols) == 0:
             continue
         block = cost_np[b] if len(cols) == M else cost_np[b][:, cols]
-        rows, matched = linear_sum_assignment(block)
-        gt_inds[b, rows] = cols[matched] + 1
-    return torch.from_numpy(gt_inds).to(cost.device)
+        if Q > len(cols):
+            # scipy solves a tall matrix as its transpose, copied after the float64 conversion; handed the
+            # transposed view it converts and solves that same matrix, one copy fewer, same matching
+            gts, queries = linear_sum_assignment(block.T)
+        else:
+            queries, gts = linear_sum_assignment(block)
+        gt_inds[b, queries] = cols[gts] + 1
+    return gt_inds
 
 
 # Elements of one [B, Q, g] block of a cost term. Larger than the other assigners' blocks: class costs
@@ -166,35 +231,36 @@ def solve_costs(match_costs: Sequence[BaseMatchCost], pred, gt, gt_mask: Tensor,
     """Costs, matching and matched costs of a padded batch: pred / gt instances with a leading B, gt_mask
     [B, M] -> (gt_inds [B, Q] as :func:`solve_batch`, match_cost [B, Q] as :func:`matched_costs`).
 
-    Up to ``COST_BLOCK`` elements this is ``solve_batch(sum_costs(...))``. Beyond, the summed costs
-    of each block of GTs go to one float64 host matrix [B, Q, M] (what scipy solves in; the float32
-    values convert exactly), and a non-finite cost is reported from the whole matrices (error path).
+    Up to ``COST_BLOCK`` elements this is ``solve_batch(total_cost(...))`` (the terms are only built
+    again to name a non-finite one). Beyond, the summed costs of each block of GTs go to one float64
+    host matrix [B, Q, M] (what scipy solves in; the float32 values convert exactly), and a non-finite
+    cost is reported from the whole matrices (error path).
     """
     B, M = gt_mask.shape
     Q = next(iter(inputs.values())).shape[1] if inputs else 1
     blocks = row_blocks(M, B * Q, COST_BLOCK)
     if len(blocks) == 1:
-        cost, terms = sum_costs(match_costs, pred, gt, img_shapes)
-        gt_inds = solve_batch(cost, gt_mask.to(cost.device), terms, names, image_names, inputs)
+        cost = total_cost(match_costs, pred, gt, img_shapes)
+        cost_np, valid = host_costs(cost, gt_mask)
+        if not finite_on_valid(cost_np, valid):   # the terms, for the message (error path)
+            _, terms = sum_costs(match_costs, pred, gt, img_shapes)
+            raise_non_finite(cost_np, valid, terms, names,
+                             image_names or [f"image {b}" for b in range(B)], inputs)
+        gt_inds = torch.from_numpy(solve_host(cost_np, valid)).to(cost.device)
         return gt_inds, matched_costs(cost, gt_inds)
     valid = gt_mask.cpu().numpy()
     host, dtype, device = None, None, None
     for blk in blocks:
-        cost, _ = sum_costs(match_costs, pred, _GTColumns(gt, blk), img_shapes)               # [B, Q, g]
+        cost = total_cost(match_costs, pred, _GTColumns(gt, blk), img_shapes)                 # [B, Q, g]
         part = cost.detach().cpu().numpy()
-        if not np.isfinite(part[np.broadcast_to(valid[:, None, blk], part.shape)]).all():
+        if not finite_on_valid(part, valid[:, blk]):
             cost, terms = sum_costs(match_costs, pred, gt, img_shapes)
             solve_batch(cost, gt_mask.to(cost.device), terms, names, image_names, inputs)   # raises
         if host is None:
             host, dtype, device = np.empty((B, Q, M), dtype=np.float64), cost.dtype, cost.device
         host[:, :, blk] = part
         del cost, part
-    gt_inds = np.zeros((B, Q), dtype=np.int64)
-    for b in range(B):
-        cols = np.flatnonzero(valid[b])
-        if len(cols) and Q:
-            rows, matched = linear_sum_assignment(host[b] if len(cols) == M else host[b][:, cols])
-            gt_inds[b, rows] = cols[matched] + 1
+    gt_inds = solve_host(host, valid)
     picked = np.take_along_axis(host, np.clip(gt_inds - 1, 0, None)[..., None], axis=2)[..., 0]
     match_cost = torch.from_numpy(np.where(gt_inds > 0, picked, np.inf)).to(device=device, dtype=dtype)
     return torch.from_numpy(gt_inds).to(device), match_cost
@@ -348,7 +414,7 @@ class HungarianAssigner(BaseAssigner):
                                                          ("pred_masks", pred_masks)) + tuple(gt_fields) if x is not None])
         V.check_same_device(pred_scores=pred_scores, pred_bboxes=pred_bboxes, pred_masks=pred_masks,
                             gt_labels=gt_labels, gt_bboxes=gt_bboxes, gt_masks=gt_masks)
-        V.check_not_inf("pred_scores", pred_scores)
+        check_not_inf("pred_scores", pred_scores)
         B = pred_scores.shape[0]
         if img_shapes is None and isinstance(priors, Priors) and priors.image_size is not None:
             img_shapes = priors.image_size

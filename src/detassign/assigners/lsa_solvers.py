@@ -113,6 +113,9 @@ def _as_padded(costs, sizes) -> Tuple[Tensor, Tensor]:
 
 
 def _check_finite(cost: np.ndarray, size: np.ndarray) -> None:
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(cost.sum()):   # finite only without NaN / Inf anywhere (an overflow falls through)
+            return
     for i, (q, m) in enumerate(size):
         block = cost[i, :q, :m]
         if not np.isfinite(block).all():
@@ -129,6 +132,12 @@ def _solve_scipy(cost: Tensor, size: Tensor, maximize: bool) -> List[Match]:
     for i, (q, m) in enumerate(sizes):
         if q == 0 or m == 0:
             rows = cols = np.zeros(0, dtype=np.int64)
+        elif q > m:
+            # scipy solves a tall block as its transpose, copied after the float64 conversion; handed the
+            # transposed view it converts and solves that same matrix, one copy fewer; rows ascending, as it does
+            cols, rows = linear_sum_assignment(host[i, :q, :m].T, maximize=maximize)
+            order = np.argsort(rows)
+            rows, cols = rows[order], cols[order]
         else:
             rows, cols = linear_sum_assignment(host[i, :q, :m], maximize=maximize)
         out.append((torch.from_numpy(rows.astype(np.int64)).to(cost.device),

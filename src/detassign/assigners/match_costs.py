@@ -4,11 +4,14 @@ Every cost is a small object holding its options and ``weight``; calling it foll
 
     cost(pred_instances, gt_instances, img_meta=None) -> Tensor[Q, M]     (weighted)
     cost.batched(pred_instances, gt_instances, img_shapes=None) -> Tensor[B, Q, M]
+    cost.add_to(total, pred_instances, gt_instances, img_shapes=None) -> total + batched(...)
 
 ``batched`` reads the same fields with a leading batch dimension (``scores [B, Q, C]``,
 ``labels [B, M]``, ``bboxes [B, Q, 4]`` / ``[B, M, 4]``, ``masks [B, Q, ...]`` / ``[B, M, ...]``,
 ``img_shapes [B, 2]`` as (h, w)) and is what the per-image call runs with B = 1, so both paths
-share one implementation (the pure ``*_cost`` functions below).
+share one implementation (the pure ``*_cost`` functions below). ``add_to`` is how the Hungarian
+assigners sum the terms on the CPU: in place, the box costs a few images at a time into scratch
+reused by every operation (same bits as ``total + batched(...)``).
 
 Fields each cost reads (pred / gt):
 
@@ -36,7 +39,7 @@ inputs upcast to float32. ``CrossEntropyLossCost(use_sigmoid=False)`` is rejecte
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -44,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _validate as V
-from ..boxes import pairwise_giou, pairwise_iou, to_compute_dtype, xyxy_to_cxcywh
+from ..boxes import MMDET_EPS, pairwise_giou, pairwise_iou, to_compute_dtype, xyxy_to_cxcywh
 
 __all__ = [
     "BaseMatchCost",
@@ -65,6 +68,7 @@ __all__ = [
     "img_shapes_tensor",
     "img_shape_of",
     "check_cost_inputs",
+    "check_not_inf",
     "per_image_cost",
     "BatchOfOne",
 ]
@@ -96,6 +100,17 @@ def _focal_terms(logits: Tensor, alpha: float, gamma: float, eps: float):
     return pos, neg
 
 
+def _focal_difference(prob: Tensor, alpha: float, gamma: float, eps: float) -> Tensor:
+    """Focal loss of a positive minus that of a negative target, element-wise, from probabilities the caller
+    owns (``prob`` is overwritten and returned). The operations of :func:`_focal_terms` in the same order, so
+    the same bits, with three temporaries of ``prob``'s size where those terms and their difference make six:
+    on the CPU a fresh temporary of a [B, Q, M] cost costs more in page faults than its arithmetic."""
+    inv = torch.rsub(prob, 1)                                                       # 1 - p
+    neg = torch.add(inv, eps).log_().neg_().mul_(1 - alpha).mul_(prob.pow(gamma))
+    pos = prob.add_(eps).log_().neg_().mul_(alpha).mul_(inv.pow_(gamma))
+    return pos.sub_(neg)
+
+
 def _pair_sum(pos: Tensor, neg: Tensor, gt: Tensor) -> Tensor:
     """pos, neg [B, Q, P], binary gt [B, M, P] -> [B, Q, M] = sum_p pos*gt + neg*(1 - gt)."""
     return torch.einsum("bqp,bmp->bqm", pos, gt) + torch.einsum("bqp,bmp->bqm", neg, 1 - gt)
@@ -114,8 +129,12 @@ def focal_cost(pred_scores: Tensor, gt_labels: Tensor, alpha: float = 0.25, gamm
     pred_scores [B, Q, C] logits, gt_labels [B, M] -> [B, Q, M]. ``eps`` sits inside the logs.
     """
     # element-wise, so gathering the GT-class logits first gives the same values for less work
-    pos, neg = _focal_terms(_gather_classes(to_compute_dtype(pred_scores), gt_labels), alpha, gamma, eps)
-    return pos - neg
+    logits = _gather_classes(to_compute_dtype(pred_scores), gt_labels)
+    if logits.requires_grad:   # the in-place path overwrites what the backward pass reads
+        pos, neg = _focal_terms(logits, alpha, gamma, eps)
+        return pos - neg
+    # the gather's output is new, so the sigmoid and the rest may run in place on it
+    return _focal_difference(logits.sigmoid_(), alpha, gamma, eps)
 
 
 def mask_focal_cost(pred_masks: Tensor, gt_masks: Tensor, alpha: float = 0.25, gamma: float = 2.0,
@@ -137,12 +156,17 @@ def bbox_l1_cost(pred_bboxes: Tensor, gt_bboxes: Tensor, img_shapes: Tensor, box
     pred_bboxes [B, Q, 4], gt_bboxes [B, M, 4] xyxy pixels, img_shapes [B, 2] (h, w) -> [B, Q, M].
     ``box_format="xywh"`` compares (cx, cy, w, h) (mmdet's name for center format), ``"xyxy"`` corners.
     """
+    return torch.cdist(*_normalised_boxes(pred_bboxes, gt_bboxes, img_shapes, box_format), p=1)
+
+
+def _normalised_boxes(pred_bboxes: Tensor, gt_bboxes: Tensor, img_shapes: Tensor, box_format: str):
+    """The boxes :func:`bbox_l1_cost` compares: [B, Q, 4], [B, M, 4] divided by (w, h, w, h) per image."""
     pred, gt = to_compute_dtype(pred_bboxes), to_compute_dtype(gt_bboxes)
     if box_format == "xywh":
         pred, gt = xyxy_to_cxcywh(pred), xyxy_to_cxcywh(gt)
     h, w = img_shapes.to(device=pred.device, dtype=pred.dtype).unbind(-1)
     factor = torch.stack((w, h, w, h), dim=-1)[:, None, :]  # [B, 1, 4]
-    return torch.cdist(pred / factor, gt / factor, p=1)
+    return pred / factor, gt / factor
 
 
 def _pairwise_overlaps(boxes1: Tensor, boxes2: Tensor, mode: str, eps: float = 1e-6) -> Tensor:
@@ -155,11 +179,86 @@ def iou_cost(pred_bboxes: Tensor, gt_bboxes: Tensor, iou_mode: str = "giou") -> 
 
     [B, Q, 4], [B, M, 4] xyxy -> [B, Q, M] in [-1, 1].
     """
+    return _pairwise_overlaps(*_common_dtype(pred_bboxes, gt_bboxes), iou_mode).neg_()
+
+
+def _common_dtype(pred_bboxes: Tensor, gt_bboxes: Tensor):
     pred, gt = to_compute_dtype(pred_bboxes), to_compute_dtype(gt_bboxes)
     if pred.dtype != gt.dtype:
         dtype = torch.promote_types(pred.dtype, gt.dtype)
         pred, gt = pred.to(dtype), gt.to(dtype)
-    return _pairwise_overlaps(pred, gt, iou_mode).neg_()
+    return pred, gt
+
+
+# Bytes of scratch of one block when a box cost adds itself to the sum a few images at a time
+# (BaseMatchCost.add_to): the scratch is a few buffers allocated once and reused by every operation and block
+# (bounded in dense scenes), where each operation would otherwise allocate a fresh [B, Q, M] result: on the
+# CPU a fresh temporary of that size costs more in page faults than the arithmetic done on it.
+ADD_BLOCK_BYTES = 2 ** 22
+
+
+def image_blocks(batch: int, per_image: int, block: int) -> List[slice]:
+    """Consecutive slices of ``batch`` images with at most ``block`` elements each (at least one image)."""
+    step = max(1, block // max(per_image, 1))
+    return [slice(start, min(start + step, batch)) for start in range(0, batch, step)]
+
+
+def _add_blocks(total: Tensor, block_cost: Callable[[slice, Optional[Tensor]], Tensor], weight: float,
+                dtype: torch.dtype, scratch: int = 0) -> Tensor:
+    """total [B, Q, M] + weight * cost, in place when total's dtype holds the sum.
+
+    ``block_cost(images, work)`` is the unweighted cost [b, Q, M] of a slice of images, of dtype ``dtype``;
+    ``work`` is [scratch, b, Q, M] scratch reused from block to block (None when ``scratch`` is 0). Only for
+    costs made of basic arithmetic (+ - * / min max abs, cdist): each element then has the same bits
+    whatever the block, whereas a vectorised transcendental (exp, log) rounds a buffer's tail differently.
+    """
+    if total.dtype != torch.promote_types(total.dtype, dtype):
+        total = total.to(torch.promote_types(total.dtype, dtype))
+    B, Q, M = total.shape
+    blocks = image_blocks(B, Q * M, ADD_BLOCK_BYTES // (max(scratch, 1) * dtype.itemsize))
+    work = total.new_empty((scratch, blocks[0].stop - blocks[0].start, Q, M), dtype=dtype) if scratch and blocks \
+        else None
+    for images in blocks:
+        part = block_cost(images, None if work is None else work[:, :images.stop - images.start])
+        total[images].add_(part.mul_(weight))
+    return total
+
+
+def l1_into(a: Sequence[Tensor], b: Sequence[Tensor], work: Tensor) -> Tensor:
+    """L1 distance of 4-vectors given as coordinates [b, Q, 1] x4 and [b, 1, M] x4, computed in ``work``
+    ([2, b, Q, M] scratch) -> a view of it [b, Q, M]. ``torch.cdist(p=1)``'s sum in its order
+    (``|a0 - b0| + |a1 - b1| + |a2 - b2| + |a3 - b3|``, left to right), so the same bits, without its
+    per-pair loop."""
+    total, part = work[0], work[1]
+    torch.sub(a[0], b[0], out=total).abs_()
+    for x, y in zip(a[1:], b[1:]):
+        total.add_(torch.sub(x, y, out=part).abs_())
+    return total
+
+
+def overlaps_into(a: Sequence[Tensor], b: Sequence[Tensor], area_a: Tensor, area_b: Tensor, mode: str,
+                  work: Tensor, eps: float = MMDET_EPS) -> Tensor:
+    """IoU / GIoU of coordinates [b, Q, 1] x4 and [b, 1, M] x4 (x1, y1, x2, y2) with their areas, computed in
+    ``work`` ([4, b, Q, M] scratch; [3, ...] for IoU) -> a view of it [b, Q, M].
+
+    The operations of :func:`detassign.boxes.overlaps_of_coordinates` (mmdet's ``bbox_overlaps``) in the same
+    order, so the same bits, written into four buffers instead of a new tensor per operation.
+    """
+    x1a, y1a, x2a, y2a = a
+    x1b, y1b, x2b, y2b = b
+    s1, s2, s3 = work[0], work[1], work[2]
+    if mode == "giou":      # the enclosing area first, so four buffers suffice
+        torch.maximum(x2a, x2b, out=s1).sub_(torch.minimum(x1a, x1b, out=s2)).clamp_(min=0)
+        torch.maximum(y2a, y2b, out=s2).sub_(torch.minimum(y1a, y1b, out=s3)).clamp_(min=0)
+        enclose = s1.mul_(s2).clamp_(min=eps)
+        s1, s2, s3 = s2, s3, work[3]
+    overlap = torch.minimum(x2a, x2b, out=s1).sub_(torch.maximum(x1a, x1b, out=s2)).clamp_(min=0)
+    overlap.mul_(torch.minimum(y2a, y2b, out=s2).sub_(torch.maximum(y1a, y1b, out=s3)).clamp_(min=0))
+    union = torch.add(area_a, area_b, out=s2).sub_(overlap).clamp_(min=eps)
+    ious = overlap.div_(union)
+    if mode != "giou":
+        return ious
+    return ious.sub_(torch.sub(enclose, union, out=union).div_(enclose))
 
 
 def dice_cost(pred_masks: Tensor, gt_masks: Tensor, pred_act: bool = False, eps: float = 1e-3,
@@ -323,11 +422,29 @@ def check_cost_inputs(match_costs: Sequence[Any], pred_instances, gt_instances, 
         gt["labels"] = V.labels_input("gt_instances.labels", gt["labels"], tuple(gt["labels"].shape),
                                       num_classes=classes, mask=gt_mask)
     V.check_boxes("gt_instances.bboxes", gt.get("bboxes"), gt_mask)
-    V.check_not_inf("pred_instances.scores", pred.get("scores"))
+    check_not_inf("pred_instances.scores", pred.get("scores"))
     if finite:
         for field, x in pred.items():
             V.check_finite(f"pred_instances.{field}", x)
     return CostInputs(_Fields(pred_instances, pred), _Fields(gt_instances, gt), num_preds, num_gts, gt_mask)
+
+
+def check_not_inf(name: str, x: Optional[Tensor]) -> None:
+    """``_validate.check_not_inf`` (no +-Inf; NaN is left to the cost terms' report) behind one sum: a sum
+    is finite only when no element is Inf or NaN, so the element-wise test, with its temporaries of the
+    scores' size, runs only when the sum is not finite (an overflow of finite values falls through too)."""
+    if x is None or not V.value_checks_enabled() or x.numel() == 0 or not x.is_floating_point():
+        return
+    if bool(torch.isfinite(x.sum(dtype=torch.promote_types(x.dtype, torch.float32)))):
+        return
+    V.check_not_inf(name, x)
+
+
+def _check_term_shape(cost, shape, total: Tensor) -> None:
+    """A term added to a sum must have its shape [B, Q, M] (an in-place add would broadcast a smaller one)."""
+    if tuple(shape) != tuple(total.shape):
+        raise ValueError(f"{type(cost).__name__} gives a cost of shape {tuple(shape)} where the other terms are "
+                         f"{tuple(total.shape)} ([B, Q, M])")
 
 
 # ------------------------------------------------------------------------------- cost objects
@@ -339,13 +456,33 @@ class BaseMatchCost(ABC):
     """
 
     reads_class_labels = False
+    # ``compute`` returns a new tensor nothing else holds, so ``batched`` may weight it in place (one
+    # temporary of [B, Q, M] fewer). A subclass that defines its own ``compute`` starts at False (its
+    # compute may return a stored tensor) unless its class body sets it.
+    _compute_returns_new = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "compute" in cls.__dict__ and "_compute_returns_new" not in cls.__dict__:
+            cls._compute_returns_new = False
 
     def __init__(self, weight: Union[float, int] = 1.0) -> None:
         self.weight = V.check_number("weight", weight, low=0)
 
     def batched(self, pred_instances, gt_instances, img_shapes=None) -> Tensor:
-        """Weighted cost [B, Q, M] from fields with a leading batch dimension."""
-        return self.compute(pred_instances, gt_instances, img_shapes) * self.weight
+        """Weighted cost [B, Q, M] from fields with a leading batch dimension; always a new tensor."""
+        cost = self.compute(pred_instances, gt_instances, img_shapes)
+        if self._compute_returns_new and not cost.requires_grad:
+            return cost.mul_(self.weight)   # the bits of cost * weight
+        return cost * self.weight
+
+    def add_to(self, total: Tensor, pred_instances, gt_instances, img_shapes=None) -> Tensor:
+        """``total + batched(...)`` ([B, Q, M]), computed in ``total`` (which the caller owns) when its dtype
+        holds the sum; returns the sum. Costs of basic arithmetic add themselves a few images at a time."""
+        term = self.batched(pred_instances, gt_instances, img_shapes)
+        _check_term_shape(self, term.shape, total)
+        dtype = torch.promote_types(total.dtype, term.dtype)
+        return total.add_(term) if dtype == total.dtype and not term.requires_grad else total.to(dtype) + term
 
     @abstractmethod
     def compute(self, pred_instances, gt_instances, img_shapes) -> Tensor:
@@ -384,6 +521,7 @@ class ClassificationCost(BaseMatchCost):
     """-softmax probability of the GT class (DETR). Reads ``pred.scores`` logits, ``gt.labels``."""
 
     reads_class_labels = True
+    _compute_returns_new = True
 
     def __init__(self, weight: Union[float, int] = 1.0) -> None:
         super().__init__(weight)
@@ -402,6 +540,8 @@ class FocalLossCost(BaseMatchCost):
             True reads ``pred.masks`` [Q, ...] logits and ``gt.masks`` [M, ...] binary.
         weight: multiplies the cost.
     """
+
+    _compute_returns_new = True
 
     def __init__(self, alpha: Union[float, int] = 0.25, gamma: Union[float, int] = 2, eps: float = 1e-12,
                  binary_input: bool = False, weight: Union[float, int] = 1.0) -> None:
@@ -434,6 +574,7 @@ class BinaryFocalLossCost(FocalLossCost):
     """
 
     reads_class_labels = False
+    _compute_returns_new = True
 
     def compute(self, pred_instances, gt_instances, img_shapes=None) -> Tensor:
         name = type(self).__name__
@@ -457,6 +598,8 @@ class BBoxL1Cost(BaseMatchCost):
     corners, ``"xywh"`` the (cx, cy, w, h) form (DETR; mmdet's naming).
     """
 
+    _compute_returns_new = True
+
     def __init__(self, box_format: str = "xyxy", weight: Union[float, int] = 1.0) -> None:
         if not isinstance(box_format, str) or box_format not in ("xyxy", "xywh"):
             raise ValueError(f"box_format must be 'xyxy' or 'xywh' (center cx, cy, w, h), got {box_format!r}")
@@ -464,13 +607,29 @@ class BBoxL1Cost(BaseMatchCost):
         self.box_format = box_format
 
     def compute(self, pred_instances, gt_instances, img_shapes=None) -> Tensor:
+        return bbox_l1_cost(*self._inputs(pred_instances, gt_instances, img_shapes), self.box_format)
+
+    def add_to(self, total: Tensor, pred_instances, gt_instances, img_shapes=None) -> Tensor:
+        pred, gt, shapes = self._inputs(pred_instances, gt_instances, img_shapes)
+        if total.requires_grad or pred.requires_grad or gt.requires_grad:
+            return super().add_to(total, pred_instances, gt_instances, img_shapes)
+        _check_term_shape(self, (pred.shape[0], pred.shape[1], gt.shape[1]), total)
+        pred, gt = _normalised_boxes(pred, gt, shapes, self.box_format)
+        a = [pred[..., :, i, None].contiguous() for i in range(4)]     # [B, Q, 1] each
+        b = [gt[..., None, :, i].contiguous() for i in range(4)]       # [B, 1, M] each
+        return _add_blocks(total, lambda images, work: l1_into([x[images] for x in a], [x[images] for x in b], work),
+                           self.weight, pred.dtype, scratch=2)
+
+    def _inputs(self, pred_instances, gt_instances, img_shapes):
         pred = _field(pred_instances, "bboxes", "pred_instances", "BBoxL1Cost")
         gt = _field(gt_instances, "bboxes", "gt_instances", "BBoxL1Cost")
-        return bbox_l1_cost(pred, gt, img_shapes_tensor(img_shapes, pred.shape[0], pred.device), self.box_format)
+        return pred, gt, img_shapes_tensor(img_shapes, pred.shape[0], pred.device)
 
 
 class IoUCost(BaseMatchCost):
     """-IoU or -GIoU of xyxy ``pred.bboxes`` and ``gt.bboxes`` (``iou_mode`` 'iou' | 'giou')."""
+
+    _compute_returns_new = True
 
     def __init__(self, iou_mode: str = "giou", weight: Union[float, int] = 1.0) -> None:
         V.check_choice("iou_mode", iou_mode, ("iou", "giou"))
@@ -478,8 +637,26 @@ class IoUCost(BaseMatchCost):
         self.iou_mode = iou_mode
 
     def compute(self, pred_instances, gt_instances, img_shapes=None) -> Tensor:
-        return iou_cost(_field(pred_instances, "bboxes", "pred_instances", "IoUCost"),
-                        _field(gt_instances, "bboxes", "gt_instances", "IoUCost"), self.iou_mode)
+        return iou_cost(*self._inputs(pred_instances, gt_instances), self.iou_mode)
+
+    def add_to(self, total: Tensor, pred_instances, gt_instances, img_shapes=None) -> Tensor:
+        pred, gt = _common_dtype(*self._inputs(pred_instances, gt_instances))
+        if total.requires_grad or pred.requires_grad or gt.requires_grad:
+            return super().add_to(total, pred_instances, gt_instances, img_shapes)
+        _check_term_shape(self, (pred.shape[0], pred.shape[1], gt.shape[1]), total)
+        # coordinates and areas once, [B, Q, 1] and [B, 1, M]; each block's work is then [b, Q, M] only
+        a = [pred[..., :, i, None].contiguous() for i in range(4)]
+        b = [gt[..., None, :, i].contiguous() for i in range(4)]
+        area_a, area_b = (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])
+
+        def block(images: slice, work: Tensor) -> Tensor:
+            return overlaps_into([x[images] for x in a], [x[images] for x in b], area_a[images], area_b[images],
+                                 self.iou_mode, work).neg_()
+        return _add_blocks(total, block, self.weight, pred.dtype, scratch=4 if self.iou_mode == "giou" else 3)
+
+    def _inputs(self, pred_instances, gt_instances):
+        return (_field(pred_instances, "bboxes", "pred_instances", "IoUCost"),
+                _field(gt_instances, "bboxes", "gt_instances", "IoUCost"))
 
 
 class DiceCost(BaseMatchCost):
@@ -489,6 +666,8 @@ class DiceCost(BaseMatchCost):
         pred_act: apply a sigmoid to the predicted masks (True when they are logits).
         eps: added to numerator and denominator. naive_dice: False squares the denominator terms.
     """
+
+    _compute_returns_new = True
 
     def __init__(self, pred_act: bool = False, eps: float = 1e-3, naive_dice: bool = True,
                  weight: Union[float, int] = 1.0) -> None:
@@ -505,6 +684,8 @@ class DiceCost(BaseMatchCost):
 
 class CrossEntropyLossCost(BaseMatchCost):
     """Mean pixel-wise sigmoid cross-entropy of ``pred.masks`` logits against binary ``gt.masks``."""
+
+    _compute_returns_new = True
 
     def __init__(self, use_sigmoid: bool = True, weight: Union[float, int] = 1.0) -> None:
         if not V.check_flag("use_sigmoid", use_sigmoid):
