@@ -250,7 +250,7 @@ def rank_in_segments(segment: Tensor, key: Tensor, num_segments: int, nonnegativ
         sorted_segments_at = segment.index_select(0, perm)
     # index_add instead of bincount, which reads the maximum on the host (a sync on CUDA)
     counts = torch.zeros(num_segments, dtype=torch.long, device=segment.device).index_add_(
-        0, segment, torch.ones_like(segment))
+        0, segment, segment.new_ones(1).expand(segment.numel()))
     first = torch.cumsum(counts, 0) - counts
     rank_sorted = torch.arange(segment.numel(), device=segment.device).sub_(first.index_select(0, sorted_segments_at))
     return torch.empty_like(segment).index_copy_(0, perm, rank_sorted)
@@ -367,22 +367,20 @@ def best_per_prior(prior: Tensor, key: Optional[Tensor], owner: Tensor, num_prio
     """
     if eligible is None:
         eligible = torch.ones_like(prior, dtype=torch.bool)
-    none = torch.full((num_priors,), num_owners, dtype=torch.long, device=prior.device)
+    winner = torch.full((num_priors,), num_owners, dtype=torch.long, device=prior.device)
     if key is None:
-        return None, none.scatter_reduce(0, prior, torch.where(eligible, owner, num_owners), "amin", include_self=True)
-    neg = torch.full_like(key, float("-inf"))
+        return None, winner.scatter_reduce_(0, prior, torch.where(eligible, owner, num_owners), "amin")
     best = torch.full((num_priors,), float("-inf"), dtype=key.dtype, device=key.device)
-    best = best.scatter_reduce(0, prior, torch.where(eligible, key, neg), "amax", include_self=True)
+    best.scatter_reduce_(0, prior, key.masked_fill(~eligible, float("-inf")), "amax")
     at_best = eligible & (key == best.index_select(0, prior))
-    winner = none.scatter_reduce(0, prior, torch.where(at_best, owner, num_owners), "amin", include_self=True)
-    return best, winner
+    return best, winner.scatter_reduce_(0, prior, torch.where(at_best, owner, num_owners), "amin")
 
 
 def scatter_to_priors(prior: Tensor, values: Tensor, chosen: Tensor, num_priors: int) -> Tensor:
     """The value of each prior's chosen pair (at most one per prior), 0 where none.
     prior [P], values [P], chosen [P] bool -> [N]."""
-    zero = torch.zeros(num_priors, dtype=values.dtype, device=values.device)
-    return zero.index_add(0, prior, torch.where(chosen, values, torch.zeros_like(values)))
+    out = torch.zeros(num_priors, dtype=values.dtype, device=values.device)
+    return out.index_add_(0, prior, values.masked_fill(~chosen, 0))
 
 
 # ----------------------------------------------------------------------------- static-shape form of step 3

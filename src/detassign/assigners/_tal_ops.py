@@ -66,12 +66,20 @@ def widened_candidate_boxes(gt_bboxes: Tensor, min_size: Optional[float]) -> Ten
 def may_intersect(gt: Tensor, rows: Tensor, pred: Tensor, priors: Tensor) -> Tensor:
     """A superset of the pairs whose boxes overlap with positive area: ``px2 > gx1``, ``px1 < gx2``,
     ``py2 > gy1``, ``py1 < gy2``. Every intersecting pair passes; a pair with an inverted box may pass
-    too, and its overlap is 0. gt [G, 4], pred [N, 4] xyxy, rows [P] into G, priors [P] into N -> [P] bool."""
-    p, g = pred.index_select(0, priors), gt.index_select(0, rows)
-    keep = p[:, 2] > g[:, 0]
-    keep &= p[:, 0] < g[:, 2]
-    keep &= p[:, 3] > g[:, 1]
-    keep &= p[:, 1] < g[:, 3]
+    too, and its overlap is 0. gt [G, 4], pred [N, 4] xyxy, rows [P] into G, priors [P] into N -> [P] bool.
+    One coordinate at a time into two reused buffers: this runs on the widest pair list, where fresh
+    temporaries cost more (new pages) than the comparisons."""
+    num = rows.numel()
+    pred_c, gt_c = pred.new_empty(num), gt.new_empty(num)
+    keep = torch.empty(num, dtype=torch.bool, device=rows.device)
+    test = torch.empty_like(keep)
+    for i, (p, g, compare) in enumerate(((2, 0, torch.gt), (0, 2, torch.lt), (3, 1, torch.gt), (1, 3, torch.lt))):
+        torch.index_select(pred[:, p], 0, priors, out=pred_c)
+        torch.index_select(gt[:, g], 0, rows, out=gt_c)
+        if i == 0:
+            compare(pred_c, gt_c, out=keep)
+        else:
+            keep &= compare(pred_c, gt_c, out=test)
     return keep
 
 
@@ -144,12 +152,16 @@ def pair_sigmoid(logits: Tensor) -> Tensor:
     pad = (-logits.numel()) % multiple
     if pad == 0:
         return logits.sigmoid()
-    return torch.cat((logits, logits.new_zeros(pad))).sigmoid()[:logits.numel()]
+    return torch.cat((logits, logits.new_zeros(pad))).sigmoid_()[:logits.numel()]
 
 
 def alignment_metric(scores: Tensor, overlaps: Tensor, alpha: float, beta: float) -> Tensor:
     """t = s^alpha * u^beta (TOOD eq. 2). scores [...], overlaps [...] -> [...]."""
-    return scores.pow(alpha) * overlaps.pow(beta)
+    powered = overlaps.pow(beta)
+    factor = scores if alpha == 1 else scores.pow(alpha)      # s ** 1 is s, exactly
+    if powered.shape == factor.shape and not powered.requires_grad:
+        return powered.mul_(factor)                          # the same product: IEEE products commute
+    return factor * powered
 
 
 # ----------------------------------------------------------------------------- conflicts and targets
@@ -172,7 +184,7 @@ def resolve_conflicts(pairs: PairTable, B: int, A: int, M: int, conflict: str) -
     else:
         _, gt = _pairs.best_per_prior(prior, pairs.overlap, m, B * A, M, pairs.selected)
     fg = count > 0
-    gt = torch.where(fg, gt, torch.zeros_like(gt))
+    gt = gt.masked_fill_(~fg, 0)
     final = fg.index_select(0, prior) & (m == gt.index_select(0, prior))
     return AnchorAssignment(fg, gt, _pairs.scatter_to_priors(prior, pairs.metric, final, B * A),
                             _pairs.scatter_to_priors(prior, pairs.overlap, final, B * A))

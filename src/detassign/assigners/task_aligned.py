@@ -382,7 +382,8 @@ class TaskAlignedAssigner(BaseAssigner):
             flat_anchor = batch.anchor_offset.index_select(0, local) + anchor
             if before:                                                                # 1. inside the GT
                 local, flat_anchor = _compact(self._inside(batch, local, anchor), local, flat_anchor)
-        score = batch.scores.index_select(0, flat_anchor * batch.num_classes + batch.labels.index_select(0, local))
+        score_index = flat_anchor * batch.num_classes
+        score = batch.scores.index_select(0, score_index.add_(batch.labels.index_select(0, local)))
         if batch.logits:  # only the pairs need a probability
             score = ops.pair_sigmoid(score)
         gt_box = batch.gt.index_select(0, local)                                          # [P, 4]
@@ -391,9 +392,10 @@ class TaskAlignedAssigner(BaseAssigner):
                  if self.overlap == "iou" else (None, None))
         overlap = ops.pair_overlaps(gt_box, pred_box, self.overlap, *areas)              # 2. metric
         metric = ops.alignment_metric(score, overlap, alpha, beta)
-        anchor = flat_anchor - batch.anchor_offset.index_select(0, local)
-        selected = _pairs.topk_in_segments(local - block.start, metric, block.stop - block.start, self.topk,
-                                           self.tie_break, anchor, plan.num_priors,             # 3. top-k per GT
+        anchor = batch.anchor_offset.index_select(0, local)
+        anchor = torch.sub(flat_anchor, anchor, out=anchor)
+        selected = _pairs.topk_in_segments(local, metric, block.stop, self.topk, self.tie_break,   # 3. top-k
+                                           anchor, plan.num_priors,                                # per GT
                                            self._budget(metric.device, _BYTES_PER_DENSE_ELEMENT),
                                            sorted_segments=True)
         if self.require_positive_metric:
@@ -455,10 +457,10 @@ class TaskAlignedAssigner(BaseAssigner):
         head) read ``assign_metrics`` and build their own targets."""
         B, A, C = scores.shape
         M = gt_bboxes.shape[1]
-        fg = assign.fg
-        anchor_b = torch.arange(B, device=fg.device)[:, None].expand(B, A).reshape(-1)       # [B * A]
+        fg, negative = assign.fg, ~assign.fg
         # flat GT row of each positive anchor, B * M (a row past the GTs) for the others
-        gid = torch.where(fg, anchor_b * M + assign.gt, B * M) if M else torch.full_like(assign.gt, B * M)
+        gid = (assign.gt.view(B, A) + (torch.arange(B, device=fg.device) * M)[:, None]).view(-1)
+        gid.masked_fill_(negative, B * M)
         gt_label = torch.cat((labels.reshape(-1), labels.new_full((1,), -1))).index_select(0, gid)
         num_gts = mask.sum(1)                                                          # [B]
         # mmdet returns 0 (not its -INF sentinel) for every prior of an image without GT
@@ -466,12 +468,12 @@ class TaskAlignedAssigner(BaseAssigner):
         eps, dtype = self.eps, scores.dtype
         return BatchAssignResult(
             num_gts,
-            torch.where(fg, assign.gt + 1, 0).view(B, A),
-            torch.where(fg, assign.overlap, fill.index_select(0, anchor_b)).view(B, A),
+            (assign.gt + 1).masked_fill_(negative, 0).view(B, A),
+            torch.where(fg.view(B, A), assign.overlap.view(B, A), fill[:, None]),
             gt_label.view(B, A),
             target_boxes=Deferred(lambda: _target_boxes(gt_bboxes, gid).view(B, A, 4)),
             target_scores=Deferred(lambda: _target_scores(assign, gid, gt_label, B, A, M, C, eps, dtype).view(B, A, C)),
-            assign_metrics=assign.metric.masked_fill(~fg, 0).view(B, A),
+            assign_metrics=assign.metric.masked_fill(negative, 0).view(B, A),
         )
 
     # ------------------------------------------------------------------ input checks
