@@ -95,15 +95,20 @@ def prediction_reach(anchor_points: Tensor, pred_boxes: Tensor, levels: List[Gri
     predicted box of image b at level l lies in ``[x - left, y - top, x + right, y + bottom]`` around its
     anchor point (x, y).
     """
-    parts = []
-    for lv in levels:
-        pts = anchor_points[lv.start:lv.start + lv.width * lv.height]
-        box = pred_boxes[:, lv.start:lv.start + lv.width * lv.height]
-        if pts.shape[0] == 0:
-            parts.append(pred_boxes.new_zeros(pred_boxes.shape[0], 4))
+    B = pred_boxes.shape[0]
+    reach = pred_boxes.new_zeros(B, len(levels), 4)
+    largest = max((lv.width * lv.height for lv in levels), default=0)
+    offsets = pred_boxes.new_empty(B * largest * 2)                  # one buffer for every level's differences
+    for i, lv in enumerate(levels):
+        n = lv.width * lv.height
+        if n == 0:
             continue
-        parts.append(torch.cat(((pts - box[..., :2]).amax(1), (box[..., 2:] - pts).amax(1)), -1))
-    return torch.stack(parts, 1).clamp(min=0)
+        # coordinate-major [B, 2, n] differences, so that each maximum reduces a contiguous row
+        pts, box = anchor_points[lv.start:lv.start + n].t(), pred_boxes[:, lv.start:lv.start + n].transpose(1, 2)
+        diff = offsets[:B * n * 2].view(B, 2, n)
+        torch.amax(torch.sub(pts, box[:, :2], out=diff), 2, out=reach[:, i, :2])
+        torch.amax(torch.sub(box[:, 2:], pts, out=diff), 2, out=reach[:, i, 2:])
+    return reach.clamp_(min=0)
 
 
 def overlap_windows(gt_bboxes: Tensor, reach: Tensor) -> Tensor:
