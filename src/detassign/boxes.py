@@ -182,7 +182,7 @@ Coordinates = Sequence[Tensor]
 
 def overlaps_of_coordinates(a: Coordinates, b: Coordinates, mode: str = "iou", eps: float = MMDET_EPS,
                             area_a: Optional[Tensor] = None, area_b: Optional[Tensor] = None,
-                            inplace: bool = False) -> Tensor:
+                            inplace: bool = False, work: Optional[Tensor] = None) -> Tensor:
     """mmdet's ``bbox_overlaps`` arithmetic, the one kernel of every mmdet-convention overlap here.
 
     a, b: the four coordinates (x1, y1, x2, y2) of each side as separate tensors, all broadcastable
@@ -190,9 +190,14 @@ def overlaps_of_coordinates(a: Coordinates, b: Coordinates, mode: str = "iou", e
     area_b: ``(x2 - x1) * (y2 - y1)`` when the caller holds them. Same element-wise operations in the
     same order as mmdet, so the same bits; no temporary is larger than the broadcast result.
     ``inplace``: the arithmetic may run in place on its own temporaries (only without autograd).
+    ``work``: scratch ``[4, *broadcast shape]`` (``[3, ...]`` for IoU / IoF) that every operation writes into,
+    with both areas given; the result is a view of it. For callers that run the kernel block after block:
+    on the CPU a fresh temporary costs more in page faults than the arithmetic done on it.
     """
     x1a, y1a, x2a, y2a = a
     x1b, y1b, x2b, y2b = b
+    if work is not None:
+        return _overlaps_into(a, b, mode, eps, area_a, area_b, work)
     w, h = torch.minimum(x2a, x2b), torch.minimum(y2a, y2b)
     if inplace:
         w = w.sub_(torch.maximum(x1a, x1b)).clamp_(min=0)
@@ -219,6 +224,31 @@ def overlaps_of_coordinates(a: Coordinates, b: Coordinates, mode: str = "iou", e
         return ious.sub_((enclose - union).div_(enclose))
     enclose = (ew * eh).clamp(min=eps)
     return ious - (enclose - union) / enclose
+
+
+def _overlaps_into(a: Coordinates, b: Coordinates, mode: str, eps: float, area_a: Optional[Tensor],
+                   area_b: Optional[Tensor], work: Tensor) -> Tensor:
+    """:func:`overlaps_of_coordinates` written into the buffers of ``work`` (same operations, same bits)."""
+    if area_a is None or area_b is None:
+        raise ValueError("overlaps_of_coordinates(work=...) needs area_a and area_b")
+    x1a, y1a, x2a, y2a = a
+    x1b, y1b, x2b, y2b = b
+    s1, s2, s3 = work[0], work[1], work[2]
+    if mode == "giou":      # the enclosing area first, so four buffers suffice
+        torch.maximum(x2a, x2b, out=s1).sub_(torch.minimum(x1a, x1b, out=s2)).clamp_(min=0)
+        torch.maximum(y2a, y2b, out=s2).sub_(torch.minimum(y1a, y1b, out=s3)).clamp_(min=0)
+        enclose = s1.mul_(s2).clamp_(min=eps)
+        s1, s2, s3 = s2, s3, work[3]
+    overlap = torch.minimum(x2a, x2b, out=s1).sub_(torch.maximum(x1a, x1b, out=s2)).clamp_(min=0)
+    overlap.mul_(torch.minimum(y2a, y2b, out=s2).sub_(torch.maximum(y1a, y1b, out=s3)).clamp_(min=0))
+    if mode == "iof":
+        union = torch.clamp(area_a.expand_as(overlap), min=eps, out=s2)
+    else:
+        union = torch.add(area_a, area_b, out=s2).sub_(overlap).clamp_(min=eps)
+    ious = overlap.div_(union)
+    if mode != "giou":
+        return ious
+    return ious.sub_(torch.sub(enclose, union, out=union).div_(enclose))
 
 
 def _mm_overlaps(a: Tensor, b: Tensor, mode: str, pairwise: bool, eps: float) -> Tensor:

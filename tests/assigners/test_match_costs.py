@@ -226,18 +226,18 @@ def test_box_costs_added_by_blocks_are_the_sum(monkeypatch, block_bytes, cost, d
 
 
 @pytest.mark.parametrize("mode", ["iou", "giou"])
-def test_overlaps_into_has_the_bits_of_the_mmdet_kernel(mode):
-    """The four-buffer IoU / GIoU of IoUCost's blocks equals boxes.pairwise_(g)iou bit for bit (it repeats
-    that kernel's operations into scratch), disjoint, nested, identical and degenerate boxes included."""
-    from detassign.assigners.match_costs import overlaps_into
-    from detassign.boxes import pairwise_giou, pairwise_iou
+def test_overlaps_into_scratch_has_the_bits_of_the_mmdet_kernel(mode):
+    """The four-buffer IoU / GIoU of IoUCost's blocks (overlaps_of_coordinates(work=...)) equals
+    boxes.pairwise_(g)iou bit for bit, disjoint, nested, identical and degenerate boxes included."""
+    from detassign.boxes import overlaps_of_coordinates, pairwise_giou, pairwise_iou
     for dtype in (torch.float32, torch.float64):
         pred, gt, _ = _box_batch(7, B=3, Q=9, M=5, dtype=dtype)
         p, g = pred.bboxes, gt.bboxes
         a = [p[..., :, i, None].contiguous() for i in range(4)]
         b = [g[..., None, :, i].contiguous() for i in range(4)]
         work = torch.full((4, 3, 9, 5), float("nan"), dtype=dtype)
-        got = overlaps_into(a, b, (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]), mode, work)
+        got = overlaps_of_coordinates(a, b, mode, area_a=(a[2] - a[0]) * (a[3] - a[1]),
+                                      area_b=(b[2] - b[0]) * (b[3] - b[1]), work=work)
         want = (pairwise_giou if mode == "giou" else pairwise_iou)(p, g)
         assert torch.equal(got, want)
 

@@ -716,12 +716,16 @@ def test_cuda_path_has_no_host_sync(preset):
     assert res.gt_inds.is_cuda and res.fg_mask.any()
 
 
-def test_pair_sigmoid_equals_the_whole_tensor_sigmoid():
-    # the batched call takes the sigmoid of the pairs' logits only: the same bits as logits.sigmoid() there
-    # (32768 elements: torch computes the whole tensor in SIMD, on any thread count)
+def test_simd_sigmoid_equals_the_whole_tensor_sigmoid():
+    # the batched calls take the sigmoid of the logits they read only (TAL's pairs, SimOTA's candidate rows):
+    # the same bits as logits.sigmoid() there (32768 elements: torch computes the whole tensor in SIMD, on any
+    # thread count)
+    from detassign.assigners._blocks import simd_sigmoid
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 256, 32, generator=g) * 4
-    whole = logits.sigmoid().reshape(-1)
+    whole = logits.sigmoid()
     for n in (1, 7, 31, 1000):
         index = torch.randint(0, logits.numel(), (n,), generator=g)
-        assert torch.equal(ops.pair_sigmoid(logits.reshape(-1)[index]), whole[index])
+        assert torch.equal(simd_sigmoid(logits.reshape(-1)[index]), whole.reshape(-1)[index])
+        rows = torch.randint(0, 256, (n,), generator=g)
+        assert torch.equal(simd_sigmoid(logits[:, rows]), whole[:, rows])

@@ -60,3 +60,21 @@ def cat_row_blocks(fn: Callable[[slice], Tensor], num_rows: int, elements_per_ro
     if len(blocks) == 1:
         return fn(blocks[0])
     return torch.cat([fn(rows) for rows in blocks])
+
+
+def simd_sigmoid(logits: Tensor) -> Tensor:
+    """``logits.sigmoid()`` of gathered logits (any shape; e.g. TaskAligned's pairs [P], SimOTA's candidate
+    rows [B, A', C]), bit for bit what the sigmoid of the whole ``[B, A, C]`` tensor gives at those entries
+    (where torch computes that tensor in SIMD, i.e. all of it but a tail of fewer than ``ROW_MULTIPLE``
+    elements per thread, none when its size is a multiple of 64 per thread).
+
+    The scalar tail of each thread's range would round differently (see the module docstring): padding the
+    flat logits to a multiple of ``ROW_MULTIPLE`` per thread keeps every entry in SIMD. So only the logits an
+    assigner reads get a probability; the sigmoid of all B * A * C logits is never computed.
+    """
+    multiple = ROW_MULTIPLE * max(torch.get_num_threads(), 1) if logits.device.type == "cpu" else 1
+    flat = logits.reshape(-1)
+    pad = (-flat.numel()) % multiple
+    if pad == 0:
+        return logits.sigmoid()
+    return torch.cat((flat, flat.new_zeros(pad))).sigmoid_()[:flat.numel()].view(logits.shape)

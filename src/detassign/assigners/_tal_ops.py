@@ -13,7 +13,6 @@ from torch import Tensor
 
 from ..boxes import MMDET_EPS, aligned_ciou, aligned_iou, overlaps_of_coordinates
 from . import _pairs
-from ._blocks import ROW_MULTIPLE
 from ._pairs import GridLevel
 
 
@@ -141,23 +140,6 @@ def pair_overlaps(gt_bboxes: Tensor, pred_boxes: Tensor, kind: str, gt_areas: Op
     return overlaps_of_coordinates(pred_boxes.unbind(-1), gt_bboxes.unbind(-1), "iou", MMDET_EPS,
                                    area_a=pred_areas, area_b=gt_areas, inplace=True)
 
-
-
-def pair_sigmoid(logits: Tensor) -> Tensor:
-    """``logits.sigmoid()`` of gathered pair logits [P] -> [P], bit for bit what the sigmoid of the whole
-    ``[B, A, C]`` tensor gives at those entries (where torch computes that tensor in SIMD, i.e. all of it
-    but a tail of fewer than ``ROW_MULTIPLE`` elements).
-
-    CPU kernels compute a tensor in SIMD groups and the last ``numel % (2 x vector width)`` elements of
-    each thread's range with the scalar ``exp``, which rounds differently in the last bit: padding the
-    vector to a multiple of ``ROW_MULTIPLE`` per thread keeps every pair in SIMD (see :mod:`._blocks`).
-    Only the pairs need a probability, so the sigmoid of all B * A * C logits is never computed.
-    """
-    multiple = ROW_MULTIPLE * max(torch.get_num_threads(), 1) if logits.device.type == "cpu" else 1
-    pad = (-logits.numel()) % multiple
-    if pad == 0:
-        return logits.sigmoid()
-    return torch.cat((logits, logits.new_zeros(pad))).sigmoid_()[:logits.numel()]
 
 
 def alignment_metric(scores: Tensor, overlaps: Tensor, alpha: float, beta: float) -> Tensor:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _validate as V
-from ..boxes import MMDET_EPS, pairwise_giou, pairwise_iou, to_compute_dtype, xyxy_to_cxcywh
+from ..boxes import MMDET_EPS, overlaps_of_coordinates, pairwise_giou, pairwise_iou, to_compute_dtype, xyxy_to_cxcywh
 
 __all__ = [
     "BaseMatchCost",
@@ -234,31 +234,6 @@ def l1_into(a: Sequence[Tensor], b: Sequence[Tensor], work: Tensor) -> Tensor:
     for x, y in zip(a[1:], b[1:]):
         total.add_(torch.sub(x, y, out=part).abs_())
     return total
-
-
-def overlaps_into(a: Sequence[Tensor], b: Sequence[Tensor], area_a: Tensor, area_b: Tensor, mode: str,
-                  work: Tensor, eps: float = MMDET_EPS) -> Tensor:
-    """IoU / GIoU of coordinates [b, Q, 1] x4 and [b, 1, M] x4 (x1, y1, x2, y2) with their areas, computed in
-    ``work`` ([4, b, Q, M] scratch; [3, ...] for IoU) -> a view of it [b, Q, M].
-
-    The operations of :func:`detassign.boxes.overlaps_of_coordinates` (mmdet's ``bbox_overlaps``) in the same
-    order, so the same bits, written into four buffers instead of a new tensor per operation.
-    """
-    x1a, y1a, x2a, y2a = a
-    x1b, y1b, x2b, y2b = b
-    s1, s2, s3 = work[0], work[1], work[2]
-    if mode == "giou":      # the enclosing area first, so four buffers suffice
-        torch.maximum(x2a, x2b, out=s1).sub_(torch.minimum(x1a, x1b, out=s2)).clamp_(min=0)
-        torch.maximum(y2a, y2b, out=s2).sub_(torch.minimum(y1a, y1b, out=s3)).clamp_(min=0)
-        enclose = s1.mul_(s2).clamp_(min=eps)
-        s1, s2, s3 = s2, s3, work[3]
-    overlap = torch.minimum(x2a, x2b, out=s1).sub_(torch.maximum(x1a, x1b, out=s2)).clamp_(min=0)
-    overlap.mul_(torch.minimum(y2a, y2b, out=s2).sub_(torch.maximum(y1a, y1b, out=s3)).clamp_(min=0))
-    union = torch.add(area_a, area_b, out=s2).sub_(overlap).clamp_(min=eps)
-    ious = overlap.div_(union)
-    if mode != "giou":
-        return ious
-    return ious.sub_(torch.sub(enclose, union, out=union).div_(enclose))
 
 
 def dice_cost(pred_masks: Tensor, gt_masks: Tensor, pred_act: bool = False, eps: float = 1e-3,
@@ -650,8 +625,8 @@ class IoUCost(BaseMatchCost):
         area_a, area_b = (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])
 
         def block(images: slice, work: Tensor) -> Tensor:
-            return overlaps_into([x[images] for x in a], [x[images] for x in b], area_a[images], area_b[images],
-                                 self.iou_mode, work).neg_()
+            return overlaps_of_coordinates([x[images] for x in a], [x[images] for x in b], self.iou_mode,
+                                           MMDET_EPS, area_a[images], area_b[images], work=work).neg_()
         return _add_blocks(total, block, self.weight, pred.dtype, scratch=4 if self.iou_mode == "giou" else 3)
 
     def _inputs(self, pred_instances, gt_instances):

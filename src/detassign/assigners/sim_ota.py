@@ -31,8 +31,9 @@ Two computations:
 * ``exact=True`` (default) for :meth:`~SimOTAAssigner.assign`: op for op as mmdet (one-hot
   ``[A', M, C]`` BCE, ``torch.topk`` per GT), so results are identical to mmdet 3.3.0, ties included.
 * :meth:`~SimOTAAssigner.assign_batch` (and ``assign`` with ``exact=False``): one vectorised pass over
-  a padded batch (``sigmoid(logits)`` over the whole [B, A, C] tensor first, exactly the op a caller of
-  the reference applies), costs only over each image's candidates (compacted to [B, M, A']). The class cost
+  a padded batch (``sigmoid(logits)`` of the candidates' rows only, with the bits of the whole [B, A, C]
+  tensor's sigmoid that a caller of the reference applies), costs only over each image's candidates
+  (compacted to [B, M, A']). The class cost
   avoids the C axis with ``sum_c BCE(p_c, 0) - BCE(p_g, 0) + BCE(p_g, 1)`` for GT class g; that sum
   rounds differently from mmdet's (about 1e-7 relative), and ties at a GT's k-th cost go to the lowest
   prior index (mmdet's ``torch.topk`` order is unspecified). Decisions equal mmdet's except at such
@@ -61,7 +62,7 @@ from .. import _validate as V
 from ..boxes import points_in_boxes
 from ..structures import AssignResult, BatchAssignResult, as_priors
 from . import _dynamic_k as DK
-from ._blocks import cat_row_blocks, row_blocks
+from ._blocks import cat_row_blocks, row_blocks, simd_sigmoid
 from .base import BaseAssigner, empty_assign_result, parse_iou_calculator
 
 __all__ = ["SimOTAAssigner", "CANDIDATE_MODES", "candidate_regions", "candidate_rules"]
@@ -256,14 +257,16 @@ class SimOTAAssigner(BaseAssigner):
         """The batched path on point priors [A, 4]: scores [B, A, C] probabilities or logits."""
         scores, bboxes, priors, labels, gt_bboxes, gt_mask = DK.read_batch_inputs(
             pred_scores, pred_bboxes, priors, gt_labels, gt_bboxes, gt_mask, probabilities=probabilities)
-        if not probabilities:
-            scores = scores.sigmoid()   # the whole tensor, as a reference's caller takes it
-        return DK.run_blocks(self._assign_block, scores, bboxes, priors, labels, gt_bboxes, gt_mask,
-                             self.block_pairs)
+        assign_block = self._assign_block if probabilities else self._assign_block_logits
+        return DK.run_blocks(assign_block, scores, bboxes, priors, labels, gt_bboxes, gt_mask, self.block_pairs)
+
+    def _assign_block_logits(self, logits: Tensor, *args) -> Tuple[Tensor, Tensor, Tensor]:
+        return self._assign_block(logits, *args, logits=True)
 
     def _assign_block(self, scores: Tensor, bboxes: Tensor, priors: Tensor, labels: Tensor, gt_bboxes: Tensor,
-                      gt_mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """The vectorised algorithm on a block of b images -> (gt_inds, labels, max_overlaps), each [b, A]."""
+                      gt_mask: Tensor, logits: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+        """The vectorised algorithm on a block of b images -> (gt_inds, labels, max_overlaps), each [b, A];
+        ``logits``: the scores are logits, whose sigmoid only the candidate rows need."""
         num_priors = priors.shape[0]
         valid = DK.candidates_any(lambda blk: self._rules(priors, gt_bboxes[:, blk])[0], gt_mask, num_priors,
                                   self.block_pairs)                                     # [b, A]
@@ -272,6 +275,8 @@ class SimOTAAssigner(BaseAssigner):
             return DK.empty_block(gt_mask, num_priors)
         cand_boxes = DK.gather_priors(bboxes, index)                                    # [b, A', 4]
         cand_scores = DK.gather_priors(scores, index)                                   # [b, A', C]
+        if logits:   # the bits of the whole tensor's sigmoid, as a reference's caller takes it
+            cand_scores = simd_sigmoid(cand_scores)
         all_negative = negative_sums(cand_scores)                                       # [b, 1, A']
 
         def pair_costs(blk: slice) -> Tuple[Tensor, Tensor]:                            # [b, g, A'] each

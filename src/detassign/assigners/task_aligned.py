@@ -77,6 +77,7 @@ from ..structures import AssignResult, BatchAssignResult, Deferred, Priors
 from . import _pairs
 from . import _tal_ops as ops
 from ._batch import check_padded_gts
+from ._blocks import simd_sigmoid
 from .base import BaseAssigner, parse_iou_calculator
 
 __all__ = ["TaskAlignedAssigner", "TAL_PRESETS"]
@@ -102,25 +103,15 @@ _BYTES_PER_BLOCKED_PAIR = 100  # live [B, g, A] temporaries of one blocked step 
 _BYTES_PER_DENSE_ELEMENT = 32  # a dense row rebuilt for tie_break="torch": values, top-k mask, indices
 
 
-def _fast_ok(x: Tensor, lo: float, hi: float) -> bool:
-    """All finite and within [lo, hi], in one reduction (min / max propagate NaN)."""
-    if x.numel() == 0:
-        return True
-    low, high = torch.aminmax(x.detach())
-    return bool(torch.isfinite(low) & torch.isfinite(high) & (low >= lo) & (high <= hi))
-
-
 def _check_values(names: Tuple[str, str, str], scores: Tensor, pred_bboxes: Tensor, anchor_points: Tensor,
                   probs: bool) -> None:
-    """Probabilities in [0, 1] (or finite logits), finite boxes and points; details only on failure."""
-    if not _fast_ok(scores, 0.0 if probs else float("-inf"), 1.0 if probs else float("inf")):
-        if probs:
-            V.check_range(names[0], scores, 0.0, 1.0)
-        else:
-            V.check_finite(names[0], scores)
-    for name, x in zip(names[1:], (pred_bboxes, anchor_points)):
-        if not _fast_ok(x, float("-inf"), float("inf")):
-            V.check_finite(name, x)
+    """Probabilities in [0, 1] (or finite logits), finite boxes and points."""
+    if probs:
+        V.check_range(names[0], scores, 0.0, 1.0)
+    else:
+        V.check_finite(names[0], scores)
+    V.check_finite(names[1], pred_bboxes)
+    V.check_finite(names[2], anchor_points)
 
 
 def _compact(keep: Tensor, *columns: Tensor) -> Tuple[Tensor, ...]:
@@ -385,7 +376,7 @@ class TaskAlignedAssigner(BaseAssigner):
         score_index = flat_anchor * batch.num_classes
         score = batch.scores.index_select(0, score_index.add_(batch.labels.index_select(0, local)))
         if batch.logits:  # only the pairs need a probability
-            score = ops.pair_sigmoid(score)
+            score = simd_sigmoid(score)
         gt_box = batch.gt.index_select(0, local)                                          # [P, 4]
         pred_box = batch.pred.index_select(0, flat_anchor)
         areas = ((batch.gt_areas.index_select(0, local), batch.pred_areas.index_select(0, flat_anchor))
