@@ -17,11 +17,12 @@ from ._pairs import GridLevel
 
 
 class PairTable(NamedTuple):
-    """Candidate pairs of a batch: ``row`` [P] flat GT row ``b * M + m``, ``anchor`` [P] in [0, A),
-    ``overlap`` / ``metric`` [P] of the pair, ``selected`` [P] survived the per-GT top-k."""
+    """Candidate pairs of a batch: ``prior`` [P] flat anchor ``b * A + a``, ``gt`` [P] the GT's index m in
+    its image's padded list, ``overlap`` / ``metric`` [P] of the pair, ``selected`` [P] survived the per-GT
+    top-k."""
 
-    row: Tensor
-    anchor: Tensor
+    prior: Tensor
+    gt: Tensor
     overlap: Tensor
     metric: Tensor
     selected: Tensor
@@ -158,23 +159,40 @@ def resolve_conflicts(pairs: PairTable, B: int, A: int, M: int, conflict: str) -
     ``"all_gts"`` (ultralytics): an anchor selected by several GTs goes to the argmax of its overlap
     over *all* GTs (non-candidate pairs count as 0, ties to the lowest GT index, so with all
     overlaps 0 GT 0 wins even if it never selected the anchor). ``"selected_gts"`` (mmdet): the max
-    overlap among the GTs that selected it, ties to the lowest GT index.
+    overlap among the GTs that selected it, ties to the lowest GT index. Only the selected pairs, and for
+    ``"all_gts"`` the pairs of anchors selected several times, are read: the rest of the (long) candidate
+    list cannot change an anchor's GT.
     """
-    b = torch.div(pairs.row, M, rounding_mode="floor")
-    m = pairs.row - b * M
-    prior = b * A + pairs.anchor                                                       # [P] in [0, B * A)
-    count = _pairs.count_per_prior(prior, pairs.selected, B * A)
+    prior, m = pairs.prior, pairs.gt
+    chosen = torch.nonzero(pairs.selected).squeeze(1)
+    prior_s, m_s = prior.index_select(0, chosen), m.index_select(0, chosen)          # the selected pairs
+    count = _pairs.count_per_prior(prior_s, torch.ones_like(prior_s, dtype=torch.bool), B * A)
+    metric = torch.zeros(B * A, dtype=pairs.metric.dtype, device=prior.device)
+    overlap = torch.zeros_like(metric)
     if conflict == "all_gts":
-        best, winner = _pairs.best_per_prior(prior, pairs.overlap, m, B * A, M)
-        _, single = _pairs.best_per_prior(prior, None, m, B * A, M, pairs.selected)   # the one GT that chose it
-        gt = torch.where(count > 1, torch.where(best > 0, winner, torch.zeros_like(winner)), single)
+        multi = count > 1
+        rows = torch.nonzero(multi.index_select(0, prior)).squeeze(1)                # every pair of those anchors
+        prior_m, m_m, overlap_m = (x.index_select(0, rows) for x in (prior, m, pairs.overlap))
+        best, winner = _pairs.best_per_prior(prior_m, overlap_m, m_m, B * A, M)
+        _, single = _pairs.best_per_prior(prior_s, None, m_s, B * A, M)             # the one GT that chose it
+        gt = torch.where(multi, torch.where(best > 0, winner, torch.zeros_like(winner)), single)
+        gt.masked_fill_(count == 0, 0)
+        # the kept pair: the selecting one of a single-selected anchor, the winner's among a multi one's
+        once = (count.index_select(0, prior_s) == 1).nonzero().squeeze(1)
+        won = (m_m == gt.index_select(0, prior_m)).nonzero().squeeze(1)
+        for at, keep, source in ((prior_s, once, chosen), (prior_m, won, rows)):
+            index = at.index_select(0, keep)
+            metric.index_add_(0, index, pairs.metric.index_select(0, source.index_select(0, keep)))
+            overlap.index_add_(0, index, pairs.overlap.index_select(0, source.index_select(0, keep)))
     else:
-        _, gt = _pairs.best_per_prior(prior, pairs.overlap, m, B * A, M, pairs.selected)
-    fg = count > 0
-    gt = gt.masked_fill_(~fg, 0)
-    final = fg.index_select(0, prior) & (m == gt.index_select(0, prior))
-    return AnchorAssignment(fg, gt, _pairs.scatter_to_priors(prior, pairs.metric, final, B * A),
-                            _pairs.scatter_to_priors(prior, pairs.overlap, final, B * A))
+        overlap_s = pairs.overlap.index_select(0, chosen)
+        _, gt = _pairs.best_per_prior(prior_s, overlap_s, m_s, B * A, M)
+        gt.masked_fill_(count == 0, 0)
+        keep = (m_s == gt.index_select(0, prior_s)).nonzero().squeeze(1)
+        index = prior_s.index_select(0, keep)
+        metric.index_add_(0, index, pairs.metric.index_select(0, chosen.index_select(0, keep)))
+        overlap.index_add_(0, index, overlap_s.index_select(0, keep))
+    return AnchorAssignment(count > 0, gt, metric, overlap)
 
 
 def assignment_from_summary(summary: _pairs.PriorSummary) -> AnchorAssignment:

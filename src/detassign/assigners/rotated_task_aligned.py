@@ -360,7 +360,7 @@ class RotatedTaskAlignedAssigner(BaseAssigner):
         # 3. ultralytics' torch.topk over the dense row (0 off the candidates) for "torch", rebuilt only where tied
         selected = _pairs.topk_in_segments(local, metric, rows.numel(), self.topk, self.tie_break, anchor, A,
                                            self._dense_elements(points.device))
-        return ops.PairTable(row, anchor, overlap, metric, selected)
+        return ops.PairTable(flat_anchor, row - torch.div(row, M, rounding_mode="floor") * M, overlap, metric, selected)
 
     # ------------------------------------------------------------------ outputs
     def _build_result(self, assign: ops.AnchorAssignment, scores: Tensor, labels: Tensor, gts: Tensor,

@@ -139,17 +139,19 @@ class _PairInputs(NamedTuple):
     test_boxes: Tensor     # [G, 4] boxes of the inside test (widened GTs)
     anchor_offset: Tensor  # [G] b * A: a GT row's first flat anchor
     num_classes: int       # C
-    gt_areas: Tensor       # [G] areas of the GT boxes (mmdet's arithmetic)
-    pred_areas: Tensor     # [B * A] areas of the predicted boxes
+    gt_areas: Optional[Tensor]    # [G] areas of the GT boxes (mmdet's arithmetic), for overlap="iou"
+    pred_areas: Optional[Tensor]  # [B * A] areas of the predicted boxes, for overlap="iou"
+    gt_index: Tensor       # [G] m, the row's index in its image's padded GTs
 
     @classmethod
-    def of(cls, scores, logits, pred, points, labels, gts, rows, min_size) -> "_PairInputs":
+    def of(cls, scores, logits, pred, points, labels, gts, rows, min_size, areas: bool) -> "_PairInputs":
         gt = gts.reshape(-1, 4).index_select(0, rows)                                    # [G, 4]
         A, M = pred.shape[1], gts.shape[1]
         pred = pred.reshape(-1, 4)
+        image = torch.div(rows, M, rounding_mode="floor")
         return cls(scores.reshape(-1), logits, pred, points, rows, labels.reshape(-1).index_select(0, rows), gt,
-                   ops.widened_candidate_boxes(gt, min_size), torch.div(rows, M, rounding_mode="floor") * A,
-                   scores.shape[2], ops.box_areas(gt), ops.box_areas(pred))
+                   ops.widened_candidate_boxes(gt, min_size), image * A, scores.shape[2],
+                   ops.box_areas(gt) if areas else None, ops.box_areas(pred) if areas else None, rows - image * M)
 
 
 class TaskAlignedAssigner(BaseAssigner):
@@ -326,7 +328,8 @@ class TaskAlignedAssigner(BaseAssigner):
             assign = self._assign_blocked(probs, pred, points, labels, gts, mask, alpha, beta)    # steps 1-4
         else:
             rows = torch.nonzero(mask.reshape(-1)).squeeze(1)                     # [G] valid rows b * M + m
-            batch = _PairInputs.of(scores, logits, pred, points, labels, gts, rows, self.min_candidate_size)
+            batch = _PairInputs.of(scores, logits, pred, points, labels, gts, rows, self.min_candidate_size,
+                                   areas=self.overlap == "iou")
             plan = self._candidates(batch, pred, beta)                            # 1. where candidates lie
             tables = [self._select(plan, block, batch, alpha, beta)               # 1-3 per block of GT rows
                       for block in plan.blocks(self._budget(points.device, _BYTES_PER_PAIR))]
@@ -391,13 +394,13 @@ class TaskAlignedAssigner(BaseAssigner):
                                            sorted_segments=True)
         if self.require_positive_metric:
             selected = selected & (metric > 0)
-        pairs = (local, anchor, overlap, metric, selected)
+        pairs = (local, anchor, flat_anchor, overlap, metric, selected)
         if self.conflict == "selected_gts":
             pairs = _compact(selected, *pairs)
         if not before:                                         # mmdet's order: the inside test after the top-k
             pairs = _compact(self._inside(batch, pairs[0], pairs[1]), *pairs)
-        local, anchor, overlap, metric, selected = pairs
-        return ops.PairTable(batch.rows.index_select(0, local), anchor, overlap, metric, selected)
+        local, anchor, flat_anchor, overlap, metric, selected = pairs
+        return ops.PairTable(flat_anchor, batch.gt_index.index_select(0, local), overlap, metric, selected)
 
     def _inside(self, batch: "_PairInputs", local: Tensor, anchor: Tensor) -> Tensor:
         """The inside test of pairs (GT row ``rows[local]``, anchor) -> [P] bool."""
