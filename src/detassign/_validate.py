@@ -294,6 +294,18 @@ def check_finite(name: str, x: Optional[Tensor]) -> None:
                      f"{x[idx].item()}")
 
 
+def check_predictions(names: Tuple[str, str, str], scores: Tensor, boxes: Tensor, points: Tensor,
+                      probabilities: bool) -> None:
+    """A dense head's outputs, named as the caller passed them: class scores (probabilities in [0, 1], or
+    finite logits), finite predicted boxes and finite prior points / boxes."""
+    if probabilities:
+        check_range(names[0], scores, 0.0, 1.0)
+    else:
+        check_finite(names[0], scores)
+    check_finite(names[1], boxes)
+    check_finite(names[2], points)
+
+
 def check_not_inf(name: str, x: Optional[Tensor]) -> None:
     """No +-Inf (NaN is left to a later, more specific report, e.g. the Hungarian cost terms)."""
     if x is None or not _VALUE_CHECKS or x.numel() == 0 or not x.is_floating_point():

@@ -93,16 +93,6 @@ _PAIR_BLOCK_MULTIPLE = 1024  # pair blocks keep vector alignment, so element-wis
 _BYTES_PER_DENSE_ELEMENT = 16  # a densely rebuilt tied row: the metric, the kept mask and topk's scratch
 
 
-def _check_values(names: Tuple[str, str, str], scores: Tensor, bboxes: Tensor, points: Tensor, probs: bool) -> None:
-    """Probabilities in [0, 1] (or finite logits), finite predicted boxes and anchor points."""
-    if probs:
-        V.check_range(names[0], scores, 0.0, 1.0)
-    else:
-        V.check_finite(names[0], scores)
-    V.check_finite(names[1], bboxes)
-    V.check_finite(names[2], points)
-
-
 class RotatedFrames(NamedTuple):
     """Per valid GT row (each [G]): corner a, edges ab / ad, their squared lengths (the inside test), and
     the axis-aligned bounding box [G, 4] of the widened GT (the candidate window)."""
@@ -248,8 +238,8 @@ class RotatedTaskAlignedAssigner(BaseAssigner):
         V.check_same_device(priors=priors, bboxes=bboxes, scores=scores, gt_bboxes=gt_bboxes, gt_labels=gt_labels)
         gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), num_classes=V.num_classes_of(scores),
                                    rows_like=("gt_instances.bboxes", gt_bboxes))
-        _check_values(("pred_instances.scores", "pred_instances.bboxes", "pred_instances.priors"), scores, bboxes,
-                      priors, probs=True)
+        V.check_predictions(("pred_instances.scores", "pred_instances.bboxes", "pred_instances.priors"), scores, bboxes,
+                            priors, probabilities=True)
         V.check_rboxes("gt_instances.bboxes", gt_bboxes)
         num_gts = gt_bboxes.shape[0]
         if priors.shape[0] == 0:   # no priors, nothing to assign (empty scores need not even say C)
@@ -325,7 +315,7 @@ class RotatedTaskAlignedAssigner(BaseAssigner):
                             gt_labels=gt_labels, gt_bboxes=gt_bboxes, gt_mask=gt_mask)
         labels, gts, mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, V.num_classes_of(pred_scores, 1),
                                              box_format="xywhr")
-        _check_values(("pred_scores", "pred_bboxes", "anchor_points"), pred_scores, pred_bboxes, anchor_points, probs)
+        V.check_predictions(("pred_scores", "pred_bboxes", "anchor_points"), pred_scores, pred_bboxes, anchor_points, probs)
         dtype = compute_dtype(pred_scores, pred_bboxes, gt_bboxes, anchor_points)
         scores = pred_scores.to(dtype) if probs else pred_scores.to(dtype).sigmoid()
         return scores, pred_bboxes.to(dtype), anchor_points.to(dtype), labels, gts.to(dtype), mask

@@ -103,17 +103,6 @@ _BYTES_PER_BLOCKED_PAIR = 100  # live [B, g, A] temporaries of one blocked step 
 _BYTES_PER_DENSE_ELEMENT = 32  # a dense row rebuilt for tie_break="torch": values, top-k mask, indices
 
 
-def _check_values(names: Tuple[str, str, str], scores: Tensor, pred_bboxes: Tensor, anchor_points: Tensor,
-                  probs: bool) -> None:
-    """Probabilities in [0, 1] (or finite logits), finite boxes and points."""
-    if probs:
-        V.check_range(names[0], scores, 0.0, 1.0)
-    else:
-        V.check_finite(names[0], scores)
-    V.check_finite(names[1], pred_bboxes)
-    V.check_finite(names[2], anchor_points)
-
-
 def _compact(keep: Tensor, *columns: Tensor) -> Tuple[Tensor, ...]:
     """The entries of aligned pair columns [P] where ``keep`` [P] is True."""
     index = torch.nonzero(keep).squeeze(1)
@@ -272,8 +261,8 @@ class TaskAlignedAssigner(BaseAssigner):
         gt_labels = V.labels_input("gt_instances.labels", gt_labels, ("M",), num_classes=V.num_classes_of(scores),
                                    rows_like=("gt_instances.bboxes", gt_bboxes))
         if V.value_checks_enabled():   # named as the caller passed them (assign_batch checks again, quickly)
-            _check_values(("pred_instances.scores", "pred_instances.bboxes", "pred_instances.priors"),
-                          scores, bboxes, priors, probs=True)
+            V.check_predictions(("pred_instances.scores", "pred_instances.bboxes", "pred_instances.priors"),
+                                scores, bboxes, priors, probabilities=True)
         V.check_boxes("gt_instances.bboxes", gt_bboxes)
         points = priors if priors.shape[1] == 2 else box_centers(priors[:, :4])
         num_gts = gt_bboxes.shape[0]
@@ -493,7 +482,7 @@ class TaskAlignedAssigner(BaseAssigner):
                             gt_labels=gt_labels, gt_bboxes=gt_bboxes, gt_mask=gt_mask)
         labels, gts, mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, V.num_classes_of(pred_scores, 1))
         if V.value_checks_enabled():
-            _check_values(("pred_scores", "pred_bboxes", "anchor_points"), pred_scores, pred_bboxes, anchor_points,
+            V.check_predictions(("pred_scores", "pred_bboxes", "anchor_points"), pred_scores, pred_bboxes, anchor_points,
                           probs)
         dtype = compute_dtype(pred_scores, pred_bboxes, gts, anchor_points)
         return pred_scores.to(dtype), pred_bboxes.to(dtype), anchor_points.to(dtype), labels, gts.to(dtype), mask
