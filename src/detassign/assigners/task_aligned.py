@@ -483,7 +483,7 @@ class TaskAlignedAssigner(BaseAssigner):
         labels, gts, mask = check_padded_gts(gt_labels, gt_bboxes, gt_mask, V.num_classes_of(pred_scores, 1))
         if V.value_checks_enabled():
             V.check_predictions(("pred_scores", "pred_bboxes", "anchor_points"), pred_scores, pred_bboxes, anchor_points,
-                          probs)
+                                probs)
         dtype = compute_dtype(pred_scores, pred_bboxes, gts, anchor_points)
         return pred_scores.to(dtype), pred_bboxes.to(dtype), anchor_points.to(dtype), labels, gts.to(dtype), mask
 
