@@ -60,6 +60,16 @@ def test_deferred_extras_are_computed_once_when_read():
     assert not any(isinstance(v, Deferred) for v in res[0].info.values())
 
 
+def test_results_with_deferred_extras_pickle_as_tensors():
+    import pickle
+    res = BatchAssignResult(torch.tensor([1]), torch.ones(1, 3, dtype=torch.long),
+                            target_scores=Deferred(lambda: torch.full((1, 3), 0.5)))
+    for result in (res[0], res):   # the image's slice first: it reads the batch's deferred value
+        back = pickle.loads(pickle.dumps(result))
+        assert torch.equal(back.target_scores, result.target_scores)
+        assert not any(isinstance(v, Deferred) for v in back.extras.values())
+
+
 def test_instances_container():
     gt = Instances(bboxes=torch.zeros(3, 4), labels=torch.zeros(3, dtype=torch.long))
     assert len(gt) == 3 and "bboxes" in gt and gt.get("priors") is None

@@ -324,6 +324,10 @@ class AssignResult:
     def get_extra_property(self, key: str) -> Any:
         return _resolved(self._extra_properties, key)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # pickling / torch.save computes deferred extras: what is stored is tensors only
+        return dict(self.__dict__, _extra_properties=self.extras)
+
     @property
     def extras(self) -> Dict[str, Any]:
         return {key: _resolved(self._extra_properties, key) for key in list(self._extra_properties)}
@@ -420,6 +424,10 @@ class BatchAssignResult:
 
     def get_extra_property(self, key: str) -> Any:
         return _resolved(self._extras, key)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # pickling / torch.save computes deferred extras: what is stored is tensors only
+        return dict(self.__dict__, _extras=self.extras)
 
     @property
     def extras(self) -> Dict[str, Any]:
