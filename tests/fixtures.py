@@ -54,3 +54,17 @@ def jitter_boxes(g, boxes, sigma):
     result stays a valid xyxy box (predictions near priors / GTs)."""
     b = boxes + torch.randn(boxes.shape, generator=g) * sigma
     return torch.cat([torch.minimum(b[..., :2], b[..., 2:]), torch.maximum(b[..., :2], b[..., 2:])], -1)
+
+
+# Arguments the assigners require when built from a config, as their mmdet counterparts do
+REQUIRED_ARGS = {
+    "MaxIoUAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
+    "BatchMaxIoUAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
+    "AscendMaxIoUAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
+    "ApproxMaxIoUAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
+    "GridAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
+    "CenterRegionAssigner": dict(pos_scale=0.2, neg_scale=0.5),
+    "TopkHungarianAssigner": dict(topk=4),
+    "HungarianAssigner": dict(match_costs=[dict(type="ClassificationCost")]),
+    "OneToManyHungarianAssigner": dict(match_costs=[dict(type="ClassificationCost")]),
+}

@@ -7,6 +7,7 @@ from detassign.assigners.base import IoUCalculator, parse_iou_calculator
 from detassign.boxes import pairwise_iou
 from detassign.registry import ASSIGNERS, MATCH_COSTS, build_match_cost
 from detassign.structures import Deferred, as_priors, labels_from_gt_inds
+from tests.fixtures import REQUIRED_ARGS
 
 
 def test_assign_result_contract():
@@ -80,19 +81,8 @@ def test_instances_container():
 def test_every_registered_assigner_builds_from_config():
     classes = detassign.available_assigners()
     assert set(classes) == set(ASSIGNERS)
-    required = {  # arguments these assigners require, as their mmdet counterparts do
-        "MaxIoUAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
-        "BatchMaxIoUAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
-        "AscendMaxIoUAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
-        "ApproxMaxIoUAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
-        "GridAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
-        "CenterRegionAssigner": dict(pos_scale=0.2, neg_scale=0.5),
-        "TopkHungarianAssigner": dict(topk=4),
-        "HungarianAssigner": dict(match_costs=[dict(type="ClassificationCost")]),
-        "OneToManyHungarianAssigner": dict(match_costs=[dict(type="ClassificationCost")]),
-    }
     for name, cls in classes.items():
-        assert build_assigner(dict(type=name, **required.get(name, {}))).__class__ is cls
+        assert build_assigner(dict(type=name, **REQUIRED_ARGS.get(name, {}))).__class__ is cls
     # mmdet-prefixed names and classes work too
     cls = classes["MaxIoUAssigner"]
     assert isinstance(build_assigner(dict(type="mmdet.MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.4)), cls)

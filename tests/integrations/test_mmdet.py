@@ -24,6 +24,7 @@ from detassign import Instances, build_assigner
 from detassign.assigners.task_aligned import TaskAlignedAssigner
 from detassign.registry import ASSIGNERS, MATCH_COSTS
 from tests import oracles
+from tests.fixtures import REQUIRED_ARGS
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 B, C, S = 2, 4, 128          # images, classes, image side (px)
@@ -140,23 +141,11 @@ def _bbox_loss_positive(result, key="loss_bbox"):
 
 
 # ----------------------------------------------------------------------------- registry
-# arguments the assigners require, as their mmdet counterparts do
-REQUIRED = {
-    "MaxIoUAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
-    "BatchMaxIoUAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
-    "AscendMaxIoUAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
-    "ApproxMaxIoUAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
-    "GridAssigner": dict(pos_iou_thr=0.5, neg_iou_thr=0.4),
-    "CenterRegionAssigner": dict(pos_scale=0.2, neg_scale=0.5),
-    "TopkHungarianAssigner": dict(topk=4),
-    "HungarianAssigner": dict(match_costs=[dict(type="ClassificationCost")]),
-    "OneToManyHungarianAssigner": dict(match_costs=[dict(type="ClassificationCost")]),
-}
 
 
 def test_every_assigner_and_cost_builds_in_the_detassign_scope(mm):
     for name, cls in __import__("detassign").available_assigners().items():
-        built = mm.task_utils.build(dict(type=f"detassign.{name}", **REQUIRED.get(name, {})))
+        built = mm.task_utils.build(dict(type=f"detassign.{name}", **REQUIRED_ARGS.get(name, {})))
         assert type(built).__name__ == name and isinstance(built.assigner, cls), name
     for name in MATCH_COSTS:
         cost = mm.task_utils.build(dict(type=f"detassign.{name}", weight=2.0))
