@@ -531,6 +531,9 @@ def test_rank_and_best_per_prior_by_hand():
     assert _pairs.rank_in_segments(seg, vals, 3).tolist() == [2, 0, 1, 0, 0, 1]
     assert _pairs.topk_in_segments(seg, vals, 3, 2).tolist() == [False, True, True, True, True, True]
     assert _pairs.topk_in_segments(seg[:0], vals[:0], 3, 2).numel() == 0
+    # the chosen positions, segment by segment, best first
+    assert _pairs.topk_indices_in_segments(seg, vals, 2, sorted_segments=True).tolist() == [1, 2, 3, 4, 5]
+    assert _pairs.topk_indices_in_segments(seg, vals, 1).tolist() == [1, 3, 4]
     # dense rows: ties to the lowest column, negative entries rank below every non-negative one
     values = torch.tensor([[0.5, 0.2, 0.5, -1.0, 0.5, 0.0], [0.0, -0.0, 0.0, 0.3, -1.0, -1.0]])
     mask = _pairs.topk_dense(values, 2)
@@ -543,6 +546,24 @@ def test_rank_and_best_per_prior_by_hand():
     assert best.tolist() == [0.5, float("-inf"), float("-inf")] and winner.tolist() == [1, 3, 3]
     assert _pairs.count_per_prior(prior, torch.tensor([True, True, False]), 3).tolist() == [2, 0, 0]
     assert _pairs.scatter_to_priors(prior, key, torch.tensor([False, True, True]), 3).tolist() == [0.5, 0.75, 0.0]
+
+
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 6), sorted_segments=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_topk_in_segments_is_rank_below_k(seed, k, sorted_segments, dtype):
+    """The top-k mask and positions are the elements of rank < k, on few distinct keys (many ties), for
+    segments in order (pair lists) and shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    P = int(torch.randint(0, 60, (1,), generator=g))
+    seg = torch.randint(0, 7, (P,), generator=g)
+    if sorted_segments:
+        seg = seg.sort().values
+    key = (torch.randint(0, 4, (P,), generator=g) / 4).to(dtype)
+    expected = _pairs.rank_in_segments(seg, key, 7, nonnegative=True) < k
+    mask = _pairs.topk_in_segments(seg, key, 7, k, sorted_segments=sorted_segments)
+    assert torch.equal(mask, expected)
+    chosen = _pairs.topk_indices_in_segments(seg, key, k, sorted_segments=sorted_segments)
+    assert sorted(chosen.tolist()) == torch.nonzero(expected).squeeze(1).tolist()
 
 
 def test_zeros_buffer():

@@ -17,6 +17,7 @@ assigner uses them:
 2. **rank per GT** -- :func:`rank_in_segments` (ties to the lowest prior index: the earlier pair) and
    :func:`topk_in_segments` with ``tie_break="index"`` or ``"torch"`` (the choice ``torch.topk``
    makes over the dense row, values at the pairs and 0 elsewhere: what the references compute);
+   :func:`topk_indices_in_segments` gives the chosen pairs' positions instead of a mask;
    :func:`topk_dense` is the same on dense ``[..., A]`` rows.
 3. **best per prior** -- :func:`best_per_prior`: the eligible pair of largest key for each prior,
    ties to the lowest owner (GT) index; :func:`count_per_prior`.
@@ -36,8 +37,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["GridLevel", "detect_grid", "grid_cells", "enumerate_cells", "Candidates", "plan_candidates",
-           "rank_in_segments", "topk_in_segments", "reference_topk", "topk_dense", "count_per_prior",
-           "best_per_prior", "scatter_to_priors", "PriorSummary"]
+           "rank_in_segments", "topk_in_segments", "topk_indices_in_segments", "reference_topk", "topk_dense",
+           "count_per_prior", "best_per_prior", "scatter_to_priors", "PriorSummary"]
 
 TIE_BREAKS = ("index", "torch")
 
@@ -224,6 +225,28 @@ def plan_candidates(levels: Optional[List[GridLevel]], windows: Tensor, num_prio
 
 
 # ----------------------------------------------------------------------------- rank per GT
+def _segment_order(segment: Tensor, key: Tensor, nonnegative: bool, sorted_segments: bool) -> Tuple[Tensor, Tensor]:
+    """The elements ordered by segment, then key descending, then position: (perm [P], the segment at
+    each sorted position [P]). See :func:`rank_in_segments` for ``nonnegative`` and ``sorted_segments``."""
+    if nonnegative and key.dtype == torch.float32:
+        bits = (key + 0.0).view(torch.int32)                  # + 0.0 turns -0.0 into +0.0
+        packed = (segment * 2**31).sub_(bits).add_(2**31 - 1)  # segment major, key descending
+        perm = torch.sort(packed, stable=True).indices
+        return perm, (segment if sorted_segments else segment.index_select(0, perm))
+    by_key = torch.sort(key, descending=True, stable=True).indices
+    perm = by_key.index_select(0, torch.sort(segment.index_select(0, by_key), stable=True).indices)
+    return perm, segment.index_select(0, perm)
+
+
+def _leading(sorted_segment: Tensor, k: int) -> Tensor:
+    """[P] bool: the position is among the first k of its segment. sorted_segment [P] non-decreasing:
+    position i is within the first k of its run exactly when position i - k lies in an earlier run."""
+    lead = torch.ones_like(sorted_segment, dtype=torch.bool)
+    if k < sorted_segment.numel():
+        torch.ne(sorted_segment[k:], sorted_segment[:-k], out=lead[k:])
+    return lead
+
+
 def rank_in_segments(segment: Tensor, key: Tensor, num_segments: int, nonnegative: bool = False,
                      sorted_segments: bool = False) -> Tensor:
     """Rank of each element inside its segment by ``key`` descending, ties to the earlier element.
@@ -237,17 +260,7 @@ def rank_in_segments(segment: Tensor, key: Tensor, num_segments: int, nonnegativ
     """
     if segment.numel() == 0:
         return torch.zeros_like(segment)
-    if nonnegative and key.dtype == torch.float32:
-        bits = (key + 0.0).view(torch.int32)                  # + 0.0 turns -0.0 into +0.0
-        packed = (segment * 2**31).sub_(bits).add_(2**31 - 1)  # segment major, key descending
-        perm = torch.sort(packed, stable=True).indices
-        sorted_segments_at = segment if sorted_segments else None
-    else:
-        by_key = torch.sort(key, descending=True, stable=True).indices
-        perm = by_key.index_select(0, torch.sort(segment.index_select(0, by_key), stable=True).indices)
-        sorted_segments_at = None
-    if sorted_segments_at is None:
-        sorted_segments_at = segment.index_select(0, perm)
+    perm, sorted_segments_at = _segment_order(segment, key, nonnegative, sorted_segments)
     # index_add instead of bincount, which reads the maximum on the host (a sync on CUDA)
     counts = torch.zeros(num_segments, dtype=torch.long, device=segment.device).index_add_(
         0, segment, segment.new_ones(1).expand(segment.numel()))
@@ -267,10 +280,21 @@ def topk_in_segments(segment: Tensor, key: Tensor, num_segments: int, k: int, ti
     builds those rows computes, ties included (:func:`reference_topk`; needs ``column``).
     """
     if tie_break == "index":
-        return rank_in_segments(segment, key, num_segments, nonnegative=True, sorted_segments=sorted_segments) < k
+        perm, sorted_segment = _segment_order(segment, key, True, sorted_segments)
+        lead = _leading(sorted_segment, k)
+        return torch.empty_like(lead).index_copy_(0, perm, lead)
     if column is None:
         raise ValueError("tie_break='torch' needs the pairs' column (prior) indices")
     return reference_topk(segment, column, key, num_segments, num_columns, k, max_elems)
+
+
+def topk_indices_in_segments(segment: Tensor, key: Tensor, k: int, sorted_segments: bool = False) -> Tensor:
+    """The positions [K] of the k largest keys of each segment (ties to the earlier element, as
+    ``topk_in_segments(..., tie_break="index")``), segment by segment, best first. segment [P] long,
+    key [P] >= 0, no NaN. For callers that keep only the chosen elements: no [P] mask is built. One host
+    sync (the count)."""
+    perm, sorted_segment = _segment_order(segment, key, True, sorted_segments)
+    return perm.index_select(0, torch.nonzero(_leading(sorted_segment, k)).squeeze(1))
 
 
 def reference_topk(segment: Tensor, column: Tensor, values: Tensor, num_segments: int, num_columns: int, k: int,

@@ -131,16 +131,23 @@ class _PairInputs(NamedTuple):
     gt_areas: Optional[Tensor]    # [G] areas of the GT boxes (mmdet's arithmetic), for overlap="iou"
     pred_areas: Optional[Tensor]  # [B * A] areas of the predicted boxes, for overlap="iou"
     gt_index: Tensor       # [G] m, the row's index in its image's padded GTs
+    gt_columns: Optional[Tensor]    # [4, G] the GT boxes coordinate-major, for the box-intersection test
+    pred_columns: Optional[Tensor]  # [4, B * A] the predicted boxes coordinate-major, for the same
 
     @classmethod
-    def of(cls, scores, logits, pred, points, labels, gts, rows, min_size, areas: bool) -> "_PairInputs":
+    def of(cls, scores, logits, pred, points, labels, gts, rows, min_size, areas: bool,
+           columns: bool) -> "_PairInputs":
         gt = gts.reshape(-1, 4).index_select(0, rows)                                    # [G, 4]
         A, M = pred.shape[1], gts.shape[1]
         pred = pred.reshape(-1, 4)
         image = torch.div(rows, M, rounding_mode="floor")
+        gt_columns = ops.coordinate_major(gt) if columns else None
+        pred_columns = ops.coordinate_major(pred) if columns else None
         return cls(scores.reshape(-1), logits, pred, points, rows, labels.reshape(-1).index_select(0, rows), gt,
                    ops.widened_candidate_boxes(gt, min_size), image * A, scores.shape[2],
-                   ops.box_areas(gt) if areas else None, ops.box_areas(pred) if areas else None, rows - image * M)
+                   ops.box_areas(gt.unbind(1)) if areas else None,
+                   ops.box_areas(pred.unbind(1) if pred_columns is None else pred_columns) if areas else None,
+                   rows - image * M, gt_columns, pred_columns)
 
 
 class TaskAlignedAssigner(BaseAssigner):
@@ -318,11 +325,13 @@ class TaskAlignedAssigner(BaseAssigner):
         else:
             rows = torch.nonzero(mask.reshape(-1)).squeeze(1)                     # [G] valid rows b * M + m
             batch = _PairInputs.of(scores, logits, pred, points, labels, gts, rows, self.min_candidate_size,
-                                   areas=self.overlap == "iou")
-            plan = self._candidates(batch, pred, beta)                            # 1. where candidates lie
+                                   areas=self.overlap == "iou",
+                                   columns=self.candidate_stage == "after_topk" and self.require_positive_metric)
+            plan = self._candidates(batch, beta)                                  # 1. where candidates lie
             tables = [self._select(plan, block, batch, alpha, beta)               # 1-3 per block of GT rows
                       for block in plan.blocks(self._budget(points.device, _BYTES_PER_PAIR))]
-            pairs = ops.PairTable.cat(tables, scores.dtype, scores.device)
+            pairs = (self._kept(batch, [torch.cat(column) for column in zip(*tables)]) if tables
+                     else ops.PairTable.cat([], scores.dtype, scores.device))
             assign = ops.resolve_conflicts(pairs, B, A, M, self.conflict)        # 4. one GT per anchor
         if self.topk2 is not None and self.topk2 != self.topk:                  # 4b. each GT keeps its best topk2
             assign = ops.keep_topk2(assign, B, A, M, self.topk2, stable=self.tie_break == "index",
@@ -330,7 +339,7 @@ class TaskAlignedAssigner(BaseAssigner):
         return self._targets(assign, scores, labels, out_boxes, mask)           # 5. targets
 
     # ------------------------------------------------------------------ steps 1-3 on candidate pairs
-    def _candidates(self, batch: "_PairInputs", pred: Tensor, beta: float) -> _pairs.Candidates:
+    def _candidates(self, batch: "_PairInputs", beta: float) -> _pairs.Candidates:
         """Step 1's search plan for the valid GT rows.
 
         ``"before_topk"`` (ultralytics): candidates are the anchors inside the (widened) GT, so the
@@ -346,19 +355,20 @@ class TaskAlignedAssigner(BaseAssigner):
             return _pairs.plan_candidates(levels, batch.test_boxes, A)
         if not (self.require_positive_metric and beta > 0) or levels is None:
             return _pairs.plan_candidates(None, batch.gt, A)
-        reach = ops.prediction_reach(points, pred, levels)                                # [B, L, 4]
+        reach = ops.prediction_reach(points, batch.pred_columns.view(4, -1, A), levels)   # [B, L, 4]
         image = torch.div(batch.anchor_offset, A, rounding_mode="floor")
         return _pairs.plan_candidates(levels, ops.overlap_windows(batch.gt, reach.index_select(0, image)), A)
 
     def _select(self, plan: _pairs.Candidates, block: slice, batch: "_PairInputs", alpha: float,
-                beta: float) -> ops.PairTable:
+                beta: float) -> Tuple[Tensor, ...]:
         """Steps 1-3 for the GT rows ``rows[block]``: the candidate pairs, their metric, each GT's top-k.
-        Returns the pairs step 4 reads, with their top-k flag: every candidate (inside) pair for the
-        ``"all_gts"`` rule, which takes the argmax over all GTs, the chosen ones for ``"selected_gts"``."""
+        Returns the columns (row, flat anchor, overlap, metric, top-k flag) of the pairs step 4 reads:
+        every candidate (inside) pair for the ``"all_gts"`` rule, which takes the argmax over all GTs, the
+        chosen ones for ``"selected_gts"``. mmdet's inside test, after the top-k, waits for :meth:`_kept`."""
         before = self.candidate_stage == "before_topk"
         if plan.levels is not None and not before:        # 1. t can be > 0: the predicted box meets the GT
             local, flat_anchor = plan.pairs(block, batch.anchor_offset[block])   # flat batch anchors
-            local, flat_anchor = _compact(ops.may_intersect(batch.gt, local, batch.pred, flat_anchor),
+            local, flat_anchor = _compact(ops.may_intersect(batch.gt_columns, local, batch.pred_columns, flat_anchor),
                                           local, flat_anchor)
         else:
             local, anchor = plan.pairs(block)                         # superset of pairs (local GT row, anchor)
@@ -375,20 +385,31 @@ class TaskAlignedAssigner(BaseAssigner):
                  if self.overlap == "iou" else (None, None))
         overlap = ops.pair_overlaps(gt_box, pred_box, self.overlap, *areas)              # 2. metric
         metric = ops.alignment_metric(score, overlap, alpha, beta)
-        anchor = batch.anchor_offset.index_select(0, local)
-        anchor = torch.sub(flat_anchor, anchor, out=anchor)
+        if self.conflict == "selected_gts" and self.tie_break == "index":              # 3. top-k per GT:
+            chosen = _pairs.topk_indices_in_segments(local, metric, self.topk, sorted_segments=True)  # kept only
+            return tuple(c.index_select(0, chosen) for c in (local, flat_anchor, overlap, metric)) + (
+                torch.ones_like(chosen, dtype=torch.bool),)
+        anchor = (flat_anchor - batch.anchor_offset.index_select(0, local)) if self.tie_break == "torch" else None
         selected = _pairs.topk_in_segments(local, metric, block.stop, self.topk, self.tie_break,   # 3. top-k
                                            anchor, plan.num_priors,                                # per GT
                                            self._budget(metric.device, _BYTES_PER_DENSE_ELEMENT),
                                            sorted_segments=True)
+        pairs = (local, flat_anchor, overlap, metric, selected)
+        return _compact(selected, *pairs) if self.conflict == "selected_gts" else pairs
+
+    def _kept(self, batch: "_PairInputs", pairs: Sequence[Tensor]) -> ops.PairTable:
+        """The pairs of every block -> step 4's table: top-k flags of non-positive metrics cleared where only
+        positive ones may be kept, mmdet's inside test (after the top-k), GT rows as padded GT indices."""
+        local, flat_anchor, overlap, metric, selected = pairs
         if self.require_positive_metric:
             selected = selected & (metric > 0)
-        pairs = (local, anchor, flat_anchor, overlap, metric, selected)
+        pairs = (local, flat_anchor, overlap, metric, selected)
         if self.conflict == "selected_gts":
             pairs = _compact(selected, *pairs)
-        if not before:                                         # mmdet's order: the inside test after the top-k
-            pairs = _compact(self._inside(batch, pairs[0], pairs[1]), *pairs)
-        local, anchor, flat_anchor, overlap, metric, selected = pairs
+        if self.candidate_stage == "after_topk":              # mmdet's order: the inside test after the top-k
+            anchor = pairs[1] - batch.anchor_offset.index_select(0, pairs[0])
+            pairs = _compact(self._inside(batch, pairs[0], anchor), *pairs)
+        local, flat_anchor, overlap, metric, selected = pairs
         return ops.PairTable(flat_anchor, batch.gt_index.index_select(0, local), overlap, metric, selected)
 
     def _inside(self, batch: "_PairInputs", local: Tensor, anchor: Tensor) -> Tensor:
