@@ -175,34 +175,35 @@ def resolve_conflicts(pairs: PairTable, B: int, A: int, M: int, conflict: str) -
     list cannot change an anchor's GT.
     """
     prior, m = pairs.prior, pairs.gt
+    metric = torch.zeros(B * A, dtype=pairs.metric.dtype, device=prior.device)
+    overlap = torch.zeros_like(metric)
+    if conflict == "selected_gts":
+        # only selected pairs are eligible: an anchor no GT selected is left without a winner (index M), so
+        # no count is needed
+        _, gt = _pairs.best_per_prior(prior, pairs.overlap, m, B * A, M, eligible=pairs.selected)
+        fg = gt < M
+        keep = (m == gt.index_select(0, prior)).logical_and_(pairs.selected).nonzero().squeeze(1)
+        index = prior.index_select(0, keep)
+        metric.index_add_(0, index, pairs.metric.index_select(0, keep))
+        overlap.index_add_(0, index, pairs.overlap.index_select(0, keep))
+        return AnchorAssignment(fg, gt.masked_fill_(~fg, 0), metric, overlap)
     chosen = torch.nonzero(pairs.selected).squeeze(1)
     prior_s, m_s = prior.index_select(0, chosen), m.index_select(0, chosen)          # the selected pairs
     count = _pairs.count_per_prior(prior_s, torch.ones_like(prior_s, dtype=torch.bool), B * A)
-    metric = torch.zeros(B * A, dtype=pairs.metric.dtype, device=prior.device)
-    overlap = torch.zeros_like(metric)
-    if conflict == "all_gts":
-        multi = count > 1
-        rows = torch.nonzero(multi.index_select(0, prior)).squeeze(1)                # every pair of those anchors
-        prior_m, m_m, overlap_m = (x.index_select(0, rows) for x in (prior, m, pairs.overlap))
-        best, winner = _pairs.best_per_prior(prior_m, overlap_m, m_m, B * A, M)
-        _, single = _pairs.best_per_prior(prior_s, None, m_s, B * A, M)             # the one GT that chose it
-        gt = torch.where(multi, torch.where(best > 0, winner, torch.zeros_like(winner)), single)
-        gt.masked_fill_(count == 0, 0)
-        # the kept pair: the selecting one of a single-selected anchor, the winner's among a multi one's
-        once = (count.index_select(0, prior_s) == 1).nonzero().squeeze(1)
-        won = (m_m == gt.index_select(0, prior_m)).nonzero().squeeze(1)
-        for at, keep, source in ((prior_s, once, chosen), (prior_m, won, rows)):
-            index = at.index_select(0, keep)
-            metric.index_add_(0, index, pairs.metric.index_select(0, source.index_select(0, keep)))
-            overlap.index_add_(0, index, pairs.overlap.index_select(0, source.index_select(0, keep)))
-    else:
-        overlap_s = pairs.overlap.index_select(0, chosen)
-        _, gt = _pairs.best_per_prior(prior_s, overlap_s, m_s, B * A, M)
-        gt.masked_fill_(count == 0, 0)
-        keep = (m_s == gt.index_select(0, prior_s)).nonzero().squeeze(1)
-        index = prior_s.index_select(0, keep)
-        metric.index_add_(0, index, pairs.metric.index_select(0, chosen.index_select(0, keep)))
-        overlap.index_add_(0, index, overlap_s.index_select(0, keep))
+    multi = count > 1
+    rows = torch.nonzero(multi.index_select(0, prior)).squeeze(1)                # every pair of those anchors
+    prior_m, m_m, overlap_m = (x.index_select(0, rows) for x in (prior, m, pairs.overlap))
+    best, winner = _pairs.best_per_prior(prior_m, overlap_m, m_m, B * A, M)
+    _, single = _pairs.best_per_prior(prior_s, None, m_s, B * A, M)             # the one GT that chose it
+    gt = torch.where(multi, torch.where(best > 0, winner, torch.zeros_like(winner)), single)
+    gt.masked_fill_(count == 0, 0)
+    # the kept pair: the selecting one of a single-selected anchor, the winner's among a multi one's
+    once = (count.index_select(0, prior_s) == 1).nonzero().squeeze(1)
+    won = (m_m == gt.index_select(0, prior_m)).nonzero().squeeze(1)
+    for at, keep, source in ((prior_s, once, chosen), (prior_m, won, rows)):
+        index = at.index_select(0, keep)
+        metric.index_add_(0, index, pairs.metric.index_select(0, source.index_select(0, keep)))
+        overlap.index_add_(0, index, pairs.overlap.index_select(0, source.index_select(0, keep)))
     return AnchorAssignment(count > 0, gt, metric, overlap)
 
 

@@ -66,6 +66,7 @@ against every anchor.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -461,23 +462,29 @@ class TaskAlignedAssigner(BaseAssigner):
         head) read ``assign_metrics`` and build their own targets."""
         B, A, C = scores.shape
         M = gt_bboxes.shape[1]
-        fg, negative = assign.fg, ~assign.fg
-        # flat GT row of each positive anchor, B * M (a row past the GTs) for the others
-        gid = (assign.gt.view(B, A) + (torch.arange(B, device=fg.device) * M)[:, None]).view(-1)
-        gid.masked_fill_(negative, B * M)
-        gt_label = torch.cat((labels.reshape(-1), labels.new_full((1,), -1))).index_select(0, gid)
+        fg, negative = assign.fg.view(B, A), ~assign.fg.view(B, A)
+        gt = assign.gt.view(B, A)
+        gt_label = labels.gather(1, gt).masked_fill_(negative, -1) if M else torch.full_like(gt, -1)
         num_gts = mask.sum(1)                                                          # [B]
         # mmdet returns 0 (not its -INF sentinel) for every prior of an image without GT
         fill = torch.where(num_gts > 0, self.neg_overlap, 0.0).to(assign.overlap.dtype)
         eps, dtype = self.eps, scores.dtype
+
+        @functools.lru_cache(maxsize=None)
+        def flat_gt_row() -> Tensor:
+            """[B * A] the flat GT row b * M + m of each positive anchor, B * M (a row past the GTs) for the
+            others: read only by the deferred targets (computed once for both)."""
+            return (gt + (torch.arange(B, device=gt.device) * M)[:, None]).masked_fill_(negative, B * M).view(-1)
+
         return BatchAssignResult(
             num_gts,
-            (assign.gt + 1).masked_fill_(negative, 0).view(B, A),
-            torch.where(fg.view(B, A), assign.overlap.view(B, A), fill[:, None]),
-            gt_label.view(B, A),
-            target_boxes=Deferred(lambda: _target_boxes(gt_bboxes, gid).view(B, A, 4)),
-            target_scores=Deferred(lambda: _target_scores(assign, gid, gt_label, B, A, M, C, eps, dtype).view(B, A, C)),
-            assign_metrics=assign.metric.masked_fill(negative, 0).view(B, A),
+            (gt + 1).masked_fill_(negative, 0),
+            torch.where(fg, assign.overlap.view(B, A), fill[:, None]),
+            gt_label,
+            target_boxes=Deferred(lambda: _target_boxes(gt_bboxes, flat_gt_row()).view(B, A, 4)),
+            target_scores=Deferred(lambda: _target_scores(assign, flat_gt_row(), gt_label.view(-1), B, A, M, C, eps,
+                                                          dtype).view(B, A, C)),
+            assign_metrics=assign.metric.view(B, A).masked_fill(negative, 0),
         )
 
     # ------------------------------------------------------------------ input checks
