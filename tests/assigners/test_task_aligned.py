@@ -511,6 +511,14 @@ def test_grid_candidates_equal_every_anchor_candidates(seed, inclusive, eps, bud
     every = candidates(_pairs.plan_candidates(None, boxes, len(points)))
     assert torch.equal(grid[0], every[0]) and torch.equal(grid[1], every[1])
     assert torch.all(grid[0][1:] >= grid[0][:-1])  # ordered by row, then anchor
+    # a plan's row offsets (flat batch priors) shift each row's priors, whatever the slice of rows
+    offset = torch.randint(0, 1000, (len(boxes),), generator=g)
+    for form in (levels, None):
+        plain = _pairs.plan_candidates(form, boxes, len(points))
+        shifted = _pairs.plan_candidates(form, boxes, len(points), row_offset=offset)
+        for block in shifted.blocks(budget) + [slice(3, 4), slice(5, 5), slice(7, 20)]:
+            (row, prior), (row0, prior0) = shifted.pairs(block), plain.pairs(block)
+            assert torch.equal(row, row0) and torch.equal(prior, prior0 + offset[row0])
 
 
 def test_candidate_blocks_hold_whole_rows_within_the_budget():

@@ -36,8 +36,8 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["GridLevel", "detect_grid", "grid_cells", "enumerate_cells", "Candidates", "plan_candidates",
-           "rank_in_segments", "topk_in_segments", "topk_indices_in_segments", "reference_topk", "topk_dense",
+__all__ = ["GridLevel", "detect_grid", "grid_cells", "GridRuns", "grid_runs", "enumerate_cells", "Candidates",
+           "plan_candidates", "rank_in_segments", "topk_in_segments", "topk_indices_in_segments", "reference_topk", "topk_dense",
            "count_per_prior", "best_per_prior", "scatter_to_priors", "PriorSummary"]
 
 TIE_BREAKS = ("index", "torch")
@@ -125,15 +125,47 @@ def grid_cells(levels: List[GridLevel], windows: Tensor) -> Tuple[Tensor, Tensor
     return lo, (hi - lo + 1).clamp(min=0)
 
 
-def enumerate_cells(levels: List[GridLevel], lo: Tensor, n: Tensor,
-                    row_offset: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """Every (row, prior) of the cell rectangles from :func:`grid_cells`.
+class GridRuns(NamedTuple):
+    """The pairs of per-row cell rectangles (:func:`grid_cells`) as runs of consecutive priors: one run per
+    (row, level, grid row) that holds cells, ordered by row, then level (layout order), then grid row, so
+    that their concatenation is ordered by row then ascending prior. Built once by :func:`grid_runs` for
+    every row; :meth:`pairs` expands the runs of any slice of rows.
 
-    lo, n [G, L, 2]; row_offset [G] (optional) added to each row's priors (``b * A``: flat batch
-    priors) -> (row [P] in [0, G), prior [P]) ordered by row then ascending prior (levels are
-    concatenated in layout order and each is row-major). Each output is one running sum of per-pair
-    steps (1 along a grid row, a jump at each new grid row / GT row), so the P-sized work is two fills
-    and two in-place cumulative sums. One host sync (the size).
+    Each pair output is a running sum of per-pair steps: +1 along a run, a jump at each run's first pair
+    (``prior_jump``: from the previous run's last prior; ``row_jump``: from the previous run's row).
+    """
+
+    prior_jump: Tensor        # [R]
+    row_jump: Tensor          # [R]
+    pair_start: Tensor        # [R] the run's first pair among all pairs
+    first_prior: Tensor       # [R] the run's first prior (the jump to use where a slice begins)
+    row: Tensor               # [R] the run's row
+    runs_before: List[int]    # [G + 1] runs of the rows before each row (host)
+    pairs_before: List[int]   # [G + 1] pairs of the rows before each row (host)
+
+    def pairs(self, first: int, stop: int) -> Tuple[Tensor, Tensor]:
+        """(row [P] in [first, stop), prior [P]) of rows ``first .. stop - 1``. No sync."""
+        r0, r1 = self.runs_before[first], self.runs_before[stop]
+        num = self.pairs_before[stop] - self.pairs_before[first]
+        device = self.row.device
+        prior = torch.ones(num, dtype=torch.long, device=device)
+        row = torch.zeros(num, dtype=torch.long, device=device)
+        if num == 0:
+            return row, prior
+        at = self.pair_start[r0:r1] - self.pairs_before[first]
+        prior.index_put_((at,), self.prior_jump[r0:r1])
+        row.index_put_((at,), self.row_jump[r0:r1])
+        prior[:1] = self.first_prior[r0:r0 + 1]     # the slice starts from 0, not from the previous run
+        row[:1] = self.row[r0:r0 + 1]
+        return row.cumsum_(0), prior.cumsum_(0)
+
+
+def grid_runs(levels: List[GridLevel], lo: Tensor, n: Tensor, row_offset: Optional[Tensor] = None) -> GridRuns:
+    """The cell rectangles from :func:`grid_cells` as :class:`GridRuns`.
+
+    lo, n [G, L, 2]; row_offset [G] (optional) added to each row's priors (``b * A``: flat batch priors).
+    All per-run work is done here once, so expanding a block of rows costs two fills, two scatters of its
+    runs' jumps and two in-place cumulative sums. One host sync (the per-row run and pair counts).
     """
     device = lo.device
     G, L = lo.shape[:2]
@@ -145,83 +177,92 @@ def enumerate_cells(levels: List[GridLevel], lo: Tensor, n: Tensor,
     if row_offset is not None:
         base = base + row_offset[:, None]
     base, pitch = base.reshape(-1), width.expand(G, L).reshape(-1)
-    # one entry per (GT row, level, grid row) holding cells: R of them, each of row_n > 0 cells
+    # one run per (row, level, grid row) holding cells: R of them, each of length > 0
     seg = torch.repeat_interleave(torch.arange(G * L, device=device), ny)             # [R]
     dy = torch.arange(seg.shape[0], device=device) - (torch.cumsum(ny, 0) - ny).index_select(0, seg)
-    row_first = base.index_select(0, seg) + dy * pitch.index_select(0, seg)           # [R]
-    row_n = nx.index_select(0, seg)
-    row_gt = torch.div(seg, L, rounding_mode="floor")
-    num_pairs = int(row_n.sum())                                                       # host sync
-    prior = torch.ones(num_pairs, dtype=torch.long, device=device)
-    row = torch.zeros(num_pairs, dtype=torch.long, device=device)
-    if num_pairs == 0:
-        return row, prior
-    row_start = torch.cumsum(row_n, 0) - row_n                                         # [R] first pair
-    # prior: +1 along a grid row; at a row's first pair, the jump from the previous row's last prior
-    prev_last = torch.cat((row_first.new_zeros(1), (row_first + row_n - 1)[:-1]))
-    prior.index_put_((row_start,), row_first - prev_last)
-    row.index_put_((row_start,), row_gt - torch.cat((row_gt.new_zeros(1), row_gt[:-1])))
-    return row.cumsum_(0), prior.cumsum_(0)
+    first_prior = base.index_select(0, seg) + dy * pitch.index_select(0, seg)         # [R]
+    length = nx.index_select(0, seg)
+    row = torch.div(seg, L, rounding_mode="floor")
+    pair_start = torch.cumsum(length, 0) - length
+    last = first_prior + length - 1
+    prior_jump = first_prior - torch.cat((last.new_zeros(1), last[:-1]))
+    row_jump = row - torch.cat((row.new_zeros(1), row[:-1]))
+    per_row = torch.stack(((ny.view(G, L)).sum(1), (nx * ny).view(G, L).sum(1))).tolist()   # host sync
+    runs_before, pairs_before = [0], [0]
+    for runs, pairs in zip(*per_row):
+        runs_before.append(runs_before[-1] + runs)
+        pairs_before.append(pairs_before[-1] + pairs)
+    return GridRuns(prior_jump, row_jump, pair_start, first_prior, row, runs_before, pairs_before)
+
+
+def enumerate_cells(levels: List[GridLevel], lo: Tensor, n: Tensor,
+                    row_offset: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Every (row, prior) of the cell rectangles from :func:`grid_cells`: lo, n [G, L, 2]; row_offset [G]
+    (optional) added to each row's priors -> (row [P] in [0, G), prior [P]) ordered by row then ascending
+    prior. One host sync."""
+    return grid_runs(levels, lo, n, row_offset).pairs(0, lo.shape[0])
 
 
 class Candidates(NamedTuple):
     """Where the candidate priors of each GT row are looked for: grid cells under per-level windows
-    (``levels`` and the cell rectangles ``lo`` / ``n`` [G, L, 2]), or every prior (``levels`` None)."""
+    (``levels`` and their :class:`GridRuns`), or every prior (``levels`` None)."""
 
     levels: Optional[List[GridLevel]]
-    lo: Optional[Tensor]
-    n: Optional[Tensor]
+    runs: Optional[GridRuns]
     num_rows: int
     num_priors: int
     device: torch.device
+    row_offset: Optional[Tensor]
 
     def blocks(self, max_pairs: int) -> List[slice]:
         """Consecutive slices of whole rows, each of at most ``max_pairs`` enumerated pairs where a single
-        row allows it. One host sync (the pair counts) on the grid form."""
+        row allows it. No sync (the grid form read its pair counts when it was planned)."""
         if self.levels is None:
             step = max(1, max_pairs // max(self.num_priors, 1))
             return [slice(lo, min(lo + step, self.num_rows)) for lo in range(0, self.num_rows, step)]
-        per_row = (self.n[..., 0] * self.n[..., 1]).sum(1).tolist()                   # host sync
-        blocks, first, total = [], 0, 0
-        for i, count in enumerate(per_row):
-            if i > first and total + count > max_pairs:
+        before = self.runs.pairs_before
+        blocks, first = [], 0
+        for i in range(1, self.num_rows):
+            if before[i + 1] - before[first] > max_pairs:
                 blocks.append(slice(first, i))
-                first, total = i, 0
-            total += count
+                first = i
         if first < self.num_rows:
             blocks.append(slice(first, self.num_rows))
         return blocks
 
-    def pairs(self, rows: slice = slice(None), row_offset: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def pairs(self, rows: slice = slice(None)) -> Tuple[Tensor, Tensor]:
         """The enumerated pairs of ``rows``: (row [P] in [rows.start, rows.stop), prior [P]), ordered by
         row then ascending prior; a superset of the candidates that the caller's exact test filters.
-        ``row_offset`` [len(rows)]: added to the priors of each row (``b * A`` gives flat batch priors)."""
+        The priors include the ``row_offset`` of the plan (``b * A`` gives flat batch priors)."""
         first, stop, _ = rows.indices(self.num_rows)
+        stop = max(stop, first)
         if self.levels is None:
-            num, A = max(stop - first, 0), self.num_priors
-            row = torch.arange(first, first + num, device=self.device).repeat_interleave(A)
+            num, A = stop - first, self.num_priors
+            row = torch.arange(first, stop, device=self.device).repeat_interleave(A)
             prior = torch.arange(A, device=self.device).repeat(num)
-            if row_offset is not None:
-                prior += row_offset.repeat_interleave(A)
+            if self.row_offset is not None:
+                prior += self.row_offset[first:stop].repeat_interleave(A)
             return row, prior
-        local, prior = enumerate_cells(self.levels, self.lo[first:stop], self.n[first:stop], row_offset)
-        return local.add_(first), prior
+        return self.runs.pairs(first, stop)
 
 
-def plan_candidates(levels: Optional[List[GridLevel]], windows: Tensor, num_priors: int) -> Candidates:
+def plan_candidates(levels: Optional[List[GridLevel]], windows: Tensor, num_priors: int,
+                    row_offset: Optional[Tensor] = None) -> Candidates:
     """Step 1 of a dense assigner: the search plan of each GT's candidates.
 
     levels: from :func:`detect_grid` (None: priors in no known layout, every prior is enumerated);
     windows [G, 4] or [G, L, 4] xyxy: per GT row (and level) the region that holds the points of all its
     candidates (the GT box for a centre-in-box test; the GT widened by how far predicted boxes reach
-    for a box-intersection test). The caller filters :meth:`Candidates.pairs` with its exact test.
+    for a box-intersection test); row_offset [G] (optional): added to each row's priors. The caller
+    filters :meth:`Candidates.pairs` with its exact test. One host sync on the grid form.
     """
     if levels is None:
-        return Candidates(None, None, None, windows.shape[0], num_priors, windows.device)
+        return Candidates(None, None, windows.shape[0], num_priors, windows.device, row_offset)
     if windows.dim() == 2:
         windows = windows[:, None, :].expand(-1, len(levels), -1)
     lo, n = grid_cells(levels, windows)
-    return Candidates(levels, lo, n, windows.shape[0], num_priors, windows.device)
+    return Candidates(levels, grid_runs(levels, lo, n, row_offset), windows.shape[0], num_priors, windows.device,
+                      row_offset)
 
 
 # ----------------------------------------------------------------------------- rank per GT

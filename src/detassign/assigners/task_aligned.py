@@ -358,7 +358,8 @@ class TaskAlignedAssigner(BaseAssigner):
             return _pairs.plan_candidates(None, batch.gt, A)
         reach = ops.prediction_reach(points, batch.pred_columns.view(4, -1, A), levels)   # [B, L, 4]
         image = torch.div(batch.anchor_offset, A, rounding_mode="floor")
-        return _pairs.plan_candidates(levels, ops.overlap_windows(batch.gt, reach.index_select(0, image)), A)
+        return _pairs.plan_candidates(levels, ops.overlap_windows(batch.gt, reach.index_select(0, image)), A,
+                                      row_offset=batch.anchor_offset)              # pairs of flat batch anchors
 
     def _select(self, plan: _pairs.Candidates, block: slice, batch: "_PairInputs", alpha: float,
                 beta: float) -> Tuple[Tensor, ...]:
@@ -368,7 +369,7 @@ class TaskAlignedAssigner(BaseAssigner):
         chosen ones for ``"selected_gts"``. mmdet's inside test, after the top-k, waits for :meth:`_kept`."""
         before = self.candidate_stage == "before_topk"
         if plan.levels is not None and not before:        # 1. t can be > 0: the predicted box meets the GT
-            local, flat_anchor = plan.pairs(block, batch.anchor_offset[block])   # flat batch anchors
+            local, flat_anchor = plan.pairs(block)                                # flat batch anchors
             local, flat_anchor = _compact(ops.may_intersect(batch.gt_columns, local, batch.pred_columns, flat_anchor),
                                           local, flat_anchor)
         else:
