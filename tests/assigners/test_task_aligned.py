@@ -471,6 +471,24 @@ def test_at_most_topk_positives_per_gt(seed, topk, preset, topk2):
     assert (res.target_scores.sum(-1) <= 1 + 1e-6).all() and (res.target_scores >= 0).all()
 
 
+def test_grid_layouts_are_remembered_by_value():
+    # a remembered layout is reused only for equal points: a point moved in place, or a sixth layout after
+    # five others, is detected again
+    points = make_anchors(64)
+    levels = _pairs.detect_grid(points, (8, 16, 32))
+    assert levels is not None and _pairs.detect_grid(points.clone(), (8, 16, 32)) == levels
+    moved = points.clone()
+    moved[3, 0] += 1.0
+    assert _pairs.detect_grid(moved, (8, 16, 32)) is None
+    moved[3, 0] -= 1.0
+    assert _pairs.detect_grid(moved, (8, 16, 32)) == levels
+    others = [make_anchors(size) for size in (32, 96, 128, 160, 192)]
+    assert all(_pairs.detect_grid(p, (8, 16, 32)) is not None for p in others)
+    assert len(_pairs._RECENT_GRIDS) == _pairs._RECENT_GRIDS_KEPT
+    assert _pairs.detect_grid(points, (8, 16, 32)) == levels
+    assert _pairs.detect_grid(points.double(), (8, 16, 32)) == levels
+
+
 def test_non_grid_anchor_points_give_the_same_assignment():
     scores, pred, points, labels, gt, mask = random_batch(5, B=2, M=6, logits=True)
     assert _pairs.detect_grid(points, (8, 16, 32)) is not None

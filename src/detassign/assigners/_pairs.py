@@ -12,8 +12,10 @@ assigner uses them:
    that can be candidates of each GT, as pairs; the caller's exact test (point in box, boxes
    intersect, ...) then filters them. Where the priors are row-major grids (:func:`detect_grid`,
    exact) the superset is the grid cells under a per-GT, per-level window, so the cost is
-   proportional to the window areas; otherwise every prior, so the cost is ``G * A``. Either way
-   :meth:`Candidates.blocks` splits the GT rows so that a block holds at most ``max_pairs`` pairs.
+   proportional to the window areas (the plan lays the windows out once as runs of consecutive priors,
+   :class:`GridRuns`, so a block's pairs are two fills and two running sums); otherwise every prior, so
+   the cost is ``G * A``. Either way :meth:`Candidates.blocks` splits the GT rows so that a block holds at
+   most ``max_pairs`` pairs.
 2. **rank per GT** -- :func:`rank_in_segments` (ties to the lowest prior index: the earlier pair) and
    :func:`topk_in_segments` with ``tie_break="index"`` or ``"torch"`` (the choice ``torch.topk``
    makes over the dense row, values at the pairs and 0 elsewhere: what the references compute);
@@ -31,14 +33,16 @@ reads sizes on the host, a sync on CUDA; :func:`rank_in_segments` and steps 3 an
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = ["GridLevel", "detect_grid", "grid_cells", "GridRuns", "grid_runs", "enumerate_cells", "Candidates",
-           "plan_candidates", "rank_in_segments", "topk_in_segments", "topk_indices_in_segments", "reference_topk", "topk_dense",
-           "count_per_prior", "best_per_prior", "scatter_to_priors", "PriorSummary"]
+           "plan_candidates", "rank_in_segments", "topk_in_segments", "topk_indices_in_segments", "reference_topk",
+           "topk_dense", "count_per_prior", "best_per_prior", "scatter_to_priors", "PriorSummary"]
 
 TIE_BREAKS = ("index", "torch")
 
@@ -80,6 +84,11 @@ def _level_points(level: GridLevel, like: Tensor) -> Tensor:
     return torch.stack((gx, gy), dim=-1).reshape(-1, 2)
 
 
+_RECENT_GRIDS: "OrderedDict[tuple, Tuple[Tensor, Optional[List[GridLevel]]]]" = OrderedDict()
+_RECENT_GRIDS_KEPT = 4
+_RECENT_GRIDS_LOCK = threading.Lock()
+
+
 def detect_grid(points: Tensor, strides: Optional[Sequence[float]]) -> Optional[List[GridLevel]]:
     """Recognise concatenated row-major grids of prior points (ultralytics ``make_anchors`` layout,
     mmdet's point generators with offset 0.5).
@@ -87,9 +96,30 @@ def detect_grid(points: Tensor, strides: Optional[Sequence[float]]) -> Optional[
     points [A, 2] in pixels, strides per level in layout order -> levels, or None when the points are
     not exactly such grids. The guess is verified by rebuilding every point and comparing for exact
     equality, so a wrong guess can never change a result. Reads the points on the host (a sync).
+
+    A head's anchor points are the same every step (ultralytics rebuilds them each forward): the last few
+    layouts are remembered with a copy of their points, and points equal to a remembered copy (one
+    ``torch.equal``) get its answer without the detection.
     """
     if not strides or points.shape[0] == 0:
         return None
+    if points.device.type == "meta":          # no values to read
+        return None
+    key = (tuple(float(s) for s in strides), tuple(points.shape), points.dtype, points.device)
+    with _RECENT_GRIDS_LOCK:
+        recent = _RECENT_GRIDS.get(key)
+    if recent is not None and torch.equal(recent[0], points):
+        return None if recent[1] is None else list(recent[1])
+    levels = _detect_grid(points, strides)
+    with _RECENT_GRIDS_LOCK:
+        _RECENT_GRIDS[key] = (points.detach().clone(), None if levels is None else list(levels))
+        while len(_RECENT_GRIDS) > _RECENT_GRIDS_KEPT:
+            _RECENT_GRIDS.popitem(last=False)
+    return levels
+
+
+def _detect_grid(points: Tensor, strides: Sequence[float]) -> Optional[List[GridLevel]]:
+    """:func:`detect_grid` without its memory of recent layouts."""
     pts = points.detach().to("cpu", torch.float64)
     levels, start = [], 0
     for i, stride in enumerate(strides):
