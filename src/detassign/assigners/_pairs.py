@@ -217,11 +217,8 @@ def grid_runs(levels: List[GridLevel], lo: Tensor, n: Tensor, row_offset: Option
     last = first_prior + length - 1
     prior_jump = first_prior - torch.cat((last.new_zeros(1), last[:-1]))
     row_jump = row - torch.cat((row.new_zeros(1), row[:-1]))
-    per_row = torch.stack(((ny.view(G, L)).sum(1), (nx * ny).view(G, L).sum(1))).tolist()   # host sync
-    runs_before, pairs_before = [0], [0]
-    for runs, pairs in zip(*per_row):
-        runs_before.append(runs_before[-1] + runs)
-        pairs_before.append(pairs_before[-1] + pairs)
+    per_row = torch.stack((ny.view(G, L).sum(1), (nx * ny).view(G, L).sum(1)))            # [2, G] runs, pairs
+    runs_before, pairs_before = torch.cat((per_row.new_zeros(2, 1), per_row.cumsum(1)), 1).tolist()  # host sync
     return GridRuns(prior_jump, row_jump, pair_start, first_prior, row, runs_before, pairs_before)
 
 
