@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from detassign.boxes import aligned_diou, aligned_iou
 from detassign.losses import bbox_ciou_loss, bbox_giou_loss, bbox_iou_loss
+from tests.losses.checks import assert_half_in_float32_and_empty
 from tests.oracles import mmdet, ultralytics
 from tests.tolerances import assert_close_across_paths
 
@@ -148,15 +149,7 @@ def test_broadcasting_half_inputs_and_empty(name):
     assert batched.shape == (3, 4)
     assert torch.equal(batched[1], fn(pred[4:8], target[:4]))
     # half / bfloat16 boxes are computed in float32
-    for dtype in (torch.float16, torch.bfloat16):
-        low = fn(pred.to(dtype), target.to(dtype))
-        assert low.dtype == torch.float32
-        assert torch.equal(low, fn(pred.to(dtype).float(), target.to(dtype).float()))
-    empty = torch.zeros(0, 4, requires_grad=True)
-    out = fn(empty, torch.zeros(0, 4))
-    assert out.shape == (0,)
-    out.sum().backward()
-    assert empty.grad.shape == (0, 4)
+    assert_half_in_float32_and_empty(fn, pred, target, (0, 4), (0,))
 
 
 # ----------------------------------------------------------------------------- oracles
